@@ -1,0 +1,107 @@
+"""The forward process and the training loss of DiffuSeq and DiffuSeq-v2.
+
+Shapes: z [B, L, D] sequences of embeddings, mask [B, L] with 1 on the target part y (the only
+part that is noised) and 0 on [CLS] x [SEP], t [B] integer timesteps.
+
+The y part is noised toward an absorbing state m: z_t = sqrt(abar_t) (z_0 - m) + m +
+sqrt(1 - abar_t) eps. With m = 0 this is DiffuSeq; with a learned m (DiffuSeq-v2's soft absorbing
+state) z_T sits around m. Every function takes m as a tensor [D] or None (= 0).
+"""
+import torch
+import torch.nn.functional as F
+
+
+def _offset(mask, m):
+    """m on the y part, 0 on the x part: [B, L, D], or None when there is no absorbing state."""
+    if m is None:
+        return None
+    return mask.unsqueeze(-1).to(m.dtype) * m
+
+
+def q_mean_std(sched, z0, t, m=None):
+    """Mean and standard deviation of q(z_t | z_0) for every position (no x/y split)."""
+    mean = sched.at("sqrt_alphas_cumprod", t, z0.ndim) * (z0 if m is None else z0 - m)
+    if m is not None:
+        mean = mean + m
+    return mean, sched.at("sqrt_one_minus_alphas_cumprod", t, z0.ndim)
+
+
+def q_sample(sched, z0, t, noise, mask, m=None):
+    """Sample z_t ~ q(z_t | z_0) on the y part; the x part is z_0 itself, bit for bit."""
+    mean, std = q_mean_std(sched, z0, t, m)
+    zt = mean + std * noise
+    return torch.where(mask.unsqueeze(-1).bool(), zt, z0)
+
+
+def absorb(z, mask, m, prob, u):
+    """Discrete noise: each y token whose uniform draw u [B, L] is below prob ([B] or [B, L]) is
+    replaced by the absorbing state m."""
+    if prob.ndim == 1:
+        prob = prob.unsqueeze(1)
+    hit = (u < prob) & mask.bool()
+    return torch.where(hit.unsqueeze(-1), m.to(z.dtype).expand_as(z), z)
+
+
+def q_posterior_mean(sched, z0, zt, t, m=None):
+    """Mean of q(z_{t-1} | z_t, z_0) (around m when given)."""
+    off = 0 if m is None else m
+    c1 = sched.at("posterior_mean_coef1", t, z0.ndim)
+    c2 = sched.at("posterior_mean_coef2", t, z0.ndim)
+    return c1 * (z0 - off) + c2 * (zt - off) + off
+
+
+def masked_mean(x, mask):
+    """Mean over the y positions (and the last dim, if any) of each example: [B, L(, D)] -> [B]."""
+    w = mask.to(x.dtype)
+    if x.ndim == 3:
+        return (x * w.unsqueeze(-1)).sum((1, 2)) / (w.sum(1) * x.shape[-1]).clamp(min=1)
+    return (x * w).sum(1) / w.sum(1).clamp(min=1)
+
+
+def token_nll(logits, ids, mask):
+    """Per-example mean negative log-likelihood of ids on the y part: logits [B, L, V] -> [B]."""
+    nll = F.cross_entropy(logits.float().transpose(1, 2), ids, reduction="none")
+    return masked_mean(nll, mask)
+
+
+def training_losses(model, sched, input_ids, input_mask, t, noise, *, denoise_rate=0.0,
+                    reg_rate=0.0, u=None):
+    """The DiffuSeq objective for one batch, per example.
+
+    z_0 = Emb(w) + sigma_0 * noise0 (the embedding seen through the first noise level), z_t from
+    q(z_t | z_0), and the model predicts z_0. Terms (each a [B] tensor, on the y part only):
+      mse          |f(z_t, t) - z_0|^2 (against Emb(w) itself at t = 0),
+      tT           |mean of q(z_T | z_0) - m|^2: z_T should reach the prior N(m, I),
+      decoder_nll  -log p(w | z_0) through the tied logits (the rounding term),
+      reg          reg_rate * |m|^2 / D (learned absorbing state only),
+      loss         mse + tT + decoder_nll + reg,
+    and, for monitoring, nll and acc of the tokens rounded from the predicted z_0.
+
+    noise: [2, B, L, D] standard normal (noise0, eps). u: [B, L] uniform for discrete noise.
+    """
+    m = getattr(model, "mean_embed", None)
+    emb = model.get_embeds(input_ids).float()
+    z0 = emb + sched.at("sqrt_one_minus_alphas_cumprod", torch.zeros_like(t)) * noise[0]
+    zt = q_sample(sched, z0, t, noise[1], input_mask, m)
+    if denoise_rate > 0 and m is not None:
+        prob = denoise_rate * sched.tensor("sqrt_one_minus_alphas_cumprod", t.device)[t]
+        zt = absorb(zt, input_mask, m, prob, u)
+    pred = model(zt, t).float()
+
+    target = torch.where((t == 0).view(-1, 1, 1), emb, z0)
+    mse = masked_mean((pred - target) ** 2, input_mask)
+    t_last = torch.full_like(t, sched.num_steps - 1)
+    mean_T, _ = q_mean_std(sched, z0, t_last, m)
+    tT = masked_mean((mean_T - (0 if m is None else m)) ** 2, input_mask)
+    decoder_nll = token_nll(model.get_logits(z0), input_ids, input_mask)
+    loss = mse + tT + decoder_nll
+    terms = {"mse": mse, "tT": tT, "decoder_nll": decoder_nll}
+    if m is not None and reg_rate > 0:
+        terms["reg"] = (reg_rate * m.float().pow(2).mean()).expand_as(loss)
+        loss = loss + terms["reg"]
+    terms["loss"] = loss
+    with torch.no_grad():
+        logits = model.get_logits(pred)
+        terms["nll"] = token_nll(logits, input_ids, input_mask)
+        terms["acc"] = masked_mean((logits.argmax(-1) == input_ids).float(), input_mask)
+    return terms

@@ -1,0 +1,180 @@
+"""The denoiser: a transformer encoder that maps (z_t, t) to a prediction of z_0.
+
+z_t [B, L, D] (D = hidden_dim, the word-embedding size) is projected up to the transformer
+width, added to learned position embeddings and to an MLP of the sinusoidal embedding of t,
+run through post-LayerNorm encoder layers (BERT's layout, so BERT weights can initialise it),
+and projected back down to D. Logits over the vocabulary come from the tied word embeddings.
+"""
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+PRESETS = {
+    "tiny": dict(width=256, layers=3, heads=4, ffn=1024),
+    "small": dict(width=512, layers=6, heads=8, ffn=2048),
+    "base": dict(width=768, layers=12, heads=12, ffn=3072),  # the BERT-base shape
+}
+
+
+@dataclass
+class DenoiserConfig:
+    vocab_size: int
+    seq_len: int = 128
+    hidden_dim: int = 128
+    width: int = 256
+    layers: int = 3
+    heads: int = 4
+    ffn: int = 1024
+    dropout: float = 0.1
+    diffusion_steps: int = 2000
+    learned_mean_embed: bool = False
+    grad_checkpoint: bool = False
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def timestep_embedding(t, dim, max_period=10000):
+    """Sinusoidal embedding of (possibly fractional) timesteps t [B] -> [B, dim]."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.heads = cfg.heads
+        self.qkv = nn.Linear(cfg.width, 3 * cfg.width)
+        self.out = nn.Linear(cfg.width, cfg.width)
+        self.dropout = cfg.dropout
+
+    def forward(self, h):
+        B, L, W = h.shape
+        q, k, v = self.qkv(h).view(B, L, 3, self.heads, W // self.heads).permute(2, 0, 3, 1, 4)
+        # every position is real: padding on the y part is a target the model must produce
+        a = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        return self.out(a.transpose(1, 2).reshape(B, L, W))
+
+
+class Layer(nn.Module):
+    """One post-LN encoder layer: h = LN(h + Attn(h)); h = LN(h + FFN(h))."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.attn = SelfAttention(cfg)
+        self.ln1 = nn.LayerNorm(cfg.width, eps=1e-12)
+        self.fc1 = nn.Linear(cfg.width, cfg.ffn)
+        self.fc2 = nn.Linear(cfg.ffn, cfg.width)
+        self.ln2 = nn.LayerNorm(cfg.width, eps=1e-12)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, h):
+        h = self.ln1(h + self.drop(self.attn(h)))
+        return self.ln2(h + self.drop(self.fc2(F.gelu(self.fc1(h)))))
+
+
+class Denoiser(nn.Module):
+    def __init__(self, cfg: DenoiserConfig):
+        super().__init__()
+        self.cfg = cfg
+        D, W = cfg.hidden_dim, cfg.width
+        self.word_embedding = nn.Embedding(cfg.vocab_size, D)
+        nn.init.normal_(self.word_embedding.weight, std=1.0)  # roughly unit scale, like the noise
+        self.time_embed = nn.Sequential(nn.Linear(D, 4 * D), nn.SiLU(), nn.Linear(4 * D, W))
+        self.input_up_proj = nn.Sequential(nn.Linear(D, W), nn.Tanh(), nn.Linear(W, W))
+        self.position_embeddings = nn.Embedding(cfg.seq_len, W)
+        self.ln = nn.LayerNorm(W, eps=1e-12)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.layers))
+        self.output_down_proj = nn.Sequential(nn.Linear(W, W), nn.Tanh(), nn.Linear(W, D))
+        # DiffuSeq-v2's soft absorbing state: the y part is noised toward it
+        self.mean_embed = nn.Parameter(torch.zeros(D)) if cfg.learned_mean_embed else None
+
+    def get_embeds(self, ids):
+        """Token ids [B, L] -> embeddings [B, L, D]."""
+        return self.word_embedding(ids)
+
+    def get_logits(self, z):
+        """Embeddings [B, L, D] -> logits [B, L, V] through the tied word embeddings."""
+        return z @ self.word_embedding.weight.to(z.dtype).t()
+
+    def forward(self, zt, t):
+        """zt [B, L, D], t [B] training timesteps (may be fractional) -> predicted z_0 [B, L, D]."""
+        L = zt.shape[1]
+        temb = self.time_embed(timestep_embedding(t * (1000.0 / self.cfg.diffusion_steps),
+                                                  self.cfg.hidden_dim))
+        pos = self.position_embeddings.weight[:L]
+        h = self.drop(self.ln(self.input_up_proj(zt) + pos + temb.unsqueeze(1)))
+        for layer in self.layers:
+            if self.cfg.grad_checkpoint and self.training:
+                h = checkpoint(layer, h, use_reentrant=False)
+            else:
+                h = layer(h)
+        return self.output_down_proj(h)
+
+    def num_params(self, exclude_embeddings=False):
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.word_embedding.weight.numel() if exclude_embeddings else n
+
+    def flops_per_token(self, seq_len=None):
+        """Forward multiply-adds x 2 per token: every matmul of the network plus attention and
+        the logits; used for model FLOPs utilisation (training = 3x this)."""
+        c, L = self.cfg, seq_len or self.cfg.seq_len
+        W, D = c.width, c.hidden_dim
+        per_layer = 2 * (4 * W * W + 2 * W * c.ffn) + 2 * 2 * L * W  # projections + QK^T and AV
+        return c.layers * per_layer + 2 * (D * W + W * W) * 2 + 2 * D * c.vocab_size
+
+
+def load_bert_encoder(model, path):
+    """Initialise the encoder layers and position embeddings from local BERT weights.
+
+    `path` is a folder (or file) with `pytorch_model.bin` or `model.safetensors` as saved by
+    BERT implementations. The transformer shape must match (e.g. preset `base` for bert-base).
+    """
+    import os
+    files = [path] if os.path.isfile(path) else [
+        os.path.join(path, f) for f in ("model.safetensors", "pytorch_model.bin")]
+    files = [f for f in files if os.path.isfile(f)]
+    if not files:
+        raise FileNotFoundError(
+            f"--init_from {path}: no model.safetensors or pytorch_model.bin there; give a local "
+            "folder with BERT weights (nothing is downloaded)")
+    if files[0].endswith(".safetensors"):
+        from safetensors.torch import load_file
+        sd = load_file(files[0])
+    else:
+        sd = torch.load(files[0], map_location="cpu", weights_only=True)
+    sd = {k.removeprefix("bert."): v for k, v in sd.items()}
+    new = {}
+    for i in range(model.cfg.layers):
+        p = f"encoder.layer.{i}."
+        q = f"layers.{i}."
+        try:
+            new[q + "attn.qkv.weight"] = torch.cat([sd[p + f"attention.self.{n}.weight"]
+                                                    for n in ("query", "key", "value")])
+            new[q + "attn.qkv.bias"] = torch.cat([sd[p + f"attention.self.{n}.bias"]
+                                                  for n in ("query", "key", "value")])
+        except KeyError as e:
+            raise ValueError(f"--init_from {path}: not a BERT checkpoint of >= {model.cfg.layers} "
+                             f"layers (missing {e})") from None
+        for ours, theirs in (("attn.out", "attention.output.dense"), ("ln1", "attention.output.LayerNorm"),
+                             ("fc1", "intermediate.dense"), ("fc2", "output.dense"),
+                             ("ln2", "output.LayerNorm")):
+            for kind in ("weight", "bias"):
+                new[f"{q}{ours}.{kind}"] = sd[f"{p}{theirs}.{kind}"]
+    pos = sd.get("embeddings.position_embeddings.weight")
+    if pos is not None and pos.shape[0] >= model.cfg.seq_len:
+        new["position_embeddings.weight"] = pos[: model.cfg.seq_len]
+    own = model.state_dict()
+    for k, v in new.items():
+        if own[k].shape != v.shape:
+            raise ValueError(f"--init_from {path}: {k} has shape {tuple(v.shape)} in the file but "
+                             f"{tuple(own[k].shape)} here; pick the preset matching the checkpoint")
+    model.load_state_dict(new, strict=False)
+    return sorted(new)

@@ -1,0 +1,127 @@
+"""Samplers: pure functions from starting noise to a sample.
+
+Each takes `denoise(z, t) -> z0_hat`, the model wrapped once into a data predictor (t are
+training timesteps [B], possibly fractional), the starting z [B, L, D], the clean x part
+`x_start` [B, L, D] with `mask` [B, L] (1 on y), and the absorbing state m (None = 0). The x
+part is re-imposed from x_start after every step. Each returns (z, z0_hat): the final state and
+the last prediction of z_0, from which tokens are read.
+"""
+import torch
+
+from .diffusion import _offset, absorb, q_posterior_mean
+
+
+def _reimpose(z, x_start, mask):
+    return torch.where(mask.unsqueeze(-1).bool(), z, x_start)
+
+
+@torch.no_grad()
+def ancestral_sample(denoise, sched, z, x_start, mask, m=None, clamp=None, clamp_step=0,
+                     denoise_rate=0.0, generator=None, progress=None):
+    """Ancestral sampling over a (possibly respaced) DiscreteSchedule.
+
+    At each step z_0 is predicted, replaced by its nearest word embedding (`clamp`, the rounding
+    trick) once the training timestep is <= clamp_step, and z_{t-1} drawn from q(z_{t-1}|z_t, z_0).
+    With denoise_rate r > 0 and an absorbing state m, each y token is then absorbed into m with
+    probability r times the posterior standard deviation of that step.
+    """
+    z = _reimpose(z, x_start, mask)
+    z0 = z
+    steps = range(sched.num_steps - 1, -1, -1)
+    for n in (progress(steps) if progress else steps):
+        t = torch.full((z.shape[0],), n, device=z.device, dtype=torch.long)
+        t_model = torch.full_like(t, int(sched.timestep_map[n]))
+        z0 = denoise(z, t_model)
+        if clamp is not None and sched.timestep_map[n] <= clamp_step:
+            z0 = _reimpose(clamp(z0), x_start, mask)
+        z = q_posterior_mean(sched, z0, z, t, m)
+        if n > 0:
+            std = float(sched.posterior_variance[n]) ** 0.5
+            noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+            z = z + std * noise
+            if denoise_rate > 0 and m is not None:
+                u = torch.rand(z.shape[:2], generator=generator, device=z.device)
+                z = absorb(z, mask, m, torch.full_like(t, denoise_rate * std, dtype=z.dtype), u)
+        z = _reimpose(z, x_start, mask)
+    return z, z0
+
+
+def solver_timesteps(ns, steps, skip="time_uniform"):
+    """steps + 1 continuous times from T down to eps, uniform in t or in logSNR lambda."""
+    t_T, t_0 = torch.tensor(ns.T, dtype=torch.float64), torch.tensor(ns.eps, dtype=torch.float64)
+    if skip == "time_uniform":
+        return torch.linspace(ns.T, ns.eps, steps + 1, dtype=torch.float64)
+    if skip == "logSNR":
+        lam = torch.linspace(float(ns.marginal_lambda(t_T)), float(ns.marginal_lambda(t_0)),
+                             steps + 1, dtype=torch.float64)
+        return ns.inverse_lambda(lam)
+    raise ValueError(f"unknown skip type {skip!r}; choose time_uniform or logSNR")
+
+
+def _dpm_update(x, ts, t, history, order, ns):
+    """One multistep DPM-Solver++ update from ts[-1] to t over the data predictions `history`
+    (newest last) at times ts. Coefficients are computed in float64, then applied as scalars."""
+    lam = lambda s: ns.marginal_lambda(s)  # noqa: E731
+    lam_t, lam_s = lam(t), lam(ts[-1])
+    h = lam_t - lam_s
+    alpha_t = ns.marginal_alpha(t)
+    sigma_ratio = ns.marginal_std(t) / ns.marginal_std(ts[-1])
+    phi_1 = torch.expm1(-h)
+    c = lambda v: float(v)  # noqa: E731
+    m0 = history[-1]
+    x_t = c(sigma_ratio) * x - c(alpha_t * phi_1) * m0
+    if order >= 2:
+        h0 = lam_s - lam(ts[-2])
+        r0 = h0 / h
+        d1_0 = (m0 - history[-2]) / c(r0)
+        if order == 2:
+            x_t = x_t - c(0.5 * alpha_t * phi_1) * d1_0
+        else:
+            h1 = lam(ts[-2]) - lam(ts[-3])
+            r1 = h1 / h
+            d1_1 = (history[-2] - history[-3]) / c(r1)
+            d1 = d1_0 + c(r0 / (r0 + r1)) * (d1_0 - d1_1)
+            d2 = (d1_0 - d1_1) / c(r0 + r1)
+            phi_2 = phi_1 / h + 1.0
+            phi_3 = phi_2 / h - 0.5
+            x_t = x_t + c(alpha_t * phi_2) * d1 - c(alpha_t * phi_3) * d2
+    return x_t
+
+
+@torch.no_grad()
+def dpm_solver_sample(denoise, ns, z, x_start, mask, m=None, steps=10, order=2,
+                      skip="time_uniform", progress=None):
+    """Multistep DPM-Solver++ (data prediction) of order 1, 2 or 3 on the probability-flow ODE.
+
+    `ns` is a NoiseScheduleVP. The solve runs in coordinates w = z - m (on y), where the process
+    is the usual VP one toward 0. The first steps use lower orders to warm up the history; with
+    fewer than 10 steps the last steps lower the order too, which keeps them stable. After the
+    last step one more prediction at t = eps gives z_0 (steps + 1 model calls in all).
+    """
+    if order not in (1, 2, 3):
+        raise ValueError("DPM-Solver++ order must be 1, 2 or 3")
+    off = _offset(mask, m)
+    shift = (lambda w: w) if off is None else (lambda w: w + off)
+    unshift = (lambda x: x) if off is None else (lambda x: x - off)
+    w_start = unshift(x_start)  # equals x_start: the offset is zero on the x part
+
+    ts = solver_timesteps(ns, steps, skip).to(z.device)
+    B = z.shape[0]
+
+    def data_pred(w, t):
+        t_model = ns.discrete_timestep(t).float().expand(B)
+        return unshift(denoise(shift(w), t_model))
+
+    w = _reimpose(unshift(z), w_start, mask)
+    hist_t, hist_x0 = [ts[0]], [data_pred(w, ts[0])]
+    idx = range(1, steps + 1)
+    for i in (progress(idx) if progress else idx):
+        step_order = min(order, i)
+        if steps < 10:
+            step_order = min(step_order, steps + 1 - i)
+        w = _reimpose(_dpm_update(w, hist_t, ts[i], hist_x0, step_order, ns), w_start, mask)
+        hist_t.append(ts[i])
+        hist_x0.append(data_pred(w, ts[i]))  # at i == steps this is the final z_0
+        hist_t, hist_x0 = hist_t[-3:], hist_x0[-3:]
+    z0 = hist_x0[-1]
+    return shift(w), _reimpose(shift(z0), x_start, mask)

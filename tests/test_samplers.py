@@ -1,0 +1,123 @@
+"""Samplers against closed forms.
+
+For data x0 ~ N(mu, s^2) per coordinate the exact x0-predictor is
+E[x0 | x_t] = mu + k_t (x_t - alpha_t mu), k_t = alpha_t s^2 / (alpha_t^2 s^2 + sigma_t^2),
+and the probability-flow ODE maps x_T to
+x_t = alpha_t mu + sqrt(v_t / v_T) (x_T - alpha_T mu), v_t = alpha_t^2 s^2 + sigma_t^2.
+"""
+import pytest
+import torch
+
+from diffuseq.samplers import ancestral_sample, dpm_solver_sample
+from diffuseq.schedule import DiscreteSchedule, NoiseScheduleVP
+
+MU, S, T = 0.7, 0.5, 1000
+
+
+@pytest.fixture(scope="module")
+def setup():
+    sched = DiscreteSchedule.from_name("sqrt", T)
+    ns = NoiseScheduleVP(sched.alphas_cumprod)
+
+    def gaussian_x0(z, t):  # t: training timesteps, possibly fractional
+        tc = (t.double() + 1) / T
+        a = ns.marginal_alpha(tc).view(-1, 1, 1).float()
+        sg = ns.marginal_std(tc).view(-1, 1, 1).float()
+        return MU + a * S ** 2 / (a ** 2 * S ** 2 + sg ** 2) * (z - a * MU)
+
+    return sched, ns, gaussian_x0
+
+
+def _closed_final_var(sched):
+    # both samplers end with the x0-prediction at the first timestep
+    a0, s0 = sched.sqrt_alphas_cumprod[0], sched.sqrt_one_minus_alphas_cumprod[0]
+    v0 = a0 ** 2 * S ** 2 + s0 ** 2
+    return (a0 * S ** 2 / v0) ** 2 * v0
+
+
+def test_dpm_solver_matches_ancestral_1000_steps_and_closed_form(setup):
+    sched, ns, f = setup
+    g = torch.Generator().manual_seed(0)
+    shape = (2000, 4, 4)
+    zeros, mask = torch.zeros(shape), torch.ones(shape[:2])
+    _, anc = ancestral_sample(f, sched, torch.randn(shape, generator=g), zeros, mask, generator=g)
+    closed = _closed_final_var(sched)
+    for steps in (10, 20):
+        _, dpm = dpm_solver_sample(f, ns, torch.randn(shape, generator=g), zeros, mask,
+                                   steps=steps, order=2, skip="logSNR")
+        # stated tolerance: means within 0.03, variances within 10% of the 1000-step sampler
+        assert abs(dpm.mean().item() - anc.mean().item()) < 0.03
+        assert dpm.var().item() == pytest.approx(anc.var().item(), rel=0.10)
+        assert abs(dpm.mean().item() - MU) < 0.03
+    assert dpm.var().item() == pytest.approx(closed, rel=0.05)  # 20 steps
+    assert anc.var().item() == pytest.approx(closed, rel=0.10)
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_dpm_solver_error_shrinks_with_steps(setup, order):
+    sched, ns, f = setup
+    xT = torch.randn(256, 2, 4, generator=torch.Generator().manual_seed(1))
+    one = torch.tensor([1.0], dtype=torch.float64)
+    eps = torch.tensor([ns.eps], dtype=torch.float64)
+    vt = lambda t: float(ns.marginal_alpha(t)) ** 2 * S ** 2 + float(ns.marginal_std(t)) ** 2  # noqa: E731
+    exact = float(ns.marginal_alpha(eps)) * MU + (vt(eps) / vt(one)) ** 0.5 * (
+        xT - float(ns.marginal_alpha(one)) * MU)
+    zeros, mask = torch.zeros_like(xT), torch.ones(xT.shape[:2])
+    errs = []
+    for steps in (10, 40, 80, 160):
+        z, _ = dpm_solver_sample(f, ns, xT, zeros, mask, steps=steps, order=order, skip="logSNR")
+        errs.append((z - exact).abs().max().item())
+    assert all(a > b for a, b in zip(errs, errs[1:])), errs
+    # 4x the steps divides the error by about 4**order (stated bounds: 3, 8, 16)
+    assert errs[1] / errs[3] > {1: 3.0, 2: 8.0, 3: 16.0}[order], errs
+    assert errs[-1] < {1: 0.05, 2: 1e-3, 3: 1e-3}[order], errs
+
+
+def _oracle_setup(with_m):
+    torch.manual_seed(0)
+    V, D, B, L = 30, 16, 5, 12
+    # rows of equal norm, so the tied-logits argmax of a row is the row itself
+    emb = torch.nn.functional.normalize(torch.randn(V, D), dim=-1) * 4
+    ids = torch.randint(5, V, (B, L))
+    mask = torch.zeros(B, L, dtype=torch.long)
+    mask[:, 4:] = 1
+    x_start = torch.where(mask.unsqueeze(-1).bool(), torch.zeros(B, L, D), emb[ids])
+    m = torch.randn(D) if with_m else None
+    truth = emb[ids]
+    oracle = lambda z, t: truth  # noqa: E731
+    z = torch.randn(B, L, D) + (0 if m is None else m)
+    return emb, ids, mask, x_start, m, oracle, z
+
+
+@pytest.mark.parametrize("with_m", [False, True])
+@pytest.mark.parametrize("k", [2000, 50, 7])
+def test_ancestral_with_oracle_returns_reference(with_m, k):
+    emb, ids, mask, x_start, m, oracle, z = _oracle_setup(with_m)
+    sched = DiscreteSchedule.from_name("sqrt", 2000).respace(k)
+    _, z0 = ancestral_sample(oracle, sched, z, x_start, mask, m=m,
+                             denoise_rate=0.5 if with_m else 0.0)
+    assert torch.equal((z0 @ emb.t()).argmax(-1)[mask.bool()], ids[mask.bool()])
+
+
+@pytest.mark.parametrize("with_m", [False, True])
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_dpm_solver_with_oracle_returns_reference(with_m, order):
+    emb, ids, mask, x_start, m, oracle, z = _oracle_setup(with_m)
+    sched = DiscreteSchedule.from_name("sqrt", 2000)
+    ns = NoiseScheduleVP(sched.alphas_cumprod)
+    calls = []
+    counted = lambda z, t: calls.append(1) or oracle(z, t)  # noqa: E731
+    zT, z0 = dpm_solver_sample(counted, ns, z, x_start, mask, m=m, steps=10, order=order)
+    assert len(calls) == 11  # steps + the final z_0 prediction
+    assert torch.equal((z0 @ emb.t()).argmax(-1)[mask.bool()], ids[mask.bool()])
+    assert torch.equal(zT[~mask.bool()], x_start[~mask.bool()])
+
+
+def test_clamping_returns_rows_of_the_embedding_matrix():
+    from diffuseq.decoding import nearest_embedding
+    torch.manual_seed(0)
+    emb = torch.randn(40, 8)
+    z = torch.randn(3, 7, 8)
+    out = nearest_embedding(z, emb)
+    d = torch.cdist(z.reshape(-1, 8), emb)
+    assert torch.equal(out.reshape(-1, 8), emb[d.argmin(-1)])
