@@ -1,0 +1,374 @@
+"""
+Data for DiffuSeq: jsonl pairs -> tokenized Arrow datasets -> padded batches.
+
+A split is a file `data_dir/{split}.jsonl`, one JSON object per line with a source "src" and a
+target "trg". Each pair becomes one model input, the concatenation
+
+    z = [CLS] x [SEP] y [SEP]
+
+of which only the y part (from `src_len` on, padding included) is noised and learned.
+Tokenized splits are cached as memory-mapped Arrow files, so a large corpus never sits in a
+Python list and is tokenized once.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+import warnings
+from dataclasses import asdict, dataclass
+
+import datasets
+import numpy as np
+import torch
+
+CACHE_VERSION = 1  # bump when the cached layout changes
+MIN_SEQ_LEN = 5  # [CLS] x1 [SEP] y1 [SEP]
+
+
+class DataError(ValueError):
+    pass
+
+
+# -----------------------------------------------------------------------------
+# reading jsonl pairs
+
+def _check_file(path):
+    folder = os.path.dirname(path) or "."
+    if not os.path.isdir(folder):
+        raise DataError(f"data folder {folder} does not exist")
+    if not os.path.isfile(path):
+        splits = sorted(f[:-6] for f in os.listdir(folder) if f.endswith(".jsonl"))
+        has = ", ".join(splits) if splits else "no .jsonl files"
+        raise DataError(f"{path}: no such file (the folder {folder} has: {has})")
+
+
+def _parse(raw, lineno):
+    """bytes of one line -> (src, trg); raises ValueError with the problem."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"invalid UTF-8 (byte {e.start} of the line)") from None
+    if lineno == 1:
+        text = text.lstrip("\ufeff")
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not valid JSON ({e.msg}, column {e.colno})") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f'expected a JSON object with "src" and "trg", got {type(obj).__name__}')
+    for key in ("src", "trg"):
+        if key not in obj:
+            raise ValueError(f'missing "{key}"')
+        if not isinstance(obj[key], str):
+            raise ValueError(f'"{key}" must be a string, got {type(obj[key]).__name__}')
+        if not obj[key].strip():
+            raise ValueError(f'"{key}" is empty')
+    return obj["src"], obj["trg"]
+
+
+class PairReader:
+    """Iterate (src, trg) over a jsonl file; a bad line raises DataError "path:LINE: problem".
+
+    With skip_bad_lines, bad lines are skipped instead; after a pass, `n_pairs` and `n_skipped`
+    hold the counts. Blank lines are ignored. Each iteration re-reads the file.
+    """
+
+    def __init__(self, path, skip_bad_lines=False):
+        _check_file(path)
+        self.path, self.skip_bad_lines = path, skip_bad_lines
+        self.n_pairs = self.n_skipped = 0
+
+    def __iter__(self):
+        self.n_pairs = self.n_skipped = 0
+        with open(self.path, "rb") as f:  # binary, so bad UTF-8 is caught with its line number
+            for lineno, raw in enumerate(f, 1):
+                raw = raw.strip()
+                if not raw:
+                    continue
+                try:
+                    pair = _parse(raw, lineno)
+                except ValueError as e:
+                    if not self.skip_bad_lines:
+                        raise DataError(f"{self.path}:{lineno}: {e}") from None
+                    self.n_skipped += 1
+                    continue
+                self.n_pairs += 1
+                yield pair
+
+
+def read_pairs(path, skip_bad_lines=False):
+    """A PairReader over `path`: raises DataError at once if the folder or file is missing."""
+    return PairReader(path, skip_bad_lines)
+
+
+# -----------------------------------------------------------------------------
+# tokenizing a split into an Arrow dataset
+
+@dataclass
+class SplitStats:
+    n_pairs: int = 0  # rows in the dataset
+    n_truncated: int = 0  # pairs cut to fit seq_len
+    n_skipped: int = 0  # bad lines skipped (skip_bad_lines)
+    from_cache: bool = False
+
+
+def make_input(x, y, seq_len, cls_id, sep_id):
+    """Source ids x, target ids y -> (z, src_len, truncated), z = [CLS] x [SEP] y [SEP], len(z) <= seq_len.
+
+    The source is cut first; it keeps at least one token, and only when the target alone does not
+    fit is the target cut too (its final [SEP] is always kept).
+    """
+    truncated = len(x) + len(y) + 3 > seq_len
+    if truncated:
+        x = x[:max(1, seq_len - 3 - len(y))]
+        y = y[:seq_len - 3 - len(x)]
+    return [cls_id] + x + [sep_id] + y + [sep_id], len(x) + 2, truncated
+
+
+def _tokenize(batch, tokenizer, seq_len):
+    cls_id, sep_id = tokenizer.cls_id, tokenizer.sep_id
+    out = {"input_ids": [], "src_len": [], "length": [], "truncated": []}
+    for x, y in zip(tokenizer.encode_batch(batch["src"]), tokenizer.encode_batch(batch["trg"])):
+        z, src_len, truncated = make_input(x, y, seq_len, cls_id, sep_id)
+        out["input_ids"].append(z)
+        out["src_len"].append(src_len)
+        out["length"].append(len(z))
+        out["truncated"].append(truncated)
+    return out
+
+
+def _writable_cache(cache_dir):
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+        probe = os.path.join(cache_dir, f".probe-{uuid.uuid4().hex}")
+        open(probe, "w").close()
+        os.remove(probe)
+        return cache_dir
+    except OSError:
+        fallback = os.path.join(tempfile.gettempdir(), "diffuseq-cache")
+        warnings.warn(f"cache folder {cache_dir} is not writable; caching in {fallback}")
+        os.makedirs(fallback, exist_ok=True)
+        return fallback
+
+
+def _cache_key(path, tokenizer, seq_len, skip_bad_lines):
+    st = os.stat(path)
+    h = hashlib.sha256()
+    for part in (CACHE_VERSION, os.path.abspath(path), st.st_size, st.st_mtime_ns,
+                 tokenizer.to_str(), seq_len, skip_bad_lines):
+        h.update(str(part).encode() + b"\0")
+    return h.hexdigest()[:20]
+
+
+def load_split(data_dir, split, tokenizer, seq_len, cache_dir=None, skip_bad_lines=False, num_proc=1):
+    """Tokenize data_dir/{split}.jsonl once (cached) -> (datasets.Dataset, SplitStats).
+
+    Columns: input_ids (unpadded z = [CLS] x [SEP] y [SEP], len <= seq_len), src_len (where y
+    starts: tokens up to and including the first [SEP]) and length (= len(input_ids)).
+    The cache key covers the file (size, mtime), the tokenizer's JSON and seq_len.
+    """
+    if seq_len < MIN_SEQ_LEN:
+        raise DataError(f"--seq_len {seq_len} is too small: [CLS] x [SEP] y [SEP] needs at least "
+                        f"{MIN_SEQ_LEN} tokens")
+    path = os.path.join(data_dir, f"{split}.jsonl")
+    pairs = read_pairs(path, skip_bad_lines=skip_bad_lines)
+    cache_dir = _writable_cache(cache_dir or os.path.join(data_dir, ".cache"))
+    key = _cache_key(path, tokenizer, seq_len, skip_bad_lines)
+    final = os.path.join(cache_dir, f"{split}-{key}")
+    stats_file = os.path.join(final, "diffuseq_stats.json")
+    if os.path.isfile(stats_file):
+        with open(stats_file) as f:
+            stats = SplitStats(**json.load(f))
+        stats.from_cache = True
+        return datasets.load_from_disk(final), stats
+
+    # build in a private folder next to the cache, then move it into place in one rename
+    work = os.path.join(cache_dir, f"tmp-{key}-{uuid.uuid4().hex[:8]}")
+    try:
+        def rows():
+            for src, trg in pairs:
+                yield {"src": src, "trg": trg}
+        features = datasets.Features({"src": datasets.Value("string"), "trg": datasets.Value("string")})
+        try:
+            raw = datasets.Dataset.from_generator(
+                rows, features=features, cache_dir=os.path.join(work, "raw"), fingerprint=f"raw-{key}")
+        except datasets.exceptions.DatasetGenerationError as e:
+            if isinstance(e.__cause__, DataError):
+                raise e.__cause__ from None
+            raise
+        except ValueError:
+            if pairs.n_pairs == 0:  # datasets refuses an empty split
+                raise DataError(f"{path}: no pairs (skipped {pairs.n_skipped} bad lines)") from None
+            raise
+        ds = raw.map(
+            _tokenize, batched=True, batch_size=1000, num_proc=num_proc if num_proc > 1 else None,
+            fn_kwargs={"tokenizer": tokenizer, "seq_len": seq_len}, remove_columns=["src", "trg"],
+            new_fingerprint=f"tok-{key}", desc=f"tokenizing {split}",
+            features=datasets.Features({
+                "input_ids": datasets.Sequence(datasets.Value("int32")),
+                "src_len": datasets.Value("int32"),
+                "length": datasets.Value("int32"),
+                "truncated": datasets.Value("bool"),
+            }))
+        n_truncated = int(np.sum(ds.with_format("arrow")["truncated"].to_numpy()))
+        stats = SplitStats(n_pairs=len(ds), n_truncated=n_truncated, n_skipped=pairs.n_skipped)
+        out = os.path.join(work, "out")
+        ds.remove_columns("truncated").save_to_disk(out)
+        with open(os.path.join(out, "diffuseq_stats.json"), "w") as f:
+            json.dump(asdict(stats), f)
+        del raw, ds
+        try:
+            os.rename(out, final)
+        except OSError:  # another process (another rank) finished first: use its copy
+            pass
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return datasets.load_from_disk(final), stats
+
+
+# -----------------------------------------------------------------------------
+# batches
+
+def _round_len(longest, seq_len):
+    return min(seq_len, -(-longest // 8) * 8)
+
+
+def _pad(ids_flat, lengths, src_lens, L, pad_id):
+    """Flat token ids of B rows -> input_ids, input_mask LongTensors [B, L].
+
+    The mask is 1 from src_len to L-1: y, its [SEP] and the padding after it (the model learns to
+    produce the pads), and 0 on [CLS] x [SEP].
+    """
+    B = len(lengths)
+    ids = np.full((B, L), pad_id, dtype=np.int64)
+    starts = np.cumsum(lengths) - lengths
+    rows = np.repeat(np.arange(B), lengths)
+    cols = np.arange(int(lengths.sum())) - np.repeat(starts, lengths)
+    ids[rows, cols] = ids_flat
+    mask = np.arange(L)[None, :] >= np.asarray(src_lens)[:, None]
+    return {"input_ids": torch.from_numpy(ids), "input_mask": torch.from_numpy(mask.astype(np.int64))}
+
+
+def collate(examples, seq_len, pad_id, pad_to="seq_len"):
+    """List of {"input_ids", "src_len"} -> {"input_ids", "input_mask"}, LongTensors [B, L].
+
+    L = seq_len, or with pad_to='longest' the batch's longest rounded up to a multiple of 8
+    (at most seq_len).
+    """
+    lengths = np.array([len(e["input_ids"]) for e in examples], dtype=np.int64)
+    L = seq_len if pad_to == "seq_len" else _round_len(int(lengths.max()), seq_len)
+    if lengths.max() > L:
+        raise ValueError(f"a sequence of length {lengths.max()} does not fit seq_len {seq_len}")
+    flat = np.concatenate([np.asarray(e["input_ids"], dtype=np.int64) for e in examples])
+    return _pad(flat, lengths, [e["src_len"] for e in examples], L, pad_id)
+
+
+def _read_rows(dataset, indices):
+    """Rows of the Arrow dataset -> (flat ids, lengths, src_lens) as numpy, without Python lists."""
+    table = dataset.with_format("arrow")[np.asarray(indices).tolist()]
+    col = table.column("input_ids").combine_chunks()
+    flat = col.flatten().to_numpy().astype(np.int64)
+    lengths = np.diff(col.offsets.to_numpy()).astype(np.int64)
+    return flat, lengths, table.column("src_len").to_numpy()
+
+
+class BatchLoader:
+    """Endless, deterministic training batches for one rank.
+
+    The global batch at step s depends only on (seed, s): examples are read in the order of a
+    permutation seeded by (seed, epoch), one epoch after the other as one stream, so a batch may
+    straddle two epochs and every example is seen exactly once per epoch. Resuming at step s gives
+    the batches an uninterrupted run would see.
+
+    With bucket=True each epoch's permutation is cut into pools of 50 global batches, each pool is
+    sorted by length and cut into batches, and the batches are shuffled; an epoch is then
+    ceil(N / global_batch) steps, its last batch topped up with examples from the epoch's start.
+    Batches are padded to their longest row (pad_to='longest', the default with bucketing).
+
+    Rank r gets the r-th contiguous chunk of the global batch and `index` [B] with the chunk's
+    positions in the global batch; all ranks pad to the same L.
+    """
+
+    POOL = 50  # global batches per bucketing pool
+
+    def __init__(self, dataset, global_batch, rank=0, world_size=1, seed=0, seq_len=128, pad_id=0,
+                 bucket=False, pin_memory=False, start_step=0, pad_to=None):
+        if global_batch % world_size:
+            raise ValueError(f"global batch {global_batch} is not divisible by the {world_size} ranks")
+        if len(dataset) == 0:
+            raise ValueError("the dataset is empty")
+        self.dataset, self.global_batch, self.seed = dataset, global_batch, seed
+        self.seq_len, self.pad_id, self.bucket = seq_len, pad_id, bucket
+        self.pad_to = pad_to or ("longest" if bucket else "seq_len")
+        self.pin_memory = pin_memory and torch.cuda.is_available()
+        self.start_step = start_step
+        per_rank = global_batch // world_size
+        self.lo, self.hi = rank * per_rank, (rank + 1) * per_rank
+        self.lengths = dataset.with_format("arrow")["length"].to_numpy().astype(np.int64)
+        self.n = len(self.lengths)
+        self.steps_per_epoch = -(-self.n // global_batch) if bucket else self.n / global_batch
+        self._orders = {}
+
+    def _order(self, epoch):
+        """The example order of one epoch, cached for the two latest epochs."""
+        if epoch not in self._orders:
+            perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+            if self.bucket:
+                perm = self._bucket(perm, np.random.default_rng([self.seed, epoch, 1]))
+            self._orders = {e: o for e, o in self._orders.items() if e == epoch - 1}
+            self._orders[epoch] = perm
+        return self._orders[epoch]
+
+    def _bucket(self, perm, rng):
+        G = self.global_batch
+        n_batches = -(-self.n // G)
+        perm = np.resize(perm, n_batches * G)  # top up the last batch from the epoch's start
+        pool = self.POOL * G
+        for start in range(0, len(perm), pool):
+            chunk = perm[start:start + pool]
+            perm[start:start + pool] = chunk[np.argsort(self.lengths[chunk], kind="stable")]
+        batches = perm.reshape(n_batches, G)
+        return batches[rng.permutation(n_batches)].reshape(-1)
+
+    def global_indices(self, step):
+        """Dataset indices of the whole global batch at `step`, [global_batch]."""
+        G = self.global_batch
+        if self.bucket:
+            epoch, b = divmod(step, self.steps_per_epoch)
+            return self._order(epoch)[b * G:(b + 1) * G]
+        pos = np.arange(step * G, (step + 1) * G)
+        epochs = pos // self.n
+        if epochs[0] == epochs[-1]:
+            return self._order(int(epochs[0]))[pos % self.n]
+        return np.array([self._order(int(e))[p] for e, p in zip(epochs, pos % self.n)])
+
+    def batch_at(self, step):
+        """{"input_ids", "input_mask": LongTensor [B, L], "index": LongTensor [B]} for this rank."""
+        idx = self.global_indices(step)
+        if self.pad_to == "longest":
+            L = _round_len(int(self.lengths[idx].max()), self.seq_len)
+        else:
+            L = self.seq_len
+        flat, lengths, src_lens = _read_rows(self.dataset, idx[self.lo:self.hi])
+        batch = _pad(flat, lengths, src_lens, L, self.pad_id)
+        batch["index"] = torch.arange(self.lo, self.hi)
+        if self.pin_memory:
+            batch = {k: v.pin_memory() for k, v in batch.items()}
+        return batch
+
+    def __iter__(self):
+        step = self.start_step
+        while True:
+            yield self.batch_at(step)
+            step += 1
+
+
+def make_eval_batches(dataset, batch_size, seq_len, pad_id, pad_to="seq_len"):
+    """Every example once, in order: dicts of input_ids, input_mask [B, L] (the last B may be smaller)."""
+    for start in range(0, len(dataset), batch_size):
+        flat, lengths, src_lens = _read_rows(dataset, range(start, min(start + batch_size, len(dataset))))
+        L = seq_len if pad_to == "seq_len" else _round_len(int(lengths.max()), seq_len)
+        yield _pad(flat, lengths, src_lens, L, pad_id)
