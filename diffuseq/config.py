@@ -1,0 +1,161 @@
+"""Command-line arguments of training, and the model configuration derived from them.
+
+The saved `args.json` of a run holds every argument below, so a checkpoint folder describes
+itself and decoding needs nothing else.
+"""
+import argparse
+import json
+import sys
+
+from .model import PRESETS, DenoiserConfig
+from .schedule import SCHEDULES
+
+
+def _bool(s):
+    if s.lower() in ("1", "true", "yes", "on"):
+        return True
+    if s.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
+
+
+def train_parser():
+    p = argparse.ArgumentParser(
+        prog="train.py",
+        description="Train a DiffuSeq / DiffuSeq-v2 sequence-to-sequence diffusion model on a folder "
+                    "of train/valid/test.jsonl files ({\"src\": ..., \"trg\": ...} per line).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default="bible_kjv_web", help="name of the dataset, used in the run folder's name")
+    g.add_argument("--data_dir", default="datasets/bible_kjv_web",
+                   help="folder with train.jsonl and valid.jsonl (test.jsonl for decoding)")
+    g.add_argument("--seq_len", type=int, default=128,
+                   help="length of [CLS] x [SEP] y [SEP]; the source is truncated first when a pair is longer")
+    g.add_argument("--skip_bad_lines", action="store_true",
+                   help="skip malformed jsonl lines (and report how many) instead of stopping at the first")
+    g.add_argument("--bucket", type=_bool, default=False,
+                   help="length bucketing: batches of similar lengths padded to their longest, not to "
+                        "seq_len. Faster, but the model then sees fewer trailing pads than at decoding")
+    g.add_argument("--vocab", choices=["own", "bert"], default="own",
+                   help="own: train a tokenizer on the training split; bert: a local BERT vocab.txt (--vocab_path)")
+    g.add_argument("--vocab_path", default=None, help="folder or vocab.txt of a BERT WordPiece vocabulary (--vocab bert)")
+    g.add_argument("--vocab_size", type=int, default=8000, help="vocabulary size of the trained tokenizer (--vocab own)")
+    g.add_argument("--tokenizer_algo", choices=["wordpiece", "bpe"], default="wordpiece",
+                   help="algorithm of the trained tokenizer (--vocab own)")
+
+    g = p.add_argument_group("model")
+    g.add_argument("--preset", choices=sorted(PRESETS), default="tiny",
+                   help="transformer shape: " + "; ".join(
+                       f"{k}: {v['layers']} layers, width {v['width']}, {v['heads']} heads, FFN {v['ffn']}"
+                       for k, v in PRESETS.items()))
+    g.add_argument("--width", type=int, default=None, help="override the preset's transformer width")
+    g.add_argument("--layers", type=int, default=None, help="override the preset's number of layers")
+    g.add_argument("--heads", type=int, default=None, help="override the preset's attention heads")
+    g.add_argument("--ffn", type=int, default=None, help="override the preset's feed-forward size")
+    g.add_argument("--hidden_dim", type=int, default=128, help="word-embedding size D (the space that is noised)")
+    g.add_argument("--dropout", type=float, default=0.1)
+    g.add_argument("--init_from", default=None,
+                   help="initialise the encoder from local BERT weights (a folder with model.safetensors or "
+                        "pytorch_model.bin); the shape must match, e.g. --preset base for bert-base")
+    g.add_argument("--grad_checkpoint", action="store_true",
+                   help="recompute layer activations in the backward pass: less memory, ~30%% more compute")
+
+    g = p.add_argument_group("diffusion")
+    g.add_argument("--diffusion_steps", type=int, default=2000, help="T, the number of training timesteps")
+    g.add_argument("--noise_schedule", choices=SCHEDULES, default="sqrt")
+    g.add_argument("--schedule_sampler", choices=["uniform", "lossaware"], default="lossaware",
+                   help="timestep sampler: uniform, or importance sampling by each timestep's recent losses")
+    g.add_argument("--learned_mean_embed", action="store_true",
+                   help="DiffuSeq-v2: noise the target toward a learned soft absorbing state m instead of 0")
+    g.add_argument("--reg_rate", type=float, default=0.01, help="L2 penalty on m (with --learned_mean_embed)")
+    g.add_argument("--denoise", action="store_true",
+                   help="DiffuSeq-v2 discrete noise: absorb target tokens into m with probability "
+                        "denoise_rate * sqrt(1 - abar_t) (needs --learned_mean_embed)")
+    g.add_argument("--denoise_rate", type=float, default=0.5)
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--bsz", type=int, default=64, help="global batch size (over all processes)")
+    g.add_argument("--microbatch", type=int, default=None,
+                   help="examples per forward pass on each process; gradients are accumulated (default: all)")
+    g.add_argument("--lr", type=float, default=1e-4)
+    g.add_argument("--warmup_steps", type=int, default=500, help="linear warm-up, then linear decay to 0")
+    g.add_argument("--learning_steps", type=int, default=50000, help="total optimisation steps")
+    g.add_argument("--weight_decay", type=float, default=0.0)
+    g.add_argument("--grad_clip", type=float, default=1.0, help="max gradient norm (0: off)")
+    g.add_argument("--ema_rate", type=float, default=0.9999, help="decay of the exponential moving average of weights")
+    g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="auto: bf16 autocast on GPUs that support it, fp32 on CPU; fp16 uses a grad scaler")
+    g.add_argument("--use_fp16", action="store_true", help="alias of --precision fp16")
+    g.add_argument("--compile", action="store_true", help="torch.compile the denoiser")
+    g.add_argument("--seed", type=int, default=102)
+
+    g = p.add_argument_group("run")
+    g.add_argument("--checkpoint_path", default=None,
+                   help="the run's folder (default: diffusion_models/diffuseq_<dataset>_<preset>[_<notes>])")
+    g.add_argument("--notes", default="", help="free text kept in args.json and appended to the default run name")
+    g.add_argument("--resume_checkpoint", default=None,
+                   help="checkpoint folder, or run folder (its latest checkpoint), to continue exactly from")
+    g.add_argument("--save_interval", type=int, default=10000, help="steps between checkpoints")
+    g.add_argument("--log_interval", type=int, default=100, help="steps between log lines")
+    g.add_argument("--eval_interval", type=int, default=2000, help="steps between validation losses (0: off)")
+    g.add_argument("--eval_batches", type=int, default=8, help="batches of valid.jsonl per validation")
+    g.add_argument("--keep_checkpoints", type=int, default=0, help="keep only the newest N checkpoints (0: all)")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    g.add_argument("--wandb", choices=["online", "offline", "disabled"], default="disabled")
+    g.add_argument("--progress", type=_bool, default=True, help="show a progress bar")
+    return p
+
+
+def explicit_keys(parser, argv):
+    """Names of the arguments given on the command line (not left at their defaults)."""
+    probe = argparse.ArgumentParser(add_help=False)
+    for a in parser._actions:
+        if a.option_strings and a.dest != "help":
+            kw = {"nargs": a.nargs} if a.nargs is not None else {}
+            if isinstance(a, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+                probe.add_argument(*a.option_strings, dest=a.dest, action="store_const", const=True,
+                                   default=argparse.SUPPRESS)
+            else:
+                probe.add_argument(*a.option_strings, dest=a.dest, default=argparse.SUPPRESS, **kw)
+    ns, _ = probe.parse_known_args(argv)
+    return set(vars(ns))
+
+
+def parse_train_args(argv=None):
+    parser = train_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(argv)
+    args.explicit = sorted(explicit_keys(parser, argv))
+    if args.use_fp16:
+        args.precision = "fp16"
+    if args.denoise and not args.learned_mean_embed:
+        parser.error("--denoise absorbs tokens into the learned state m: add --learned_mean_embed")
+    if args.microbatch is None:
+        args.microbatch = args.bsz
+    if args.checkpoint_path is None:
+        name = f"diffuseq_{args.dataset}_{args.preset}" + (f"_{args.notes}" if args.notes else "")
+        args.checkpoint_path = f"diffusion_models/{name.replace(' ', '_')}"
+    return args
+
+
+def model_config(args, vocab_size):
+    shape = dict(PRESETS[args.preset])
+    for k in ("width", "layers", "heads", "ffn"):
+        if getattr(args, k, None) is not None:
+            shape[k] = getattr(args, k)
+    if shape["width"] % shape["heads"]:
+        raise ValueError(f"width {shape['width']} is not divisible by {shape['heads']} heads")
+    return DenoiserConfig(vocab_size=vocab_size, seq_len=args.seq_len, hidden_dim=args.hidden_dim,
+                          dropout=args.dropout, diffusion_steps=args.diffusion_steps,
+                          learned_mean_embed=args.learned_mean_embed,
+                          grad_checkpoint=getattr(args, "grad_checkpoint", False), **shape)
+
+
+def save_args(args, path):
+    with open(path, "w") as f:
+        json.dump(vars(args), f, indent=2, sort_keys=True)
+
+
+def load_args(path):
+    with open(path) as f:
+        return argparse.Namespace(**json.load(f))

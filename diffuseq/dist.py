@@ -1,0 +1,80 @@
+"""Process state of a (possibly) distributed run, kept out of the mathematics.
+
+Launched by `torchrun`, each process reads RANK / WORLD_SIZE / LOCAL_RANK from the environment;
+NCCL on GPUs, gloo on CPU. A plain `python train.py` is a world of one.
+"""
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class ProcessInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+
+def pick_device(name="auto", local_rank=0):
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        name = f"cuda:{local_rank}"
+    return torch.device(name)
+
+
+def setup(device="auto"):
+    """Initialise the process group when launched by torchrun; return this process's info."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    dev = pick_device(device, local)
+    if world > 1 and not dist.is_initialized():
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    if world > 1 and dev.type == "cpu":
+        # processes share the cores: one thread each unless the user said otherwise
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    return ProcessInfo(rank, world, local, dev)
+
+
+def barrier():
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_gather_cat(t):
+    """Concatenate a tensor [n, ...] of equal n from every rank, in rank order."""
+    if not dist.is_initialized():
+        return t
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts)
+
+
+def all_reduce_mean(t):
+    if dist.is_initialized():
+        t = t.clone()
+        dist.all_reduce(t)
+        t /= dist.get_world_size()
+    return t
+
+
+def all_gather_objects(obj):
+    if not dist.is_initialized():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def cleanup():
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,451 @@
+"""The training loop: set up, loop, log, checkpoint.
+
+Every random draw of a step (batch order, timesteps, noise, dropout) is a function of
+(seed, step), and the noise is drawn for the whole global batch and sliced per process, so a run
+resumed from a checkpoint continues exactly, and N processes train as one with the same global
+batch.
+"""
+import contextlib
+import json
+import logging
+import math
+import os
+import queue
+import random
+import sys
+import threading
+import time
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from . import checkpoint as ckpt
+from . import dist
+from .config import load_args, model_config, save_args
+from .data.dataset import BatchLoader, DataError, load_split, make_eval_batches
+from .diffusion import training_losses
+from .model import Denoiser, load_bert_encoder
+from .resample import create_sampler
+from .schedule import DiscreteSchedule
+from .tokenizer import Tokenizer, TokenizerError, build_tokenizer
+
+log = logging.getLogger("diffuseq")
+
+# arguments that may differ when a run is resumed; all others come from the checkpoint
+RESUMABLE = {"learning_steps", "save_interval", "log_interval", "eval_interval", "eval_batches",
+             "keep_checkpoints", "device", "wandb", "progress", "resume_checkpoint", "compile",
+             "explicit", "checkpoint_path"}
+
+
+def autocast_dtype(precision, device):
+    if precision == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def lr_at(step, args):
+    """Linear warm-up to args.lr, then linear decay to 0 at learning_steps."""
+    if step < args.warmup_steps:
+        return args.lr * (step + 1) / args.warmup_steps
+    left = args.learning_steps - step
+    return args.lr * max(0.0, left / max(1, args.learning_steps - args.warmup_steps))
+
+
+def step_generator(seed, step, device):
+    """The generator every process uses for the global batch's timesteps and noise at `step`."""
+    g = torch.Generator(device=device)
+    g.manual_seed((seed * 1_000_003 + step) % (2 ** 63))
+    return g
+
+
+def draw_noise(args, sampler, step, global_bsz, L, device):
+    """Timesteps, importance weights, Gaussian noise [2, G, L, D] and uniforms [G, L] of the
+    global batch at `step` (identical on every process)."""
+    g_cpu = step_generator(args.seed, step, "cpu")
+    t, w = sampler.sample(global_bsz, g_cpu)
+    g = g_cpu if device.type == "cpu" else step_generator(args.seed, step, device)
+    # drawn at full seq_len and cut, so a shorter padded batch sees the same noise per position
+    noise = torch.randn(2, global_bsz, args.seq_len, args.hidden_dim, generator=g, device=device)
+    u = torch.rand(global_bsz, args.seq_len, generator=g, device=device)
+    return t.to(device), w.to(device), noise[:, :, :L], u[:, :L]
+
+
+class Prefetcher:
+    """Builds the next batches on a background thread and moves them to the device."""
+
+    def __init__(self, loader, start, device, depth=2):
+        self.q = queue.Queue(maxsize=depth)
+        self.device = device
+        self.stop = threading.Event()
+
+        def work():
+            step = start
+            while not self.stop.is_set():
+                try:
+                    item = (step, loader.batch_at(step))
+                except Exception as e:  # surfaced in the main thread
+                    item = (step, e)
+                while not self.stop.is_set():
+                    try:
+                        self.q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        pass
+                step += 1
+
+        self.thread = threading.Thread(target=work, daemon=True)
+        self.thread.start()
+
+    def get(self):
+        step, batch = self.q.get()
+        if isinstance(batch, Exception):
+            raise batch
+        return step, {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def close(self):
+        self.stop.set()
+
+
+def setup_logging(run_dir, is_main):
+    log.handlers.clear()
+    log.setLevel(logging.INFO if is_main else logging.WARNING)
+    log.propagate = False
+    fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+    h = logging.StreamHandler(sys.stdout)
+    h.setFormatter(fmt)
+    log.addHandler(h)
+    if is_main:
+        fh = logging.FileHandler(os.path.join(run_dir, "log.txt"))
+        fh.setFormatter(fmt)
+        log.addHandler(fh)
+
+
+def prepare_tokenizer(args, proc, resume_dir):
+    """Tokenizer of a resumed run, or built once by rank 0 and read by the others."""
+    path = os.path.join(args.checkpoint_path, "tokenizer.json")
+    if resume_dir:
+        return Tokenizer.load(os.path.join(resume_dir, "tokenizer.json"))
+    if proc.is_main:
+        tok = build_tokenizer(args.vocab, args.data_dir, args.vocab_size, args.vocab_path, args.tokenizer_algo)
+        tok.save(path)
+    dist.barrier()
+    return Tokenizer.load(path)
+
+
+def resume_args(args):
+    """Merge a checkpoint's saved arguments under the ones given now (for RESUMABLE keys and
+    any explicitly given ones). Returns (args, checkpoint folder)."""
+    path = ckpt.resolve(args.resume_checkpoint)
+    saved = vars(load_args(os.path.join(path, "args.json")))
+    now = vars(args)
+    merged = dict(saved)
+    for k, v in now.items():
+        if k in RESUMABLE or k in args.explicit or k not in saved:
+            merged[k] = v
+    changed = sorted(k for k in args.explicit if k not in RESUMABLE and saved.get(k) != now[k])
+    if changed:
+        log.warning("resuming with changed arguments: %s", ", ".join(changed))
+    if "checkpoint_path" not in args.explicit:
+        merged["checkpoint_path"] = os.path.dirname(os.path.normpath(path))
+    return type(args)(**merged), path
+
+
+class EMA:
+    """Exponential moving average of parameters, kept in fp32."""
+
+    def __init__(self, params, rate):
+        self.params = list(params)
+        self.rate = rate
+        self.shadow = [p.detach().clone().float() for p in self.params]
+
+    @torch.no_grad()
+    def update(self):
+        torch._foreach_lerp_(self.shadow, [p.detach().float() for p in self.params], 1.0 - self.rate)
+
+    def state_dict(self, model):
+        sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        names = [n for n, _ in model.named_parameters()]
+        for n, s in zip(names, self.shadow):
+            sd[n] = s.to(sd[n].dtype).clone()
+        return sd
+
+    def load_state_dict(self, model, sd):
+        names = [n for n, _ in model.named_parameters()]
+        for n, s in zip(names, self.shadow):
+            s.copy_(sd[n])
+
+
+def rng_state():
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    def __init__(self, args):
+        self.proc = proc = dist.setup(args.device)
+        resume_dir = None
+        if args.resume_checkpoint:
+            args, resume_dir = resume_args(args)
+        self.args = args
+        if proc.is_main:
+            os.makedirs(args.checkpoint_path, exist_ok=True)
+        dist.barrier()
+        setup_logging(args.checkpoint_path, proc.is_main)
+        torch.manual_seed(args.seed)
+
+        self.tokenizer = prepare_tokenizer(args, proc, resume_dir)
+        if proc.is_main:
+            save_args(args, os.path.join(args.checkpoint_path, "args.json"))
+        self.train_set = self._load("train")
+        self.valid_set = self._load("valid") if os.path.isfile(
+            os.path.join(args.data_dir, "valid.jsonl")) else None
+
+        self.cfg = model_config(args, self.tokenizer.vocab_size)
+        self.model = Denoiser(self.cfg).to(proc.device)
+        if args.init_from and not resume_dir:
+            loaded = load_bert_encoder(self.model, args.init_from)
+            log.info("initialised %d tensors from %s", len(loaded), args.init_from)
+        self.sched = DiscreteSchedule.from_name(args.noise_schedule, args.diffusion_steps)
+        self.sampler = create_sampler(args.schedule_sampler, args.diffusion_steps)
+        self.amp_dtype = autocast_dtype(args.precision, proc.device)
+        self.scaler = torch.amp.GradScaler(proc.device.type, enabled=self.amp_dtype == torch.float16)
+        fused = proc.device.type == "cuda"
+        decay, no_decay = [], []
+        for n, p in self.model.named_parameters():
+            (no_decay if p.ndim < 2 or "embedding" in n else decay).append(p)
+        self.opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=args.lr, betas=(0.9, 0.999), fused=fused or None)
+        self.ema = EMA(self.model.parameters(), args.ema_rate)
+        self.step = 0
+        if resume_dir:
+            self._restore(resume_dir)
+        self.net = self.model
+        if args.compile:
+            self.net = torch.compile(self.net)
+        if proc.world_size > 1:
+            self.net = DDP(self.net, device_ids=[proc.device] if proc.device.type == "cuda" else None)
+        self.local_bsz = args.bsz // proc.world_size
+        self.loader = BatchLoader(self.train_set, args.bsz, proc.rank, proc.world_size, args.seed,
+                                  args.seq_len, self.tokenizer.pad_id, bucket=args.bucket,
+                                  pin_memory=proc.device.type == "cuda")
+        self.pending = []  # (t, losses) not yet given to the timestep sampler
+        self.wandb = None
+        if args.wandb != "disabled" and proc.is_main:
+            self.wandb = _init_wandb(args)
+
+    def _load(self, split):
+        a = self.args
+        if not self.proc.is_main:
+            dist.barrier()  # rank 0 tokenizes and caches first
+        ds, stats = load_split(a.data_dir, split, self.tokenizer, a.seq_len, skip_bad_lines=a.skip_bad_lines)
+        if self.proc.is_main:
+            dist.barrier()
+            log.info("%s: %d pairs, %d truncated to seq_len %d%s%s", split, stats.n_pairs, stats.n_truncated,
+                     a.seq_len, f", {stats.n_skipped} bad lines skipped" if stats.n_skipped else "",
+                     " (cached)" if getattr(stats, "from_cache", False) else "")
+        if stats.n_pairs == 0:
+            raise DataError(f"{os.path.join(a.data_dir, split + '.jsonl')}: no usable pairs")
+        return ds
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self):
+        if self.proc.is_main:
+            self._flush_sampler()
+            run = self.args.checkpoint_path
+            state = {"optimizer": self.opt.state_dict(), "scaler": self.scaler.state_dict(),
+                     "sampler": self.sampler.state_dict(), "step": self.step, "rng": rng_state()}
+            path = ckpt.save_checkpoint(run, self.step, {
+                "model.pt": self.model.state_dict(), "ema.pt": self.ema.state_dict(self.model),
+                "training_state.pt": state, "args.json": os.path.join(run, "args.json"),
+                "tokenizer.json": os.path.join(run, "tokenizer.json")}, keep=self.args.keep_checkpoints)
+            log.info("saved %s", path)
+        else:
+            self._flush_sampler()
+        dist.barrier()
+
+    def _restore(self, path):
+        dev = self.proc.device
+        self.model.load_state_dict(ckpt.load(path, "model.pt", dev))
+        self.ema.load_state_dict(self.model, ckpt.load(path, "ema.pt", dev))
+        state = ckpt.load(path, "training_state.pt", "cpu")
+        self.opt.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.sampler.load_state_dict(state["sampler"])
+        set_rng_state(state["rng"])
+        self.step = state["step"]
+        log.info("resumed from %s at step %d", path, self.step)
+
+    # ------------------------------------------------------------------ one step
+    def _flush_sampler(self):
+        """Give the timestep sampler the losses of the last steps, from every process."""
+        if not self.pending or self.sampler.name == "uniform":
+            self.pending = []
+            return
+        t = dist.all_gather_cat(torch.cat([p[0] for p in self.pending]))
+        losses = dist.all_gather_cat(torch.cat([p[1] for p in self.pending]))
+        self.sampler.update(t.cpu().numpy(), losses.cpu().numpy())
+        self.pending = []
+
+    def train_step(self, batch):
+        """One optimisation step on this process's part of the global batch. Returns the
+        detached per-term means (on device)."""
+        a, dev = self.args, self.proc.device
+        ids, mask, index = batch["input_ids"], batch["input_mask"], batch["index"]
+        t, w, noise, u = draw_noise(a, self.sampler, self.step, a.bsz, ids.shape[1], dev)
+        t, w, noise, u = t[index], w[index], noise[:, index], u[index]
+        torch.manual_seed((a.seed * 7919 + self.step * 104729 + self.proc.rank) % (2 ** 63))  # dropout
+        for g in self.opt.param_groups:
+            g["lr"] = lr_at(self.step, a)
+        sums = {}
+        n = ids.shape[0]
+        micro = list(range(0, n, a.microbatch))
+        for i, s in enumerate(micro):
+            sl = slice(s, s + a.microbatch)
+            sync = i == len(micro) - 1 or not isinstance(self.net, DDP)
+            with (contextlib.nullcontext() if sync else self.net.no_sync()), \
+                    torch.autocast(dev.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+                terms = training_losses(self.net, self.sched, ids[sl], mask[sl], t[sl], noise[:, sl],
+                                        denoise_rate=a.denoise_rate if a.denoise else 0.0,
+                                        reg_rate=a.reg_rate, u=u[sl])
+                loss = (terms["loss"] * w[sl]).sum() / n
+            self.scaler.scale(loss).backward()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0) + v.detach().sum()
+            self.pending.append((t[sl], terms["loss"].detach().float()))
+        if a.grad_clip > 0:
+            self.scaler.unscale_(self.opt)
+            sums["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.model.parameters(), a.grad_clip) * n
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.opt.zero_grad(set_to_none=True)
+        self.ema.update()
+        self.step += 1
+        return {k: v / n for k, v in sums.items()}
+
+    @torch.no_grad()
+    def validate(self):
+        """Mean loss terms over the first eval_batches batches of valid.jsonl, fixed noise."""
+        if self.valid_set is None:
+            return None
+        a, dev = self.args, self.proc.device
+        self.model.eval()
+        sums, count = {}, 0
+        batches = make_eval_batches(self.valid_set, a.microbatch, a.seq_len, self.tokenizer.pad_id)
+        for i, b in zip(range(a.eval_batches), batches):
+            ids, mask = b["input_ids"].to(dev), b["input_mask"].to(dev)
+            B = ids.shape[0]
+            g = step_generator(a.seed + 1, i, dev)
+            t = torch.randint(0, a.diffusion_steps, (B,), generator=g, device=dev)
+            noise = torch.randn(2, B, ids.shape[1], a.hidden_dim, generator=g, device=dev)
+            u = torch.rand(B, ids.shape[1], generator=g, device=dev)
+            with torch.autocast(dev.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+                terms = training_losses(self.model, self.sched, ids, mask, t, noise,
+                                        denoise_rate=a.denoise_rate if a.denoise else 0.0,
+                                        reg_rate=a.reg_rate, u=u)
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0) + v.sum()
+            count += B
+        self.model.train()
+        return {k: float(v) / count for k, v in sums.items()}
+
+    # ------------------------------------------------------------------ the loop
+    def train(self):
+        a, proc = self.args, self.proc
+        log.info("model: %s, %.2fM parameters (%.2fM without embeddings), device %s, %d process(es), "
+                 "precision %s", json.dumps(self.cfg.to_dict()), self.model.num_params() / 1e6,
+                 self.model.num_params(True) / 1e6, proc.device, proc.world_size,
+                 {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype])
+        self.model.train()
+        bar = None
+        if a.progress and proc.is_main:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=a.learning_steps, initial=self.step, desc="train", dynamic_ncols=True,
+                       disable=None)
+        fetch = Prefetcher(self.loader, self.step, proc.device)
+        window, t0, last_logged = {}, time.time(), self.step
+        try:
+            while self.step < a.learning_steps:
+                _, batch = fetch.get()
+                stats = self.train_step(batch)
+                for k, v in stats.items():
+                    window[k] = window.get(k, 0) + v
+                if bar is not None:
+                    bar.update(1)
+                if self.step % a.log_interval == 0 or self.step == a.learning_steps:
+                    self._flush_sampler()
+                    n = self.step - last_logged
+                    means = {k: float(dist.all_reduce_mean(v)) / n for k, v in window.items()}
+                    rate = n / (time.time() - t0)
+                    self._log(means, rate, bar)
+                    window, t0, last_logged = {}, time.time(), self.step
+                if a.eval_interval and self.step % a.eval_interval == 0 and proc.is_main:
+                    val = self.validate()
+                    if val:
+                        log.info("step %d valid: %s", self.step, _fmt(val))
+                        self._wandb({f"valid/{k}": v for k, v in val.items()})
+                if self.step % a.save_interval == 0 or self.step == a.learning_steps:
+                    self.save()
+        except KeyboardInterrupt:
+            log.warning("interrupted at step %d: saving a checkpoint to resume from", self.step)
+            self.save()
+            raise
+        finally:
+            fetch.close()
+            if bar is not None:
+                bar.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+        return self.step
+
+    def _log(self, means, rate, bar):
+        if bar is not None:
+            bar.set_postfix(loss=f"{means['loss']:.4f}", acc=f"{means['acc']:.3f}", refresh=False)
+        log.info("step %d | %s | %.2f steps/s | lr %.2e", self.step, _fmt(means), rate, lr_at(self.step - 1, self.args))
+        self._wandb({f"train/{k}": v for k, v in means.items()} | {"steps_per_s": rate})
+
+    def _wandb(self, d):
+        if self.wandb is not None:
+            self.wandb.log(d, step=self.step)
+
+
+def _fmt(d):
+    return " ".join(f"{k} {v:.4f}" for k, v in d.items())
+
+
+def _init_wandb(args):
+    try:
+        import wandb
+    except ImportError:
+        raise SystemExit("error: --wandb needs the wandb package: pip install wandb") from None
+    return wandb.init(project="diffuseq", name=os.path.basename(args.checkpoint_path), mode=args.wandb,
+                      config=vars(args), dir=args.checkpoint_path)
+
+
+def main(args):
+    """Train with parsed arguments; user errors become one-line messages, not tracebacks."""
+    try:
+        trainer = Trainer(args)
+        trainer.train()
+    except (DataError, TokenizerError, ckpt.CheckpointError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; resume with --resume_checkpoint " + args.checkpoint_path, file=sys.stderr)
+        return 130
+    finally:
+        dist.cleanup()
+    return 0
