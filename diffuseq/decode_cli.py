@@ -1,0 +1,71 @@
+"""Command line shared by run_decode.py (ancestral sampling) and run_decode_solver.py (DPM-Solver++)."""
+import argparse
+import sys
+
+import torch
+
+from . import dist
+from .checkpoint import CheckpointError
+from .data.dataset import DataError
+from .decoding import decode_split, load_model
+from .tokenizer import TokenizerError
+
+
+def decode_parser(solver):
+    p = argparse.ArgumentParser(
+        prog="run_decode_solver.py" if solver else "run_decode.py",
+        description=("Decode a split with multistep DPM-Solver++ in a few steps."
+                     if solver else "Decode a split with ancestral sampling over respaced timesteps.")
+        + " Writes <out_dir>/<run>_<checkpoint>/<split>.seed<S>.step<K>.jsonl with one "
+          "{source, reference, recover} object per input, in input order.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model_dir", required=True,
+                   help="a checkpoint folder (ckpt_NNNNNNN) or a run folder (its latest checkpoint)")
+    p.add_argument("--split", default="test", help="which <split>.jsonl of the data folder to decode")
+    p.add_argument("--data_dir", default=None, help="data folder (default: the one the model was trained on)")
+    p.add_argument("--step", type=int, default=10 if solver else None,
+                   help="solver steps (model calls = step + 1)" if solver
+                   else "number of respaced timesteps (default: all training steps)")
+    p.add_argument("--bsz", type=int, default=64, help="sentences per batch")
+    p.add_argument("--seed", type=int, default=123, help="seed of the first sample; sample k uses seed + k")
+    p.add_argument("--num_samples", type=int, default=1, help="candidates per input, one output file each")
+    p.add_argument("--out_dir", default="generation_outputs")
+    p.add_argument("--use_ema", type=lambda s: s.lower() in ("1", "true", "yes"), default=True,
+                   help="decode with the EMA weights (true) or the raw weights (false)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="autocast of the denoiser")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--max_examples", type=int, default=None, help="decode only the first N inputs")
+    p.add_argument("--progress", type=lambda s: s.lower() in ("1", "true", "yes"), default=True)
+    if solver:
+        p.add_argument("--order", type=int, choices=[1, 2, 3], default=2, help="DPM-Solver++ order")
+        p.add_argument("--skip_type", choices=["logSNR", "time_uniform"], default="logSNR",
+                       help="step spacing: uniform in log signal-to-noise ratio, or in time")
+    else:
+        p.add_argument("--clamp_step", type=int, default=0,
+                       help="clamp predicted z_0 to the nearest word embedding at training timesteps "
+                            "<= this (no effect with a learned absorbing state)")
+    return p
+
+
+def main(argv=None, solver=False):
+    args = decode_parser(solver).parse_args(argv)
+    proc = dist.setup(args.device)
+    try:
+        model = load_model(args.model_dir, proc.device, args.use_ema,
+                           torch.bfloat16 if args.precision == "bf16" else None)
+        kw = dict(order=args.order, skip=args.skip_type) if solver else dict(clamp_step=args.clamp_step)
+        paths, speed = decode_split(
+            model, args.data_dir or model.args.data_dir, args.split, args.out_dir,
+            sampler="dpm" if solver else "ancestral", steps=args.step,
+            seeds=[args.seed + k for k in range(args.num_samples)], bsz=args.bsz, proc=proc,
+            progress=args.progress, max_examples=args.max_examples, **kw)
+    except (CheckpointError, DataError, TokenizerError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        dist.cleanup()
+    if proc.is_main:
+        for p in paths:
+            print(f"wrote {p}")
+        print(f"{speed * proc.world_size:.1f} sentences/s ({model.weights}, {proc.world_size} process(es))")
+    return 0

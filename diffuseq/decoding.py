@@ -1,0 +1,197 @@
+"""Decoding: load a checkpoint folder once, turn source strings into generated strings.
+
+    from diffuseq.decoding import load_model
+    m = load_model("diffusion_models/my_run")           # a run folder -> its latest checkpoint
+    m.generate(["how do i learn python?"], sampler="dpm", steps=10)
+
+`decode_split` is what `run_decode.py` and `run_decode_solver.py` both call: it decodes a split
+of a dataset, sharded over processes, and writes one JSON line per input in input order.
+"""
+import json
+import os
+import time
+
+import torch
+
+from . import checkpoint as ckpt
+from . import dist
+from .config import load_args, model_config
+from .data.dataset import make_input, read_pairs
+from .model import Denoiser
+from .samplers import ancestral_sample, dpm_solver_sample
+from .schedule import DiscreteSchedule, NoiseScheduleVP
+from .tokenizer import Tokenizer
+
+
+def nearest_embedding(z, emb):
+    """Replace each vector of z [..., D] by its nearest row of emb [V, D] in L2 distance.
+
+    |z - e|^2 = |z|^2 - 2 z.e + |e|^2, and |z|^2 does not change the argmin: one matmul.
+    """
+    flat = z.reshape(-1, z.shape[-1])
+    d = emb.pow(2).sum(-1)[None, :] - 2 * flat @ emb.t()
+    return emb[d.argmin(-1)].view_as(z)
+
+
+class DiffuSeqModel:
+    """A trained denoiser with its tokenizer, diffusion schedule and arguments, ready to decode."""
+
+    def __init__(self, path, device="auto", use_ema=True, dtype=None):
+        self.path = ckpt.resolve(path)
+        self.device = dist.pick_device(device)
+        self.args = load_args(os.path.join(self.path, "args.json"))
+        self.tokenizer = Tokenizer.load(os.path.join(self.path, "tokenizer.json"))
+        cfg = model_config(self.args, self.tokenizer.vocab_size)
+        cfg.grad_checkpoint = False
+        self.model = Denoiser(cfg)
+        weights = "ema.pt" if use_ema and os.path.isfile(os.path.join(self.path, "ema.pt")) else "model.pt"
+        self.model.load_state_dict(ckpt.load(self.path, weights, "cpu"))
+        self.model.to(self.device).eval()
+        self.weights = weights
+        self.seq_len = cfg.seq_len
+        self.sched = DiscreteSchedule.from_name(self.args.noise_schedule, self.args.diffusion_steps)
+        self.dtype = dtype  # autocast dtype for the denoiser (None = fp32)
+
+    @property
+    def name(self):
+        """`<run>_<checkpoint>`, used to name output folders."""
+        p = os.path.normpath(self.path)
+        return f"{os.path.basename(os.path.dirname(p))}_{os.path.basename(p)}"
+
+    def inputs(self, sources, references=None):
+        """Token ids and masks [B, L] of [CLS] x [SEP] followed by the target region.
+
+        The source is truncated as in training (to leave room for the reference when given)."""
+        xs = self.tokenizer.encode_batch(sources)
+        ys = self.tokenizer.encode_batch(references) if references is not None else [[]] * len(xs)
+        ids = torch.full((len(xs), self.seq_len), self.tokenizer.pad_id, dtype=torch.long)
+        mask = torch.ones_like(ids)
+        for i, (x, y) in enumerate(zip(xs, ys)):
+            z, src_len, _ = make_input(x, y, self.seq_len, self.tokenizer.cls_id, self.tokenizer.sep_id)
+            ids[i, :src_len] = torch.tensor(z[:src_len])
+            mask[i, :src_len] = 0
+        return ids, mask
+
+    def _denoise(self, z, t):
+        enabled = self.dtype is not None
+        with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=enabled):
+            return self.model(z, t).float()
+
+    @torch.no_grad()
+    def sample_ids(self, ids, mask, sampler="ancestral", steps=None, seed=0, clamp_step=0,
+                   order=2, skip="logSNR", progress=None):
+        """Generate the target region for one batch: ids, mask [B, L] -> token ids [B, L]."""
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        a = self.args
+        g = torch.Generator(device=self.device).manual_seed(seed)
+        x_start = self.model.get_embeds(ids)
+        m = self.model.mean_embed
+        z = torch.randn(x_start.shape, generator=g, device=self.device)
+        if m is not None:
+            z = z + m
+        if sampler == "ancestral":
+            sched = self.sched.respace(steps or a.diffusion_steps)
+            clamp = None
+            if m is None:  # the soft absorbing state makes clamping unnecessary
+                emb = self.model.word_embedding.weight
+                clamp = lambda z0: nearest_embedding(z0, emb)  # noqa: E731
+            rate = a.denoise_rate if getattr(a, "denoise", False) else 0.0
+            _, z0 = ancestral_sample(self._denoise, sched, z, x_start, mask, m=m, clamp=clamp,
+                                     clamp_step=clamp_step, denoise_rate=rate, generator=g,
+                                     progress=progress)
+        elif sampler == "dpm":
+            ns = NoiseScheduleVP(self.sched.alphas_cumprod, device=self.device)
+            _, z0 = dpm_solver_sample(self._denoise, ns, z, x_start, mask, m=m, steps=steps or 10,
+                                      order=order, skip=skip, progress=progress)
+        else:
+            raise ValueError(f"unknown sampler {sampler!r}; choose ancestral or dpm")
+        out = self.model.get_logits(z0).argmax(-1)
+        return torch.where(mask.bool(), out, ids)
+
+    def detokenize(self, out, mask):
+        """Token ids [B, L] -> the generated text of each row (its target region)."""
+        rows = [row[m.bool()].tolist() for row, m in zip(out.cpu(), mask.cpu())]
+        return self.tokenizer.decode_batch(rows)
+
+    def generate(self, sources, sampler="dpm", steps=None, num_samples=1, seed=0, bsz=64, **kw):
+        """Source strings -> generated strings (a list of num_samples lists when num_samples > 1)."""
+        outs = []
+        for k in range(num_samples):
+            texts = []
+            for b, start in enumerate(range(0, len(sources), bsz)):
+                ids, mask = self.inputs(sources[start:start + bsz])
+                out = self.sample_ids(ids, mask, sampler, steps, seed=batch_seed(seed + k, b), **kw)
+                texts += self.detokenize(out, mask)
+            outs.append(texts)
+        return outs[0] if num_samples == 1 else outs
+
+
+def load_model(path, device="auto", use_ema=True, dtype=None):
+    return DiffuSeqModel(path, device, use_ema, dtype)
+
+
+def batch_seed(seed, batch_index):
+    """The seed of one batch: the same whatever the number of processes."""
+    return (seed * 1_000_003 + batch_index) % (2 ** 63)
+
+
+def output_path(out_dir, model, split, seed, steps):
+    return os.path.join(out_dir, model.name, f"{split}.seed{seed}.step{steps}.jsonl")
+
+
+def decode_split(model, data_dir, split, out_dir, sampler="ancestral", steps=None, seeds=(0,),
+                 bsz=64, proc=None, progress=True, max_examples=None, **kw):
+    """Decode data_dir/<split>.jsonl with each seed; rank r takes batches r, r+W, ...; rank 0
+    merges the shards in input order. Returns the output paths and sentences/s."""
+    proc = proc or dist.ProcessInfo(device=model.device)
+    path = os.path.join(data_dir, f"{split}.jsonl")
+    pairs = list(read_pairs(path))
+    if max_examples:
+        pairs = pairs[:max_examples]
+    steps = steps or (model.args.diffusion_steps if sampler == "ancestral" else 10)
+    batches = list(range(0, len(pairs), bsz))
+    mine = batches[proc.rank::proc.world_size]
+    tok = model.tokenizer
+    paths, t0, n_done = [], time.time(), 0
+    for seed in seeds:
+        final = output_path(out_dir, model, split, seed, steps)
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        rows = {}
+        bar = None
+        if progress and proc.is_main:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=len(mine) * bsz, desc=f"decode seed {seed}", unit="sent", disable=None)
+        for start in mine:
+            chunk = pairs[start:start + bsz]
+            src, ref = [p[0] for p in chunk], [p[1] for p in chunk]
+            ids, mask = model.inputs(src, ref)
+            out = model.sample_ids(ids, mask, sampler, steps, seed=batch_seed(seed, start // bsz), **kw)
+            gen = model.detokenize(out, mask)
+            # references and sources go through the tokenizer too, so all three are normalised alike
+            srcs = tok.decode_batch(tok.encode_batch(src))
+            refs = tok.decode_batch(tok.encode_batch(ref))
+            for i, (s, r, g) in enumerate(zip(srcs, refs, gen)):
+                rows[start + i] = {"source": s, "reference": r, "recover": g}
+            n_done += len(chunk)
+            if bar is not None:
+                bar.update(len(chunk))
+        if bar is not None:
+            bar.close()
+        shard = f"{final}.rank{proc.rank}"
+        with open(shard, "w") as f:
+            json.dump(rows, f, ensure_ascii=False)
+        dist.barrier()
+        if proc.is_main:
+            merged = {}
+            for r in range(proc.world_size):
+                with open(f"{final}.rank{r}") as f:
+                    merged.update({int(k): v for k, v in json.load(f).items()})
+                os.remove(f"{final}.rank{r}")
+            tmp = final + ".tmp"
+            with open(tmp, "w") as f:
+                for i in sorted(merged):
+                    f.write(json.dumps(merged[i], ensure_ascii=False) + "\n")
+            os.replace(tmp, final)
+        dist.barrier()
+        paths.append(final)
+    return paths, n_done / max(time.time() - t0, 1e-9)
