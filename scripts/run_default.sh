@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The built-in default, end to end on CPU in a few minutes:
+#   1. build King James -> World English Bible verse pairs from the installed pythonbible packages,
+#   2. train a small DiffuSeq-v2 model (soft absorbing state + discrete noise) for STEPS steps,
+#   3. decode the test split with DPM-Solver++ in 10 steps,
+#   4. score it next to the copy-the-source baseline.
+# Environment: STEPS (default 1500), OUT (run folder, default diffusion_models/default_bible),
+# MAX_EXAMPLES (test inputs to decode, default all).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+STEPS=${STEPS:-1500}
+OUT=${OUT:-diffusion_models/default_bible}
+DATA=datasets/bible_kjv_web
+
+[ -f "$DATA/test.jsonl" ] || python -m diffuseq.data.bible --src kjv --trg web --out "$DATA"
+
+python train.py --dataset bible_kjv_web --data_dir "$DATA" --checkpoint_path "$OUT" \
+  --preset tiny --width 256 --layers 3 --heads 4 --ffn 1024 --hidden_dim 64 \
+  --seq_len 96 --bucket true --vocab_size 6000 \
+  --learned_mean_embed --denoise \
+  --bsz 64 --lr 1e-3 --warmup_steps 100 --learning_steps "$STEPS" --ema_rate 0.995 \
+  --schedule_sampler uniform --dropout 0.1 \
+  --save_interval 500 --eval_interval 500 --log_interval 100 --keep_checkpoints 1
+
+python run_decode_solver.py --model_dir "$OUT" --split test --step 10 --bsz 128 \
+  --out_dir generation_outputs ${MAX_EXAMPLES:+--max_examples "$MAX_EXAMPLES"}
+
+ckpt=$(cat "$OUT/latest")
+result="generation_outputs/$(basename "$OUT")_${ckpt}/test.seed123.step10.jsonl"
+python scripts/eval_seq2seq.py "$result" --baseline --json "${result%.jsonl}.scores.json"
+python - "${result%.jsonl}.scores.json" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+model, base = s["model"], s["copy source"]
+gap = model["sentence_bleu"] - base["sentence_bleu"]
+print(f"\nmodel: mean sentence BLEU {model['sentence_bleu']:.1f}; copying the source: {base['sentence_bleu']:.1f} "
+      f"({'above' if gap > 0 else 'below'} it by {abs(gap):.1f}).")
+if gap <= 0:
+    print("A few minutes of CPU training is far from a converged model: the model has learnt to write "
+          "modern-sounding verses but not yet to beat copying the source. Train longer (more STEPS, a "
+          "larger --preset, a GPU) to pass that line.")
+PY
