@@ -34,6 +34,8 @@ def decode_parser(solver):
                    help="decode with the EMA weights (true) or the raw weights (false)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="autocast of the denoiser")
     p.add_argument("--device", default="auto")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the denoiser (with CUDA graphs on GPU); pays off on long decodes")
     p.add_argument("--max_examples", type=int, default=None, help="decode only the first N inputs")
     p.add_argument("--progress", type=lambda s: s.lower() in ("1", "true", "yes"), default=True)
     if solver:
@@ -52,7 +54,7 @@ def main(argv=None, solver=False):
     proc = dist.setup(args.device)
     try:
         model = load_model(args.model_dir, proc.device, args.use_ema,
-                           torch.bfloat16 if args.precision == "bf16" else None)
+                           torch.bfloat16 if args.precision == "bf16" else None, args.compile)
         kw = dict(order=args.order, skip=args.skip_type) if solver else dict(clamp_step=args.clamp_step)
         paths, speed = decode_split(
             model, args.data_dir or model.args.data_dir, args.split, args.out_dir,

@@ -36,7 +36,7 @@ def nearest_embedding(z, emb):
 class DiffuSeqModel:
     """A trained denoiser with its tokenizer, diffusion schedule and arguments, ready to decode."""
 
-    def __init__(self, path, device="auto", use_ema=True, dtype=None):
+    def __init__(self, path, device="auto", use_ema=True, dtype=None, compile=False):
         self.path = ckpt.resolve(path)
         self.device = dist.pick_device(device)
         self.args = load_args(os.path.join(self.path, "args.json"))
@@ -51,6 +51,10 @@ class DiffuSeqModel:
         self.seq_len = cfg.seq_len
         self.sched = DiscreteSchedule.from_name(self.args.noise_schedule, self.args.diffusion_steps)
         self.dtype = dtype  # autocast dtype for the denoiser (None = fp32)
+        self.net = self.model
+        if compile:  # fixed shapes: on GPU, CUDA graphs replay the whole denoiser call
+            mode = "reduce-overhead" if self.device.type == "cuda" else None
+            self.net = torch.compile(self.model, mode=mode)
 
     @property
     def name(self):
@@ -75,7 +79,7 @@ class DiffuSeqModel:
     def _denoise(self, z, t):
         enabled = self.dtype is not None
         with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=enabled):
-            return self.model(z, t).float()
+            return self.net(z, t).float()
 
     @torch.no_grad()
     def sample_ids(self, ids, mask, sampler="ancestral", steps=None, seed=0, clamp_step=0,
@@ -100,7 +104,7 @@ class DiffuSeqModel:
                                      clamp_step=clamp_step, denoise_rate=rate, generator=g,
                                      progress=progress)
         elif sampler == "dpm":
-            ns = NoiseScheduleVP(self.sched.alphas_cumprod, device=self.device)
+            ns = NoiseScheduleVP(self.sched.alphas_cumprod)
             _, z0 = dpm_solver_sample(self._denoise, ns, z, x_start, mask, m=m, steps=steps or 10,
                                       order=order, skip=skip, progress=progress)
         else:
@@ -126,8 +130,8 @@ class DiffuSeqModel:
         return outs[0] if num_samples == 1 else outs
 
 
-def load_model(path, device="auto", use_ema=True, dtype=None):
-    return DiffuSeqModel(path, device, use_ema, dtype)
+def load_model(path, device="auto", use_ema=True, dtype=None, compile=False):
+    return DiffuSeqModel(path, device, use_ema, dtype, compile)
 
 
 def batch_seed(seed, batch_index):

@@ -105,11 +105,12 @@ def dpm_solver_sample(denoise, ns, z, x_start, mask, m=None, steps=10, order=2,
     unshift = (lambda x: x) if off is None else (lambda x: x - off)
     w_start = unshift(x_start)  # equals x_start: the offset is zero on the x part
 
-    ts = solver_timesteps(ns, steps, skip).to(z.device)
+    # times and coefficients stay on the host in float64: no device sync inside the loop
+    ts = solver_timesteps(ns, steps, skip).cpu()
     B = z.shape[0]
 
     def data_pred(w, t):
-        t_model = ns.discrete_timestep(t).float().expand(B)
+        t_model = ns.discrete_timestep(t).float().expand(B).to(w.device, non_blocking=True)
         return unshift(denoise(shift(w), t_model))
 
     w = _reimpose(unshift(z), w_start, mask)
