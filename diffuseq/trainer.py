@@ -32,7 +32,8 @@ from .tokenizer import Tokenizer, TokenizerError, build_tokenizer
 
 log = logging.getLogger("diffuseq")
 
-# arguments that may differ when a run is resumed; all others come from the checkpoint
+# arguments that may be changed when a run is resumed (without a warning); any argument not given
+# again comes from the checkpoint
 RESUMABLE = {"learning_steps", "save_interval", "log_interval", "eval_interval", "eval_batches",
              "keep_checkpoints", "device", "wandb", "progress", "resume_checkpoint", "compile",
              "explicit", "checkpoint_path"}
@@ -71,6 +72,13 @@ def draw_noise(args, sampler, step, global_bsz, L, device):
     noise = torch.randn(2, global_bsz, args.seq_len, args.hidden_dim, generator=g, device=device)
     u = torch.rand(global_bsz, args.seq_len, generator=g, device=device)
     return t.to(device), w.to(device), noise[:, :, :L], u[:, :L]
+
+
+def gather_steps(parts):
+    """This process's part [local] of the global batch of each of some steps -> those global
+    batches one after the other [steps * global], in the order one process would see them."""
+    x = dist.all_gather_cat(torch.stack(parts))  # [world * steps, local], rank by rank
+    return x.view(-1, len(parts), x.shape[1]).transpose(0, 1).reshape(-1)
 
 
 class Prefetcher:
@@ -129,21 +137,23 @@ def prepare_tokenizer(args, proc, resume_dir):
     if resume_dir:
         return Tokenizer.load(os.path.join(resume_dir, "tokenizer.json"))
     if proc.is_main:
-        tok = build_tokenizer(args.vocab, args.data_dir, args.vocab_size, args.vocab_path, args.tokenizer_algo)
+        tok = build_tokenizer(args.vocab, args.data_dir, args.vocab_size, args.vocab_path, args.tokenizer_algo,
+                              skip_bad_lines=args.skip_bad_lines)
         tok.save(path)
     dist.barrier()
     return Tokenizer.load(path)
 
 
 def resume_args(args):
-    """Merge a checkpoint's saved arguments under the ones given now (for RESUMABLE keys and
-    any explicitly given ones). Returns (args, checkpoint folder)."""
+    """The checkpoint's saved arguments, overridden by those given explicitly now (defaults do
+    not count: a bare --resume_checkpoint continues with the run's own learning_steps and
+    intervals). Returns (args, checkpoint folder)."""
     path = ckpt.resolve(args.resume_checkpoint)
     saved = vars(load_args(os.path.join(path, "args.json")))
     now = vars(args)
     merged = dict(saved)
     for k, v in now.items():
-        if k in RESUMABLE or k in args.explicit or k not in saved:
+        if k in args.explicit or k not in saved or k in ("resume_checkpoint", "explicit"):
             merged[k] = v
     changed = sorted(k for k in args.explicit if k not in RESUMABLE and saved.get(k) != now[k])
     if changed:
@@ -151,6 +161,21 @@ def resume_args(args):
     if "checkpoint_path" not in args.explicit:
         merged["checkpoint_path"] = os.path.dirname(os.path.normpath(path))
     return type(args)(**merged), path
+
+
+class NetView:
+    """The denoiser as training_losses sees it: the forward pass through the wrapped net (DDP,
+    so gradients are synchronised; or the compiled module), and the embeddings, logits and
+    absorbing state from the model itself, which DDP does not expose."""
+
+    def __init__(self, net, model):
+        self.net, self.model = net, model
+
+    def __call__(self, *args):
+        return self.net(*args)
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
 
 
 class EMA:
@@ -295,8 +320,8 @@ class Trainer:
         if not self.pending or self.sampler.name == "uniform":
             self.pending = []
             return
-        t = dist.all_gather_cat(torch.cat([p[0] for p in self.pending]))
-        losses = dist.all_gather_cat(torch.cat([p[1] for p in self.pending]))
+        t = gather_steps([p[0] for p in self.pending])
+        losses = gather_steps([p[1] for p in self.pending])
         self.sampler.update(t.cpu().numpy(), losses.cpu().numpy())
         self.pending = []
 
@@ -310,7 +335,8 @@ class Trainer:
         torch.manual_seed((a.seed * 7919 + self.step * 104729 + self.proc.rank) % (2 ** 63))  # dropout
         for g in self.opt.param_groups:
             g["lr"] = lr_at(self.step, a)
-        sums = {}
+        sums, step_losses = {}, []
+        net = NetView(self.net, self.model)
         n = ids.shape[0]
         micro = list(range(0, n, a.microbatch))
         for i, s in enumerate(micro):
@@ -318,14 +344,15 @@ class Trainer:
             sync = i == len(micro) - 1 or not isinstance(self.net, DDP)
             with (contextlib.nullcontext() if sync else self.net.no_sync()), \
                     torch.autocast(dev.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
-                terms = training_losses(self.net, self.sched, ids[sl], mask[sl], t[sl], noise[:, sl],
+                terms = training_losses(net, self.sched, ids[sl], mask[sl], t[sl], noise[:, sl],
                                         denoise_rate=a.denoise_rate if a.denoise else 0.0,
                                         reg_rate=a.reg_rate, u=u[sl])
                 loss = (terms["loss"] * w[sl]).sum() / n
             self.scaler.scale(loss).backward()
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0) + v.detach().sum()
-            self.pending.append((t[sl], terms["loss"].detach().float()))
+            step_losses.append(terms["loss"].detach().float())
+        self.pending.append((t, torch.cat(step_losses)))
         if a.grad_clip > 0:
             self.scaler.unscale_(self.opt)
             sums["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.model.parameters(), a.grad_clip) * n
