@@ -325,6 +325,13 @@ class Trainer:
         self.sampler.update(t.cpu().numpy(), losses.cpu().numpy())
         self.pending = []
 
+    def _losses(self, net, ids, mask, t, noise, u):
+        """training_losses under this run's autocast and v2 settings."""
+        a, dev = self.args, self.proc.device
+        with torch.autocast(dev.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            return training_losses(net, self.sched, ids, mask, t, noise, u=u, reg_rate=a.reg_rate,
+                                   denoise_rate=a.denoise_rate if a.denoise else 0.0)
+
     def train_step(self, batch):
         """One optimisation step on this process's part of the global batch. Returns the
         detached per-term means (on device)."""
@@ -342,11 +349,8 @@ class Trainer:
         for i, s in enumerate(micro):
             sl = slice(s, s + a.microbatch)
             sync = i == len(micro) - 1 or not isinstance(self.net, DDP)
-            with (contextlib.nullcontext() if sync else self.net.no_sync()), \
-                    torch.autocast(dev.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
-                terms = training_losses(net, self.sched, ids[sl], mask[sl], t[sl], noise[:, sl],
-                                        denoise_rate=a.denoise_rate if a.denoise else 0.0,
-                                        reg_rate=a.reg_rate, u=u[sl])
+            with contextlib.nullcontext() if sync else self.net.no_sync():
+                terms = self._losses(net, ids[sl], mask[sl], t[sl], noise[:, sl], u[sl])
                 loss = (terms["loss"] * w[sl]).sum() / n
             self.scaler.scale(loss).backward()
             for k, v in terms.items():
@@ -379,10 +383,7 @@ class Trainer:
             t = torch.randint(0, a.diffusion_steps, (B,), generator=g, device=dev)
             noise = torch.randn(2, B, ids.shape[1], a.hidden_dim, generator=g, device=dev)
             u = torch.rand(B, ids.shape[1], generator=g, device=dev)
-            with torch.autocast(dev.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
-                terms = training_losses(self.model, self.sched, ids, mask, t, noise,
-                                        denoise_rate=a.denoise_rate if a.denoise else 0.0,
-                                        reg_rate=a.reg_rate, u=u)
+            terms = self._losses(self.model, ids, mask, t, noise, u)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0) + v.sum()
             count += B
