@@ -1,0 +1,48 @@
+"""Smoke tests of the benchmarks: each runs with --quick, exits 0 and writes its table and JSON.
+How fast anything is, is not tested here."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+QQP = ROOT.parent / "shared" / "data" / "qqp_small"
+
+
+def run(script, tmp_path, *extra):
+    out = tmp_path / f"{script}.json"
+    p = subprocess.run([sys.executable, str(ROOT / "bench" / f"{script}.py"), "--quick", "--json", str(out),
+                        *extra], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return p.stdout, out
+
+
+@pytest.mark.parametrize("extra", [(), ("--steps_memory",)])
+def test_bench_train_quick(tmp_path, extra):
+    stdout, out = run("bench_train", tmp_path, *extra)
+    assert "preset" in stdout and "tiny" in stdout
+    record = json.loads(out.read_text())
+    assert record["benchmark"].startswith("bench_train") and record["results"]
+    if not extra:
+        assert "ours" in stdout
+        assert ("bert-eager" in stdout) or ("baseline skipped" in stdout)
+
+
+def test_bench_decode_quick(tmp_path):
+    stdout, out = run("bench_decode", tmp_path)
+    assert "DPM-Solver++" in stdout and "ancestral" in stdout
+    record = json.loads(out.read_text())
+    assert {r["sampler"] for r in record["results"]} == {"ancestral", "dpm"}
+
+
+def test_bench_v2_quick(tmp_path):
+    stdout, out = run("bench_v2", tmp_path, "--out", str(tmp_path / "runs"))
+    if not (QQP / "train.jsonl").is_file():
+        assert "skipped" in stdout
+        return
+    assert "copy source" in stdout and "v2" in stdout
+    record = json.loads(out.read_text())
+    assert set(record["train"]) == {"v1", "v2"} and record["decode"]
