@@ -114,7 +114,10 @@ class Prefetcher:
         return step, {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
     def close(self):
+        """Stop and join the worker: a thread still inside a native call when the interpreter
+        exits can abort the process."""
         self.stop.set()
+        self.thread.join(timeout=30)
 
 
 def setup_logging(run_dir, is_main):
