@@ -67,6 +67,13 @@ def all_reduce_mean(t):
     return t
 
 
+def all_reduce_max(t):
+    if dist.is_initialized():
+        t = t.clone()
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
 def all_gather_objects(obj):
     if not dist.is_initialized():
         return [obj]

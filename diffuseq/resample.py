@@ -72,6 +72,7 @@ class LossAwareSampler(UniformSampler):
     def load_state_dict(self, state):
         self.loss_history = np.array(state["loss_history"], dtype=np.float64)
         self.loss_counts = np.array(state["loss_counts"], dtype=np.int64)
+        self.num_steps, self.history = self.loss_history.shape
 
 
 def create_sampler(name, num_steps):

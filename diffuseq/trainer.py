@@ -12,6 +12,7 @@ import math
 import os
 import queue
 import random
+import signal
 import sys
 import threading
 import time
@@ -118,6 +119,28 @@ class Prefetcher:
         exits can abort the process."""
         self.stop.set()
         self.thread.join(timeout=30)
+
+
+class StopRequest:
+    """Ctrl-C (SIGINT) or SIGTERM (a scheduler's preemption, torchrun's shutdown) asks the loop to
+    stop at the end of the current step, so the checkpoint it then writes is a whole step's state.
+    A second Ctrl-C interrupts at once."""
+
+    def __enter__(self):
+        self.requested, self.old = False, {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self.old.items():
+            signal.signal(sig, handler)
 
 
 def setup_logging(run_dir, is_main):
@@ -409,31 +432,33 @@ class Trainer:
         fetch = Prefetcher(self.loader, self.step, proc.device)
         window, t0, last_logged = {}, time.time(), self.step
         try:
-            while self.step < a.learning_steps:
-                _, batch = fetch.get()
-                stats = self.train_step(batch)
-                for k, v in stats.items():
-                    window[k] = window.get(k, 0) + v
-                if bar is not None:
-                    bar.update(1)
-                if self.step % a.log_interval == 0 or self.step == a.learning_steps:
-                    self._flush_sampler()
-                    n = self.step - last_logged
-                    means = {k: float(dist.all_reduce_mean(v)) / n for k, v in window.items()}
-                    rate = n / (time.time() - t0)
-                    self._log(means, rate, bar)
-                    window, t0, last_logged = {}, time.time(), self.step
-                if a.eval_interval and self.step % a.eval_interval == 0 and proc.is_main:
-                    val = self.validate()
-                    if val:
-                        log.info("step %d valid: %s", self.step, _fmt(val))
-                        self._wandb({f"valid/{k}": v for k, v in val.items()})
-                if self.step % a.save_interval == 0 or self.step == a.learning_steps:
-                    self.save()
-        except KeyboardInterrupt:
-            log.warning("interrupted at step %d: saving a checkpoint to resume from", self.step)
-            self.save()
-            raise
+            with StopRequest() as stop:
+                while self.step < a.learning_steps:
+                    _, batch = fetch.get()
+                    stats = self.train_step(batch)
+                    for k, v in stats.items():
+                        window[k] = window.get(k, 0) + v
+                    if bar is not None:
+                        bar.update(1)
+                    if self.step % a.log_interval == 0 or self.step == a.learning_steps:
+                        self._flush_sampler()
+                        n = self.step - last_logged
+                        means = {k: float(dist.all_reduce_mean(v)) / n for k, v in window.items()}
+                        rate = n / (time.time() - t0)
+                        self._log(means, rate, bar)
+                        window, t0, last_logged = {}, time.time(), self.step
+                    if a.eval_interval and self.step % a.eval_interval == 0 and proc.is_main:
+                        val = self.validate()
+                        if val:
+                            log.info("step %d valid: %s", self.step, _fmt(val))
+                            self._wandb({f"valid/{k}": v for k, v in val.items()})
+                    stopping = self._stopping(stop) and self.step < a.learning_steps
+                    if stopping and proc.is_main:
+                        log.warning("interrupted at step %d: saving a checkpoint to resume from", self.step)
+                    if stopping or self.step % a.save_interval == 0 or self.step == a.learning_steps:
+                        self.save()
+                    if stopping:
+                        raise KeyboardInterrupt
         finally:
             fetch.close()
             if bar is not None:
@@ -441,6 +466,17 @@ class Trainer:
         if self.wandb is not None:
             self.wandb.finish()
         return self.step
+
+    STOP_CHECK = 10  # steps between the processes' agreement on a stop request
+
+    def _stopping(self, stop):
+        """Whether to stop after this step. Several processes agree every STOP_CHECK steps (one
+        small all-reduce), so they all save the same step."""
+        if self.proc.world_size == 1:
+            return stop.requested
+        if self.step % self.STOP_CHECK:
+            return False
+        return bool(dist.all_reduce_max(torch.tensor(float(stop.requested), device=self.proc.device)))
 
     def _log(self, means, rate, bar):
         if bar is not None:
@@ -475,7 +511,8 @@ def main(args):
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; resume with --resume_checkpoint " + args.checkpoint_path, file=sys.stderr)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print("interrupted; resume with --resume_checkpoint " + args.checkpoint_path, file=sys.stderr)
         return 130
     finally:
         dist.cleanup()
