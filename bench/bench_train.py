@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 import common  # noqa: F401  (puts the repository on sys.path)
-from common import device_name, header_lines, median, peak_bf16, pick_device, sync, table, write_json
+from common import cpu_has_bf16, header_lines, median, peak_bf16, pick_device, sync, table, write_json
 from diffuseq.diffusion import training_losses
 from diffuseq.model import PRESETS, Denoiser, DenoiserConfig
 from diffuseq.schedule import DiscreteSchedule
@@ -67,35 +67,42 @@ def peak_mib(device, rss0):
 
 
 def run_one(c):
-    """Measure one configuration in this process; returns a dict (printed as JSON by the child)."""
+    """Measure one (preset, precision) in this process; returns a dict (printed as JSON by the
+    child). The implementations in c["impls"] take their timed steps in turn (ours, baseline,
+    ours, ...), so a change of machine load hits them alike and the ratio is one run's. Peak
+    memory is that of the first implementation (ours), taken before the next one is built."""
     device = torch.device(c["device"])
     torch.manual_seed(0)
     rss0 = rss_mib()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    model = build(c["preset"], c["seq_len"], c["impl"], device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda" or None)
-    sched = DiscreteSchedule.from_name("sqrt", model.cfg.diffusion_steps)
-    B, L, D = c["bsz"], c["seq_len"], model.cfg.hidden_dim
+    B, L = c["bsz"], c["seq_len"]
     ids = torch.randint(5, VOCAB, (B, L), device=device)
     mask = torch.ones_like(ids)
     mask[:, : L // 2] = 0  # [CLS] x [SEP] on the first half, the target y on the second
     dtype = DTYPES[c["precision"]]
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     y_tokens = int(mask.sum())
 
-    def step():
-        t = torch.randint(0, sched.num_steps, (B,), device=device)
-        noise = torch.randn(2, B, L, D, device=device)
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss = training_losses(model, sched, ids, mask, t, noise)["loss"].mean()
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        opt.zero_grad(set_to_none=True)
+    def make_step(model):
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda" or None)
+        sched = DiscreteSchedule.from_name("sqrt", model.cfg.diffusion_steps)
+        scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+        def step():
+            t = torch.randint(0, sched.num_steps, (B,), device=device)
+            noise = torch.randn(2, B, L, model.cfg.hidden_dim, device=device)
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                # as the trainer runs it between logged steps: without the monitoring pass
+                loss = training_losses(model, sched, ids, mask, t, noise, monitor=False)["loss"].mean()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad(set_to_none=True)
+        return step
 
     out = {}
     if c.get("mem_steps"):
+        step = make_step(build(c["preset"], L, "ours", device))
         marks, done = sorted(c["mem_steps"]), 0
         for m in marks:
             while done < m:
@@ -104,19 +111,28 @@ def run_one(c):
             sync(device)
             out[f"peak_mib_after_{m}"] = peak_mib(device, rss0)
         return out
-    for _ in range(c["warmup"]):
-        step()
-    times = []
+    steps, models = {}, {}
+    for i, impl in enumerate(c["impls"]):
+        models[impl] = build(c["preset"], L, impl, device)
+        steps[impl] = make_step(models[impl])
+        for _ in range(c["warmup"]):
+            steps[impl]()
+        if i == 0:
+            sync(device)
+            out["peak_mib"] = peak_mib(device, rss0)
+    times = {impl: [] for impl in c["impls"]}
     for _ in range(c["repeats"]):
-        sync(device)
-        t0 = time.perf_counter()
-        step()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    s = median(times)
-    out.update(step_s=s, times=times, y_tok_s=y_tokens / s, samples_s=B / s,
-               peak_mib=peak_mib(device, rss0), flops_per_token=model.flops_per_token(L),
-               params_m=model.num_params() / 1e6)
+        for impl in c["impls"]:
+            sync(device)
+            t0 = time.perf_counter()
+            steps[impl]()
+            sync(device)
+            times[impl].append(time.perf_counter() - t0)
+    for impl in c["impls"]:
+        s = median(times[impl])
+        out[impl] = dict(step_s=s, times=times[impl], y_tok_s=y_tokens / s, samples_s=B / s,
+                         flops_per_token=models[impl].flops_per_token(L),
+                         params_m=models[impl].num_params() / 1e6)
     return out
 
 
@@ -141,7 +157,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--presets", default="tiny,base", help="comma-separated presets of diffuseq.model")
     p.add_argument("--precisions", default=None,
-                   help="comma-separated of fp32,bf16,fp16 (default: fp32,bf16, and fp16 on GPU)")
+                   help="comma-separated of fp32,bf16,fp16 (default: all three on GPU; on CPU fp32, "
+                        "and bf16 where the CPU has bf16 instructions)")
     p.add_argument("--seq_len", type=int, default=128)
     p.add_argument("--bsz", type=int, default=64)
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first")
@@ -167,7 +184,9 @@ def main(argv=None):
         a.presets, a.seq_len, a.bsz, a.warmup, a.repeats = "tiny", 32, 4, 1, 2
         a.mem_steps = "2,6"
         a.precisions = a.precisions or "fp32"
-    precisions = (a.precisions or ("fp32,bf16,fp16" if device.type == "cuda" else "fp32,bf16")).split(",")
+    if a.precisions is None:
+        a.precisions = "fp32,bf16,fp16" if device.type == "cuda" else "fp32,bf16" if cpu_has_bf16() else "fp32"
+    precisions = a.precisions.split(",")
     presets = a.presets.split(",")
     base = dict(device=str(device), seq_len=a.seq_len, bsz=a.bsz, warmup=a.warmup)
 
@@ -190,27 +209,26 @@ def main(argv=None):
         return 0
 
     baseline = not a.no_baseline and have_transformers()
+    impls = ["ours"] + (["bert-eager"] if baseline else [])
     peak = peak_bf16(device)
     rows, results = [], []
     for preset in presets:
         reps = a.base_repeats if preset == "base" and a.base_repeats else a.repeats
         for prec in precisions:
-            got = {}
-            for impl in ["ours"] + (["bert-eager"] if baseline else []):
-                r = in_child(dict(base, preset=preset, precision=prec, impl=impl, repeats=reps))
-                got[impl] = r
+            got = in_child(dict(base, preset=preset, precision=prec, impls=impls, repeats=reps))
+            for impl in impls:
+                r = got[impl]
                 mfu = 3 * r["flops_per_token"] * (a.seq_len * a.bsz / r["step_s"]) / peak if peak else None
-                ratio = None
-                if impl == "bert-eager":
-                    ratio = f"{got['ours']['y_tok_s'] / r['y_tok_s']:.2f}x"
-                rows.append([preset, prec, impl, r["step_s"], r["y_tok_s"], r["samples_s"], r["peak_mib"],
+                ratio = f"{r['step_s'] / got['ours']['step_s']:.2f}x" if impl != "ours" else None
+                mem = got["peak_mib"] if impl == "ours" else None
+                rows.append([preset, prec, impl, r["step_s"], r["y_tok_s"], r["samples_s"], mem,
                              f"{100 * mfu:.1f}%" if mfu is not None else None, ratio])
-                results.append(dict(preset=preset, precision=prec, impl=impl, mfu=mfu, **r))
+                results.append(dict(preset=preset, precision=prec, impl=impl, mfu=mfu, peak_mib=mem, **r))
     print(header_lines("bench_train", device, f"seq_len {a.seq_len}, batch {a.bsz}, "
                        f"median of {a.repeats} steps after {a.warmup} warm-up"))
     mem = "peak MiB" if device.type == "cuda" else "peak RSS +MiB"
     print(table(["preset", "precision", "impl", "s/step", "target tok/s", "samples/s", mem, "MFU",
-                 "ours/baseline"], rows))
+                 "speed-up of ours"], rows))
     if not baseline:
         print("baseline skipped: pip install transformers" if not a.no_baseline else "baseline skipped (--no_baseline)")
     path = write_json(a.json, "bench_train", device, dict(seq_len=a.seq_len, bsz=a.bsz, warmup=a.warmup,

@@ -41,6 +41,17 @@ def peak_bf16(device):
     return next((v for k, v in PEAK_BF16.items() if k in gpu), None)
 
 
+def cpu_has_bf16():
+    """Whether the CPU has bf16 matrix instructions (AVX512-BF16 or AMX); without them bf16
+    autocast is emulated and many times slower than fp32 (11x for tiny on an AVX2 EPYC)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -84,7 +84,9 @@ def train_parser():
     g.add_argument("--grad_clip", type=float, default=1.0, help="max gradient norm (0: off)")
     g.add_argument("--ema_rate", type=float, default=0.9999, help="decay of the exponential moving average of weights")
     g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
-                   help="auto: bf16 autocast on GPUs that support it, fp32 on CPU; fp16 uses a grad scaler")
+                   help="auto: bf16 autocast on GPUs that support it, fp32 on CPU (bf16 on a CPU pays only "
+                        "with AVX512-BF16 or AMX instructions; elsewhere it is many times slower); "
+                        "fp16 uses a grad scaler")
     g.add_argument("--use_fp16", action="store_true", help="alias of --precision fp16")
     g.add_argument("--compile", action="store_true", help="torch.compile the denoiser")
     g.add_argument("--seed", type=int, default=102)

@@ -60,12 +60,13 @@ def masked_mean(x, mask):
 
 def token_nll(logits, ids, mask):
     """Per-example mean negative log-likelihood of ids on the y part: logits [B, L, V] -> [B]."""
-    nll = F.cross_entropy(logits.float().transpose(1, 2), ids, reduction="none")
-    return masked_mean(nll, mask)
+    # [B*L, V] rows: log-softmax over a contiguous last dim is ~2x faster than over dim 1
+    nll = F.cross_entropy(logits.flatten(0, 1).float(), ids.flatten(), reduction="none")
+    return masked_mean(nll.view_as(ids), mask)
 
 
 def training_losses(model, sched, input_ids, input_mask, t, noise, *, denoise_rate=0.0,
-                    reg_rate=0.0, u=None):
+                    reg_rate=0.0, u=None, monitor=True):
     """The DiffuSeq objective for one batch, per example.
 
     z_0 = Emb(w) + sigma_0 * noise0 (the embedding seen through the first noise level), z_t from
@@ -75,7 +76,9 @@ def training_losses(model, sched, input_ids, input_mask, t, noise, *, denoise_ra
       decoder_nll  -log p(w | z_0) through the tied logits (the rounding term),
       reg          reg_rate * |m|^2 / D (learned absorbing state only),
       loss         mse + tT + decoder_nll + reg,
-    and, for monitoring, nll and acc of the tokens rounded from the predicted z_0.
+    and, with monitor=True, nll and acc of the tokens rounded from the predicted z_0 (one more
+    pass through the vocabulary logits, which costs a small model ~20% of its step: the trainer
+    asks for them only on the steps it logs).
 
     noise: [2, B, L, D] standard normal (noise0, eps). u: [B, L] uniform for discrete noise.
     """
@@ -100,6 +103,8 @@ def training_losses(model, sched, input_ids, input_mask, t, noise, *, denoise_ra
         terms["reg"] = (reg_rate * m.float().pow(2).mean()).expand_as(loss)
         loss = loss + terms["reg"]
     terms["loss"] = loss
+    if not monitor:
+        return terms
     with torch.no_grad():
         logits = model.get_logits(pred)
         terms["nll"] = token_nll(logits, input_ids, input_mask)

@@ -351,16 +351,21 @@ class Trainer:
         self.sampler.update(t.cpu().numpy(), losses.cpu().numpy())
         self.pending = []
 
-    def _losses(self, net, ids, mask, t, noise, u):
+    def _losses(self, net, ids, mask, t, noise, u, monitor=True):
         """training_losses under this run's autocast and v2 settings."""
         a, dev = self.args, self.proc.device
         with torch.autocast(dev.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
             return training_losses(net, self.sched, ids, mask, t, noise, u=u, reg_rate=a.reg_rate,
-                                   denoise_rate=a.denoise_rate if a.denoise else 0.0)
+                                   denoise_rate=a.denoise_rate if a.denoise else 0.0, monitor=monitor)
+
+    def _logs_after(self, step):
+        """Whether the loop logs after reaching `step`."""
+        return step % self.args.log_interval == 0 or step == self.args.learning_steps
 
     def train_step(self, batch):
         """One optimisation step on this process's part of the global batch. Returns the
-        detached per-term means (on device)."""
+        detached per-term means (on device); the monitoring terms nll and acc only on a step
+        that is logged."""
         a, dev = self.args, self.proc.device
         ids, mask, index = batch["input_ids"], batch["input_mask"], batch["index"]
         t, w, noise, u = draw_noise(a, self.sampler, self.step, a.bsz, ids.shape[1], dev)
@@ -376,7 +381,8 @@ class Trainer:
             sl = slice(s, s + a.microbatch)
             sync = i == len(micro) - 1 or not isinstance(self.net, DDP)
             with contextlib.nullcontext() if sync else self.net.no_sync():
-                terms = self._losses(net, ids[sl], mask[sl], t[sl], noise[:, sl], u[sl])
+                terms = self._losses(net, ids[sl], mask[sl], t[sl], noise[:, sl], u[sl],
+                                     monitor=self._logs_after(self.step + 1))
                 loss = (terms["loss"] * w[sl]).sum() / n
             self.scaler.scale(loss).backward()
             for k, v in terms.items():
@@ -436,14 +442,15 @@ class Trainer:
                 while self.step < a.learning_steps:
                     _, batch = fetch.get()
                     stats = self.train_step(batch)
-                    for k, v in stats.items():
-                        window[k] = window.get(k, 0) + v
+                    for k, v in stats.items():  # (sum, steps): nll and acc come on logged steps only
+                        s, c = window.get(k, (0, 0))
+                        window[k] = (s + v, c + 1)
                     if bar is not None:
                         bar.update(1)
-                    if self.step % a.log_interval == 0 or self.step == a.learning_steps:
+                    if self._logs_after(self.step):
                         self._flush_sampler()
+                        means = {k: float(dist.all_reduce_mean(s)) / c for k, (s, c) in window.items()}
                         n = self.step - last_logged
-                        means = {k: float(dist.all_reduce_mean(v)) / n for k, v in window.items()}
                         rate = n / (time.time() - t0)
                         self._log(means, rate, bar)
                         window, t0, last_logged = {}, time.time(), self.step
