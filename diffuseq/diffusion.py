@@ -78,7 +78,7 @@ def training_losses(model, sched, input_ids, input_mask, t, noise, *, denoise_ra
       loss         mse + tT + decoder_nll + reg,
     and, with monitor=True, nll and acc of the tokens rounded from the predicted z_0 (one more
     pass through the vocabulary logits, which costs a small model ~20% of its step: the trainer
-    asks for them only on the steps it logs).
+    asks for them only on the last steps before each log line).
 
     noise: [2, B, L, D] standard normal (noise0, eps). u: [B, L] uniform for discrete noise.
     """

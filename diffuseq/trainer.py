@@ -358,14 +358,22 @@ class Trainer:
             return training_losses(net, self.sched, ids, mask, t, noise, u=u, reg_rate=a.reg_rate,
                                    denoise_rate=a.denoise_rate if a.denoise else 0.0, monitor=monitor)
 
+    MONITOR_STEPS = 10  # steps before each log line that also compute the monitoring terms
+
     def _logs_after(self, step):
         """Whether the loop logs after reaching `step`."""
         return step % self.args.log_interval == 0 or step == self.args.learning_steps
 
+    def _monitors(self, step):
+        """Whether the step that reaches `step` computes nll and acc: one of the last
+        MONITOR_STEPS before a log line (every step when log_interval <= MONITOR_STEPS)."""
+        a = self.args
+        return (-step) % a.log_interval < self.MONITOR_STEPS or a.learning_steps - step < self.MONITOR_STEPS
+
     def train_step(self, batch):
         """One optimisation step on this process's part of the global batch. Returns the
-        detached per-term means (on device); the monitoring terms nll and acc only on a step
-        that is logged."""
+        detached per-term means (on device); the monitoring terms nll and acc only on the last
+        steps before a log line (see _monitors)."""
         a, dev = self.args, self.proc.device
         ids, mask, index = batch["input_ids"], batch["input_mask"], batch["index"]
         t, w, noise, u = draw_noise(a, self.sampler, self.step, a.bsz, ids.shape[1], dev)
@@ -382,7 +390,7 @@ class Trainer:
             sync = i == len(micro) - 1 or not isinstance(self.net, DDP)
             with contextlib.nullcontext() if sync else self.net.no_sync():
                 terms = self._losses(net, ids[sl], mask[sl], t[sl], noise[:, sl], u[sl],
-                                     monitor=self._logs_after(self.step + 1))
+                                     monitor=self._monitors(self.step + 1))
                 loss = (terms["loss"] * w[sl]).sum() / n
             self.scaler.scale(loss).backward()
             for k, v in terms.items():
@@ -442,7 +450,7 @@ class Trainer:
                 while self.step < a.learning_steps:
                     _, batch = fetch.get()
                     stats = self.train_step(batch)
-                    for k, v in stats.items():  # (sum, steps): nll and acc come on logged steps only
+                    for k, v in stats.items():  # (sum, steps): nll and acc come on some steps only
                         s, c = window.get(k, (0, 0))
                         window[k] = (s + v, c + 1)
                     if bar is not None:

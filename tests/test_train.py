@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -271,6 +272,17 @@ def test_ctrl_c_saves_the_current_step_and_resumes_exactly(small_task, tmp_path)
     logged_a, logged_b = logged_steps(a), logged_steps(b, after="resumed from")
     assert sorted(logged_b) == list(range(step + 1, 201))
     assert all(logged_b[s] == logged_a[s] for s in logged_b)
+
+
+def test_monitoring_terms_come_from_the_last_steps_before_each_log_line():
+    """nll and acc (an extra pass through the vocabulary logits) are computed on the 10 steps
+    before each log line and on the last 10 of the run, and on every step when logs are closer."""
+    def monitored(log_interval, learning_steps):
+        fake = SimpleNamespace(args=SimpleNamespace(log_interval=log_interval, learning_steps=learning_steps),
+                               MONITOR_STEPS=Trainer.MONITOR_STEPS)
+        return [s for s in range(1, learning_steps + 1) if Trainer._monitors(fake, s)]
+    assert monitored(100, 250) == [*range(91, 101), *range(191, 201), *range(241, 251)]
+    assert monitored(4, 12) == list(range(1, 13))
 
 
 def _fake_checkpoint(folder, files=ckpt.REQUIRED):
