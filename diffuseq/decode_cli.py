@@ -69,5 +69,5 @@ def main(argv=None, solver=False):
     if proc.is_main:
         for p in paths:
             print(f"wrote {p}")
-        print(f"{speed * proc.world_size:.1f} sentences/s ({model.weights}, {proc.world_size} process(es))")
+        print(f"{speed * proc.world_size:.3g} sentences/s ({model.weights}, {proc.world_size} process(es))")
     return 0
