@@ -67,11 +67,20 @@ def all_reduce_mean(t):
     return t
 
 
-def all_reduce_max(t):
-    if dist.is_initialized():
-        t = t.clone()
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t
+_HOST_GROUP = None
+
+
+def host_flag_max(flag):
+    """The maximum of a host-side bool over every process, through gloo on the CPU: it never
+    waits for a GPU stream (with NCCL a side group of gloo is made once, by every rank)."""
+    global _HOST_GROUP
+    if not dist.is_initialized():
+        return bool(flag)
+    if _HOST_GROUP is None:
+        _HOST_GROUP = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
+    t = torch.tensor([int(flag)])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_HOST_GROUP)
+    return bool(t.item())
 
 
 def all_gather_objects(obj):

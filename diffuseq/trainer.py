@@ -486,12 +486,12 @@ class Trainer:
 
     def _stopping(self, stop):
         """Whether to stop after this step. Several processes agree every STOP_CHECK steps (one
-        small all-reduce), so they all save the same step."""
+        small all-reduce on the host), so they all save the same step."""
         if self.proc.world_size == 1:
             return stop.requested
         if self.step % self.STOP_CHECK:
             return False
-        return bool(dist.all_reduce_max(torch.tensor(float(stop.requested), device=self.proc.device)))
+        return dist.host_flag_max(stop.requested)
 
     def _log(self, means, rate, bar):
         if bar is not None:
