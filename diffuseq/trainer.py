@@ -519,6 +519,7 @@ def _init_wandb(args):
 
 def main(args):
     """Train with parsed arguments; user errors become one-line messages, not tracebacks."""
+    trainer = None
     try:
         trainer = Trainer(args)
         trainer.train()
@@ -527,7 +528,16 @@ def main(args):
         return 2
     except KeyboardInterrupt:
         if int(os.environ.get("RANK", "0")) == 0:
-            print("interrupted; resume with --resume_checkpoint " + args.checkpoint_path, file=sys.stderr)
+            if trainer is not None:  # a resumed run's folder comes from its checkpoint, not from args
+                run = trainer.args.checkpoint_path
+                resumable = bool(ckpt.list_checkpoints(run))
+            else:  # interrupted while setting up
+                run = args.resume_checkpoint or args.checkpoint_path
+                resumable = bool(args.resume_checkpoint)
+            if resumable:
+                print(f"interrupted; resume with --resume_checkpoint {run}", file=sys.stderr)
+            else:
+                print(f"interrupted before the first checkpoint of {run}: nothing to resume", file=sys.stderr)
         return 130
     finally:
         dist.cleanup()

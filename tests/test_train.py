@@ -240,37 +240,53 @@ def test_killed_run_resumes_as_if_uninterrupted(small_task, tmp_path):
     assert all(logged_b[s] == logged_a[s] for s in logged_b)
 
 
+def interrupt_after(argv, run, step, after=None):
+    """Start train.py with argv, send Ctrl-C (SIGINT) once `step` is logged in run/log.txt (after
+    the last line containing `after`), and return (exit status, stderr)."""
+    p = subprocess.Popen([sys.executable, TRAIN, *argv], cwd=ROOT, env=cli_env(),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    log = run / "log.txt"
+    while not (log.is_file() and (after is None or after in log.read_text()) and step in logged_steps(run, after)):
+        assert p.poll() is None and time.time() < deadline, p.communicate()[1]
+        time.sleep(0.02)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    return p.returncode, err
+
+
 def test_ctrl_c_saves_the_current_step_and_resumes_exactly(small_task, tmp_path):
     """Ctrl-C (SIGINT) mid-run: the process finishes its step, writes a checkpoint of it, exits
-    with 130 and says how to resume; the resumed run ends bitwise equal to an uninterrupted one."""
+    with 130 and says how to resume. Interrupted again once resumed (the message then names the
+    run folder from the checkpoint, not the default one) and resumed to the end, it finishes
+    bitwise equal to an uninterrupted run."""
     over = dict(learning_steps=200, save_interval=1000, bsz=8, diffusion_steps=5, dropout=0.1,
                 schedule_sampler="lossaware", log_interval=1)
     a, b = tmp_path / "a", tmp_path / "b"
     r = run_cli(cli_args(small_task, a, **over))
     assert r.returncode == 0, r.stderr
 
-    p = subprocess.Popen([sys.executable, TRAIN, *cli_args(small_task, b, **over)], cwd=ROOT, env=cli_env(),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not (b / "log.txt").is_file() or 5 not in logged_steps(b):
-        assert p.poll() is None and time.time() < deadline, p.communicate()[1]
-        time.sleep(0.02)
-    p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=120)
-    assert p.returncode == 130, err
-    assert "Traceback" not in err and f"--resume_checkpoint {b}" in err
+    rc, err = interrupt_after(cli_args(small_task, b, **over), b, 5)
+    assert rc == 130 and "Traceback" not in err, err
+    assert err.strip().endswith(f"interrupted; resume with --resume_checkpoint {b}")
     saved = sorted(b.glob("ckpt_*"))
     assert len(saved) == 1 and not list(b.glob(".tmp_*"))
     step = ckpt.step_of(str(saved[0]))
     assert 5 <= step < 200 and load_tensors(saved[0], "training_state.pt")["step"] == step
     assert f"interrupted at step {step}" in (b / "log.txt").read_text()
 
+    rc, err = interrupt_after(["--resume_checkpoint", str(b), "--progress", "false"], b, step + 5,
+                              after="resumed from")
+    assert rc == 130 and err.strip().endswith(f"interrupted; resume with --resume_checkpoint {b}"), err
+    step2 = ckpt.step_of(ckpt.resolve(str(b)))
+    assert step + 5 <= step2 < 200
+
     r = run_cli(["--resume_checkpoint", str(b), "--progress", "false"])
     assert r.returncode == 0, r.stderr
     for name in ("model.pt", "ema.pt"):
         assert_state_dicts_equal(load_tensors(a / "ckpt_0000200", name), load_tensors(b / "ckpt_0000200", name))
     logged_a, logged_b = logged_steps(a), logged_steps(b, after="resumed from")
-    assert sorted(logged_b) == list(range(step + 1, 201))
+    assert sorted(logged_b) == list(range(step2 + 1, 201))
     assert all(logged_b[s] == logged_a[s] for s in logged_b)
 
 
