@@ -220,12 +220,14 @@ def main(argv=None):
                 r = got[impl]
                 mfu = 3 * r["flops_per_token"] * (a.seq_len * a.bsz / r["step_s"]) / peak if peak else None
                 ratio = f"{r['step_s'] / got['ours']['step_s']:.2f}x" if impl != "ours" else None
-                mem = got["peak_mib"] if impl == "ours" else None
-                rows.append([preset, prec, impl, r["step_s"], r["y_tok_s"], r["samples_s"], mem,
+                peak_mem = got["peak_mib"] if impl == "ours" else None
+                rows.append([preset, prec, impl, r["step_s"], r["y_tok_s"], r["samples_s"], peak_mem,
                              f"{100 * mfu:.1f}%" if mfu is not None else None, ratio])
-                results.append(dict(preset=preset, precision=prec, impl=impl, mfu=mfu, peak_mib=mem, **r))
+                results.append(dict(preset=preset, precision=prec, impl=impl, mfu=mfu, peak_mib=peak_mem, **r))
     print(header_lines("bench_train", device, f"seq_len {a.seq_len}, batch {a.bsz}, "
-                       f"median of {a.repeats} steps after {a.warmup} warm-up"))
+                       f"median of {a.repeats} steps"
+                       + (f" (base: {a.base_repeats})" if a.base_repeats and "base" in presets else "")
+                       + f" after {a.warmup} warm-up"))
     mem = "peak MiB" if device.type == "cuda" else "peak RSS +MiB"
     print(table(["preset", "precision", "impl", "s/step", "target tok/s", "samples/s", mem, "MFU",
                  "speed-up of ours"], rows))
