@@ -1,29 +1,45 @@
-"""Checkpoint folders, written atomically.
+"""Checkpoint folders, written atomically, loaded without unpickling anything.
 
 A run folder (`--checkpoint_path`) holds:
 
     args.json            every training argument
     tokenizer.json       the tokenizer
     log.txt              the training log
+    loss.png             training curves (when matplotlib is installed)
     latest               name of the newest complete checkpoint
     ckpt_0010000/        one folder per saved step:
-        model.pt             denoiser weights (with the learned absorbing state m, if any)
-        ema.pt               exponential moving average of the weights (used for decoding)
-        training_state.pt    optimizer, grad scaler, timestep-sampler history, step, RNG states
-        args.json, tokenizer.json   copies, so the folder alone is enough to decode with
+        model.safetensors        denoiser weights (with the learned absorbing state m, if any)
+        ema.safetensors          exponential moving average of the weights (used for decoding)
+        training_state.json      step, RNG states, sampler history, optimizer hyper-parameters ...
+        training_state.safetensors   ... and every tensor of that state (AdamW moments, RNG bytes)
+        args.json, tokenizer.json    copies, so the folder alone is enough to decode with
+
+Nothing here goes through pickle: safetensors holds raw tensors, JSON holds the rest, so loading
+a checkpoint from an untrusted source cannot run code. Folders written by older versions hold
+`model.pt`, `ema.pt` and `training_state.pt`; those are still read, with torch's restricted
+`weights_only` unpickler (tensors, numbers, containers and numpy's array types only), and
+`python -m diffuseq.checkpoint convert FOLDER` rewrites them in the new format.
 
 Each checkpoint is written into a temporary folder and renamed into place in one step, so a
 kill mid-write leaves the previous checkpoint intact and never a half-written one.
 """
+import argparse
+import json
 import os
+import pickle
 import re
 import shutil
+import sys
 import uuid
 
+import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 CKPT_RE = re.compile(r"^ckpt_(\d+)$")
-REQUIRED = ("args.json", "tokenizer.json", "model.pt")
+REQUIRED = ("args.json", "tokenizer.json", "model.safetensors")  # or model.pt, from older versions
+WEIGHTS = ("model", "ema")  # each as <name>.safetensors, or <name>.pt from older versions
 
 
 class CheckpointError(ValueError):
@@ -43,8 +59,93 @@ def write_atomic(path, text):
     os.replace(tmp, path)
 
 
+# -----------------------------------------------------------------------------
+# nested state <-> (JSON, flat tensors)
+
+def flatten_state(obj):
+    """A nested state (dicts, lists, tuples, numbers, strings, tensors, numpy arrays) -> a
+    JSON-able tree and a flat {key: tensor} dict. Tensors and arrays become {"$tensor": key}
+    (arrays also keep their numpy dtype), tuples {"$tuple": [...]}, dicts whose keys are not
+    all strings {"$items": [[k, v], ...]}."""
+    tensors = {}
+
+    def enc(x, path):
+        if isinstance(x, torch.Tensor):
+            key = path or "root"
+            tensors[key] = x.detach().to("cpu").clone().contiguous()
+            return {"$tensor": key}
+        if isinstance(x, np.ndarray):
+            key = path or "root"
+            t = torch.from_numpy(np.ascontiguousarray(x).astype(np.int64) if x.dtype == np.uint32
+                                 else np.ascontiguousarray(x).copy())
+            tensors[key] = t
+            return {"$tensor": key, "numpy": str(x.dtype)}
+        if isinstance(x, np.generic):
+            return x.item()
+        if isinstance(x, (bool, int, float, str)) or x is None:
+            return x
+        if isinstance(x, tuple):
+            return {"$tuple": [enc(v, f"{path}/{i}") for i, v in enumerate(x)]}
+        if isinstance(x, list):
+            return [enc(v, f"{path}/{i}") for i, v in enumerate(x)]
+        if isinstance(x, dict):
+            if all(isinstance(k, str) and not k.startswith("$") for k in x):
+                return {k: enc(v, f"{path}/{k}") for k, v in x.items()}
+            return {"$items": [[enc(k, f"{path}/key{i}"), enc(v, f"{path}/{k}")]
+                               for i, (k, v) in enumerate(x.items())]}
+        raise TypeError(f"cannot store a {type(x).__name__} in a checkpoint (at {path or 'the root'})")
+
+    return enc(obj, ""), tensors
+
+
+def unflatten_state(tree, tensors):
+    """Inverse of flatten_state."""
+
+    def dec(x):
+        if isinstance(x, list):
+            return [dec(v) for v in x]
+        if not isinstance(x, dict):
+            return x
+        if "$tensor" in x:
+            t = tensors[x["$tensor"]]
+            return t.numpy().astype(x["numpy"]) if "numpy" in x else t
+        if "$tuple" in x:
+            return tuple(dec(v) for v in x["$tuple"])
+        if "$items" in x:
+            return {_hashable(dec(k)): dec(v) for k, v in x["$items"]}
+        return {k: dec(v) for k, v in x.items()}
+
+    return dec(tree)
+
+
+def _hashable(k):
+    return tuple(k) if isinstance(k, list) else k
+
+
+# -----------------------------------------------------------------------------
+# writing
+
+def _write(folder, name, obj):
+    """One entry of a checkpoint: a str is a file to copy; `<x>.safetensors` a flat state dict;
+    `<x>.state` a nested state (written as <x>.json + <x>.safetensors)."""
+    if isinstance(obj, str):
+        shutil.copyfile(obj, os.path.join(folder, name))
+    elif name.endswith(".safetensors"):
+        save_file({k: v.detach().to("cpu").contiguous() for k, v in obj.items()},
+                  os.path.join(folder, name))
+    elif name.endswith(".state"):
+        stem = os.path.join(folder, name[: -len(".state")])
+        tree, tensors = flatten_state(obj)
+        save_file(tensors, stem + ".safetensors")
+        with open(stem + ".json", "w") as f:
+            json.dump(tree, f)
+    else:
+        raise ValueError(f"unknown checkpoint entry {name}")
+
+
 def save_checkpoint(run_dir, step, files, keep=0):
-    """Write `files` ({name: object to torch.save, or str path to copy}) as run_dir/ckpt_<step>.
+    """Write `files` as run_dir/ckpt_<step>: {"model.safetensors": state dict,
+    "training_state.state": nested state, "args.json": path of a file to copy, ...}.
 
     Returns the checkpoint folder. With keep > 0 only the newest `keep` checkpoints remain.
     """
@@ -53,10 +154,7 @@ def save_checkpoint(run_dir, step, files, keep=0):
     os.makedirs(tmp)
     try:
         for name, obj in files.items():
-            if isinstance(obj, str):
-                shutil.copyfile(obj, os.path.join(tmp, name))
-            else:
-                torch.save(obj, os.path.join(tmp, name))
+            _write(tmp, name, obj)
         if os.path.isdir(final):  # a re-save of the same step replaces the old one
             shutil.rmtree(final)
         os.rename(tmp, final)
@@ -70,12 +168,22 @@ def save_checkpoint(run_dir, step, files, keep=0):
     return final
 
 
+# -----------------------------------------------------------------------------
+# finding and reading
+
 def list_checkpoints(run_dir):
     """Complete checkpoint folders of a run, oldest first."""
     if not os.path.isdir(run_dir):
         return []
     found = sorted((int(m.group(1)), n) for n in os.listdir(run_dir) if (m := CKPT_RE.match(n)))
     return [os.path.join(run_dir, n) for _, n in found]
+
+
+def has(path, name):
+    """Whether the checkpoint folder holds `name` ("model", "ema", "training_state") in either
+    format."""
+    exts = (".json",) if name == "training_state" else (".safetensors",)
+    return any(os.path.isfile(os.path.join(path, name + e)) for e in exts + (".pt",))
 
 
 def resolve(path):
@@ -87,7 +195,8 @@ def resolve(path):
         if not found:
             raise CheckpointError(f"{path}: no checkpoint folder (ckpt_NNNNNNN) in this run folder")
         path = found[-1]
-    missing = [f for f in REQUIRED if not os.path.isfile(os.path.join(path, f))]
+    missing = [f for f in REQUIRED if not os.path.isfile(os.path.join(path, f))
+               and not (f == "model.safetensors" and has(path, "model"))]
     if missing:
         raise CheckpointError(f"{path}: incomplete checkpoint, missing {', '.join(missing)}")
     return path
@@ -97,8 +206,93 @@ def step_of(path):
     return int(CKPT_RE.match(os.path.basename(os.path.normpath(path))).group(1))
 
 
+# numpy's array types, which older training states hold (the numpy RNG state, sampler history):
+# data only, so they may pass the restricted unpickler
+_NUMPY_SAFE = [np.ndarray, np.dtype, np.dtypes.UInt32DType, np.dtypes.Int64DType,
+               np.dtypes.Float64DType, np.dtypes.Float32DType]
+try:
+    from numpy._core.multiarray import _reconstruct
+except ImportError:  # numpy < 2
+    from numpy.core.multiarray import _reconstruct
+_NUMPY_SAFE.append(_reconstruct)
+
+
+def load_legacy(f, device="cpu"):
+    """An older `.pt` file through torch's restricted unpickler: tensors and plain data load, and
+    anything that names other code is refused with a CheckpointError."""
+    try:
+        with torch.serialization.safe_globals(_NUMPY_SAFE):
+            return torch.load(f, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{f}: refused to load: this file asks to run Python code while it is read, which a "
+            f"checkpoint never needs ({first}). Only tensors and plain data are loaded; if you "
+            "trust where it came from and it really is an older DiffuSeq checkpoint, see the "
+            "README's 'Older checkpoints' section") from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise CheckpointError(f"{f}: not a readable checkpoint file ({e})") from None
+
+
 def load(path, name, device="cpu"):
-    f = os.path.join(path, name)
-    if not os.path.isfile(f):
-        raise CheckpointError(f"{path}: missing {name}")
-    return torch.load(f, map_location=device, weights_only=False)
+    """Read `name` ("model", "ema" or "training_state") from a checkpoint folder: the
+    safetensors (+ JSON) files, or an older `.pt` through the restricted unpickler."""
+    base = os.path.join(path, name)
+    try:
+        if name == "training_state" and os.path.isfile(base + ".json"):
+            with open(base + ".json") as fh:
+                tree = json.load(fh)
+            tensors = load_file(base + ".safetensors", device="cpu")
+            return unflatten_state(tree, tensors)
+        if name != "training_state" and os.path.isfile(base + ".safetensors"):
+            return load_file(base + ".safetensors", device=str(device))
+    except (SafetensorError, json.JSONDecodeError, KeyError, OSError) as e:
+        raise CheckpointError(f"{base}: damaged checkpoint file ({e})") from None
+    if os.path.isfile(base + ".pt"):
+        return load_legacy(base + ".pt", device)
+    raise CheckpointError(f"{path}: missing {name}.safetensors")
+
+
+def convert(path):
+    """Rewrite an older checkpoint folder's .pt files as safetensors + JSON (the .pt files are
+    removed once the new ones are written). Returns the names written."""
+    written = []
+    for name in WEIGHTS + ("training_state",):
+        old = os.path.join(path, name + ".pt")
+        if not os.path.isfile(old):
+            continue
+        obj = load_legacy(old)
+        _write(path, name + (".state" if name == "training_state" else ".safetensors"), obj)
+        os.remove(old)
+        written.append(name)
+    return written
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(
+        prog="python -m diffuseq.checkpoint" if __name__ == "__main__" else None,  # else diffuseq-checkpoint
+        description="Rewrite checkpoints written by older versions (model.pt, ema.pt, "
+                    "training_state.pt) as safetensors + JSON. The .pt files are read with "
+                    "torch's restricted unpickler, which refuses files that would run code.")
+    p.add_argument("command", choices=["convert"], help="what to do")
+    p.add_argument("folders", nargs="+", help="checkpoint folders (ckpt_NNNNNNN) or run folders (all their checkpoints)")
+    args = p.parse_args(argv)
+    status = 0
+    for folder in args.folders:
+        targets = [folder] if CKPT_RE.match(os.path.basename(os.path.normpath(folder))) else list_checkpoints(folder)
+        if not targets:
+            print(f"error: {folder}: no checkpoint folder here", file=sys.stderr)
+            status = 2
+        for t in targets:
+            try:
+                done = convert(t)
+            except CheckpointError as e:
+                print(f"error: {e}", file=sys.stderr)
+                status = 2
+                continue
+            print(f"{t}: {'converted ' + ', '.join(done) if done else 'nothing to convert'}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

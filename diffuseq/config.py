@@ -21,7 +21,6 @@ def _bool(s):
 
 def train_parser():
     p = argparse.ArgumentParser(
-        prog="train.py",
         description="Train a DiffuSeq / DiffuSeq-v2 sequence-to-sequence diffusion model on a folder "
                     "of train/valid/test.jsonl files ({\"src\": ..., \"trg\": ...} per line).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -42,6 +41,9 @@ def train_parser():
     g.add_argument("--vocab_size", type=int, default=8000, help="vocabulary size of the trained tokenizer (--vocab own)")
     g.add_argument("--tokenizer_algo", choices=["wordpiece", "bpe"], default="wordpiece",
                    help="algorithm of the trained tokenizer (--vocab own)")
+    g.add_argument("--lowercase", type=_bool, default=True,
+                   help="lowercase text before tokenizing; false keeps case (a cased vocabulary, e.g. for "
+                        "translation into English; see the README for its cost in vocabulary)")
 
     g = p.add_argument_group("model")
     g.add_argument("--preset", choices=sorted(PRESETS), default="tiny",
@@ -57,6 +59,14 @@ def train_parser():
     g.add_argument("--init_from", default=None,
                    help="initialise the encoder from local BERT weights (a folder with model.safetensors or "
                         "pytorch_model.bin); the shape must match, e.g. --preset base for bert-base")
+    g.add_argument("--segment_positions", type=_bool, default=False,
+                   help="restart the target's position ids at 0 and add a segment embedding, so y_i and "
+                        "x_i share a position (copying and monotone rewrites become a position match)")
+    g.add_argument("--self_cond", type=_bool, default=False,
+                   help="self-conditioning: the model also sees its previous estimate of z_0 (in training, "
+                        "half the examples get one from a first pass without gradient)")
+    g.add_argument("--lm_bias", type=_bool, default=False,
+                   help="a learned bias on the tied output head (the original's lm_head has one)")
     g.add_argument("--grad_checkpoint", action="store_true",
                    help="recompute layer activations in the backward pass: less memory, ~30%% more compute")
 
@@ -65,6 +75,10 @@ def train_parser():
     g.add_argument("--noise_schedule", choices=SCHEDULES, default="sqrt")
     g.add_argument("--schedule_sampler", choices=["uniform", "lossaware"], default="lossaware",
                    help="timestep sampler: uniform, or importance sampling by each timestep's recent losses")
+    g.add_argument("--t_min", type=int, default=0,
+                   help="noise floor: train only on timesteps >= t_min, where the target cannot be read "
+                        "off z_t without the source; decoding then gives the model a time input of at "
+                        "least t_min (0: off)")
     g.add_argument("--learned_mean_embed", action="store_true",
                    help="DiffuSeq-v2: noise the target toward a learned soft absorbing state m instead of 0")
     g.add_argument("--reg_rate", type=float, default=0.01, help="L2 penalty on m (with --learned_mean_embed)")
@@ -150,7 +164,10 @@ def model_config(args, vocab_size):
     return DenoiserConfig(vocab_size=vocab_size, seq_len=args.seq_len, hidden_dim=args.hidden_dim,
                           dropout=args.dropout, diffusion_steps=args.diffusion_steps,
                           learned_mean_embed=args.learned_mean_embed,
-                          grad_checkpoint=getattr(args, "grad_checkpoint", False), **shape)
+                          grad_checkpoint=getattr(args, "grad_checkpoint", False),
+                          segment_positions=getattr(args, "segment_positions", False),
+                          self_cond=getattr(args, "self_cond", False),
+                          lm_bias=getattr(args, "lm_bias", False), **shape)
 
 
 def save_args(args, path):

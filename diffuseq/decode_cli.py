@@ -13,7 +13,6 @@ from .tokenizer import TokenizerError
 
 def decode_parser(solver):
     p = argparse.ArgumentParser(
-        prog="run_decode_solver.py" if solver else "run_decode.py",
         description=("Decode a split with multistep DPM-Solver++ in a few steps."
                      if solver else "Decode a split with ancestral sampling over respaced timesteps.")
         + " Writes <out_dir>/<run>_<checkpoint>/<split>.seed<S>.step<K>.jsonl with one "
@@ -38,14 +37,25 @@ def decode_parser(solver):
                    help="torch.compile the denoiser (with CUDA graphs on GPU); pays off on long decodes")
     p.add_argument("--max_examples", type=int, default=None, help="decode only the first N inputs")
     p.add_argument("--progress", type=lambda s: s.lower() in ("1", "true", "yes"), default=True)
+    p.add_argument("--clamping", choices=["auto", "true", "false"], default="auto",
+                   help="round each predicted z_0 to its nearest word embedding (the original's "
+                        "clamping); auto: for ancestral sampling of models without a learned "
+                        "absorbing state, as the original does")
+    p.add_argument("--clamp_step", type=int, default=0,
+                   help="with --clamp_first true, round from the last training timestep down to this "
+                        "one; with --clamp_first false, from this one down to 0 (the original's meaning)")
+    p.add_argument("--clamp_first", type=lambda s: s.lower() in ("1", "true", "yes"), default=True,
+                   help="see --clamp_step")
     if solver:
         p.add_argument("--order", type=int, choices=[1, 2, 3], default=2, help="DPM-Solver++ order")
         p.add_argument("--skip_type", choices=["logSNR", "time_uniform"], default="logSNR",
                        help="step spacing: uniform in log signal-to-noise ratio, or in time")
+        p.add_argument("--t_start", type=int, default=None,
+                       help="training timestep the solve starts from (default: the last one, T-1)")
     else:
-        p.add_argument("--clamp_step", type=int, default=0,
-                       help="clamp predicted z_0 to the nearest word embedding at training timesteps "
-                            "<= this (no effect with a learned absorbing state)")
+        p.add_argument("--variance", choices=["small", "large"], default="small",
+                       help="noise of each ancestral step: small, the posterior's beta~_t; large, beta_t "
+                            "(the original's choice)")
     return p
 
 
@@ -55,7 +65,10 @@ def main(argv=None, solver=False):
     try:
         model = load_model(args.model_dir, proc.device, args.use_ema,
                            torch.bfloat16 if args.precision == "bf16" else None, args.compile)
-        kw = dict(order=args.order, skip=args.skip_type) if solver else dict(clamp_step=args.clamp_step)
+        kw = dict(clamping=None if args.clamping == "auto" else args.clamping == "true",
+                  clamp_step=args.clamp_step, clamp_first=args.clamp_first)
+        kw.update(dict(order=args.order, skip=args.skip_type, t_start=args.t_start) if solver
+                  else dict(variance=args.variance))
         paths, speed = decode_split(
             model, args.data_dir or model.args.data_dir, args.split, args.out_dir,
             sampler="dpm" if solver else "ancestral", steps=args.step,

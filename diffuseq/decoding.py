@@ -44,7 +44,7 @@ class DiffuSeqModel:
         cfg = model_config(self.args, self.tokenizer.vocab_size)
         cfg.grad_checkpoint = False
         self.model = Denoiser(cfg)
-        weights = "ema.pt" if use_ema and os.path.isfile(os.path.join(self.path, "ema.pt")) else "model.pt"
+        weights = "ema" if use_ema and ckpt.has(self.path, "ema") else "model"
         self.model.load_state_dict(ckpt.load(self.path, weights, "cpu"))
         self.model.to(self.device).eval()
         self.weights = weights
@@ -76,15 +76,38 @@ class DiffuSeqModel:
             mask[i, :src_len] = 0
         return ids, mask
 
-    def _denoise(self, z, t):
-        enabled = self.dtype is not None
-        with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=enabled):
-            return self.net(z, t).float()
+    def denoiser(self, mask):
+        """The model as the samplers see it, for one batch: (z, t) -> predicted z_0. It knows the
+        batch's target mask, raises the time input to the run's noise floor t_min, and, for a
+        self-conditioned model, feeds each call the previous call's prediction."""
+        t_min = float(getattr(self.args, "t_min", 0) or 0)
+        state = {"prev": None}
+        use_prev = self.model.cfg.self_cond
+
+        def denoise(z, t):
+            with torch.autocast(self.device.type, dtype=self.dtype or torch.float32,
+                                enabled=self.dtype is not None):
+                z0 = self.net(z, t.clamp(min=t_min), mask, state["prev"]).float()
+            if use_prev:
+                state["prev"] = z0 * mask.unsqueeze(-1)
+            return z0
+
+        return denoise
+
+    def clamp_fn(self):
+        emb = self.model.word_embedding.weight
+        return lambda z0: nearest_embedding(z0, emb)
 
     @torch.no_grad()
-    def sample_ids(self, ids, mask, sampler="ancestral", steps=None, seed=0, clamp_step=0,
-                   order=2, skip="logSNR", progress=None):
-        """Generate the target region for one batch: ids, mask [B, L] -> token ids [B, L]."""
+    def sample_ids(self, ids, mask, sampler="ancestral", steps=None, seed=0, clamping=None,
+                   clamp_step=0, clamp_first=True, variance="small", order=2, skip="logSNR",
+                   t_start=None, progress=None):
+        """Generate the target region for one batch: ids, mask [B, L] -> token ids [B, L].
+
+        clamping: round the predicted z_0 to the nearest word embedding (where clamp_step and
+        clamp_first say; see samplers.clamps_at); None: for ancestral sampling of models without
+        a learned absorbing state, as the original does. variance: "small" or "large" noise of
+        ancestral steps. t_start: the training timestep the solver starts from (None: T - 1)."""
         ids, mask = ids.to(self.device), mask.to(self.device)
         a = self.args
         g = torch.Generator(device=self.device).manual_seed(seed)
@@ -93,20 +116,21 @@ class DiffuSeqModel:
         z = torch.randn(x_start.shape, generator=g, device=self.device)
         if m is not None:
             z = z + m
+        if clamping is None:
+            clamping = sampler == "ancestral" and m is None
+        clamp = dict(clamp=self.clamp_fn() if clamping else None, clamp_step=clamp_step,
+                     clamp_first=clamp_first)
+        denoise = self.denoiser(mask)
         if sampler == "ancestral":
             sched = self.sched.respace(steps or a.diffusion_steps)
-            clamp = None
-            if m is None:  # the soft absorbing state makes clamping unnecessary
-                emb = self.model.word_embedding.weight
-                clamp = lambda z0: nearest_embedding(z0, emb)  # noqa: E731
             rate = a.denoise_rate if getattr(a, "denoise", False) else 0.0
-            _, z0 = ancestral_sample(self._denoise, sched, z, x_start, mask, m=m, clamp=clamp,
-                                     clamp_step=clamp_step, denoise_rate=rate, generator=g,
-                                     progress=progress)
+            _, z0 = ancestral_sample(denoise, sched, z, x_start, mask, m=m, variance=variance,
+                                     denoise_rate=rate, generator=g, progress=progress, **clamp)
         elif sampler == "dpm":
             ns = NoiseScheduleVP(self.sched.alphas_cumprod)
-            _, z0 = dpm_solver_sample(self._denoise, ns, z, x_start, mask, m=m, steps=steps or 10,
-                                      order=order, skip=skip, progress=progress)
+            ts = None if t_start is None else (t_start + 1.0) / a.diffusion_steps
+            _, z0 = dpm_solver_sample(denoise, ns, z, x_start, mask, m=m, steps=steps or 10,
+                                      order=order, skip=skip, t_start=ts, progress=progress, **clamp)
         else:
             raise ValueError(f"unknown sampler {sampler!r}; choose ancestral or dpm")
         out = self.model.get_logits(z0).argmax(-1)
@@ -155,7 +179,6 @@ def decode_split(model, data_dir, split, out_dir, sampler="ancestral", steps=Non
     steps = steps or (model.args.diffusion_steps if sampler == "ancestral" else 10)
     batches = list(range(0, len(pairs), bsz))
     mine = batches[proc.rank::proc.world_size]
-    tok = model.tokenizer
     paths, t0, n_done = [], time.time(), 0
     for seed in seeds:
         final = output_path(out_dir, model, split, seed, steps)
@@ -171,10 +194,8 @@ def decode_split(model, data_dir, split, out_dir, sampler="ancestral", steps=Non
             ids, mask = model.inputs(src, ref)
             out = model.sample_ids(ids, mask, sampler, steps, seed=batch_seed(seed, start // bsz), **kw)
             gen = model.detokenize(out, mask)
-            # references and sources go through the tokenizer too, so all three are normalised alike
-            srcs = tok.decode_batch(tok.encode_batch(src))
-            refs = tok.decode_batch(tok.encode_batch(ref))
-            for i, (s, r, g) in enumerate(zip(srcs, refs, gen)):
+            # the user's strings verbatim; scoring normalises both sides itself (metrics.normalize)
+            for i, (s, r, g) in enumerate(zip(src, ref, gen)):
                 rows[start + i] = {"source": s, "reference": r, "recover": g}
             n_done += len(chunk)
             if bar is not None:

@@ -65,8 +65,20 @@ def token_nll(logits, ids, mask):
     return masked_mean(nll.view_as(ids), mask)
 
 
+def self_cond_input(model, zt, t, mask, use):
+    """Self-conditioning in training: for the examples where `use` [B] is true, a first pass
+    without gradient gives the estimate of z_0 that the second pass sees (on the y part; zeros
+    on x and for the other examples). Returns [B, L, D]."""
+    prev = torch.zeros_like(zt)
+    if use.any():
+        with torch.no_grad():
+            est = model(zt[use], t[use], mask[use], None).float()
+        prev[use] = est * mask[use].unsqueeze(-1).to(est.dtype)
+    return prev
+
+
 def training_losses(model, sched, input_ids, input_mask, t, noise, *, denoise_rate=0.0,
-                    reg_rate=0.0, u=None, monitor=True):
+                    reg_rate=0.0, u=None, self_cond_u=None, monitor=True):
     """The DiffuSeq objective for one batch, per example.
 
     z_0 = Emb(w) + sigma_0 * noise0 (the embedding seen through the first noise level), z_t from
@@ -81,6 +93,8 @@ def training_losses(model, sched, input_ids, input_mask, t, noise, *, denoise_ra
     asks for them only on the last steps before each log line).
 
     noise: [2, B, L, D] standard normal (noise0, eps). u: [B, L] uniform for discrete noise.
+    self_cond_u: [B] uniform; with a self-conditioned model, the examples below 0.5 see the
+    model's own first estimate of z_0 (the others see zeros, as the first decoding step does).
     """
     m = getattr(model, "mean_embed", None)
     emb = model.get_embeds(input_ids).float()
@@ -89,7 +103,10 @@ def training_losses(model, sched, input_ids, input_mask, t, noise, *, denoise_ra
     if denoise_rate > 0 and m is not None:
         prob = denoise_rate * sched.tensor("sqrt_one_minus_alphas_cumprod", t.device)[t]
         zt = absorb(zt, input_mask, m, prob, u)
-    pred = model(zt, t).float()
+    prev = None
+    if getattr(getattr(model, "cfg", None), "self_cond", False):
+        prev = self_cond_input(model, zt, t, input_mask, self_cond_u < 0.5)
+    pred = model(zt, t, input_mask, prev).float()
 
     target = torch.where((t == 0).view(-1, 1, 1), emb, z0)
     mse = masked_mean((pred - target) ** 2, input_mask)

@@ -2,7 +2,10 @@
 
 Every function takes plain lists of strings. Texts are split on whitespace for every metric except
 `corpus_bleu`, which uses sacrebleu's own tokeniser (13a) so that its number is comparable with
-published sacrebleu scores. Every score (BLEU, ROUGE-L, Dist-n, Div-n, BERTScore) is returned on a
+published sacrebleu scores. `evaluate` first normalises hypotheses and references alike, as the
+DiffuSeq paper scores them: BERT's basic tokenisation (punctuation split from words, accents
+stripped) and lowercase. Scores therefore do not depend on how a model's tokenizer writes text
+back, nor on the case or spacing of the user's references. Every score (BLEU, ROUGE-L, Dist-n, Div-n, BERTScore) is returned on a
 0-100 scale; only `avg_len` is a count of tokens.
 
 Several decoding seeds give several candidates for one input. These appear as `candidates`: one list
@@ -53,6 +56,19 @@ class _WhitespaceTokenizer:
     # erases non-English text; splitting on whitespace keeps ROUGE-L on the same tokens as BLEU.
     def tokenize(self, text):
         return text.split()
+
+
+_bert_norm = _bert_pre = None
+
+
+def normalize(text):
+    """BERT basic tokenisation, lowercased: "Three days' journey." -> "three days ' journey ."."""
+    global _bert_norm, _bert_pre
+    if _bert_norm is None:
+        from tokenizers import normalizers, pre_tokenizers
+        _bert_norm = normalizers.BertNormalizer(lowercase=True)
+        _bert_pre = pre_tokenizers.BertPreTokenizer()
+    return " ".join(w for w, _ in _bert_pre.pre_tokenize_str(_bert_norm.normalize_str(text)))
 
 
 # ----------------------------------------------------------------------------- quality
@@ -226,8 +242,10 @@ def bertscore(hyps, refs, model_path, num_layers=None, batch_size=64):
 
 # ----------------------------------------------------------------------------- all together
 
-def evaluate(candidates, refs, mbr=True, bertscore_model=None):
+def evaluate(candidates, refs, mbr=True, bertscore_model=None, normalise=True):
     """Score decoding outputs; returns a dict of floats named as below.
+
+    normalise: score `normalize`d texts (both sides); BERTScore always sees the raw texts.
 
     candidates: one list of M >= 1 candidate strings per input; refs: one reference per input.
     mbr: pick each input's candidate by `mbr_select` (otherwise the first candidate is scored).
@@ -241,6 +259,10 @@ def evaluate(candidates, refs, mbr=True, bertscore_model=None):
         raise MetricsError(f"{len(candidates)} inputs but {len(refs)} references")
     if bertscore_model is not None:
         _bertscore_backend(bertscore_model)  # fail before the slow part, not after it
+    raw_candidates, raw_refs = candidates, refs
+    if normalise:
+        candidates = [[normalize(c) for c in cands] for cands in candidates]
+        refs = [normalize(r) for r in refs]
     several = min(len(c) for c in candidates) > 1
     picks = mbr_select(candidates) if mbr and several else [0] * len(candidates)
     hyps = [cands[j] for cands, j in zip(candidates, picks)]
@@ -252,7 +274,8 @@ def evaluate(candidates, refs, mbr=True, bertscore_model=None):
         "avg_len": avg_len(hyps),
     }
     if bertscore_model is not None:
-        out["bertscore"] = bertscore(hyps, refs, bertscore_model)
+        raw_hyps = [cands[j] for cands, j in zip(raw_candidates, picks)]
+        out["bertscore"] = bertscore(raw_hyps, raw_refs, bertscore_model)
     if several:
         out["self_bleu"] = self_bleu(candidates)
         out["div4"] = div_n(candidates, 4)

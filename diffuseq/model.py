@@ -3,7 +3,15 @@
 z_t [B, L, D] (D = hidden_dim, the word-embedding size) is projected up to the transformer
 width, added to learned position embeddings and to an MLP of the sinusoidal embedding of t,
 run through post-LayerNorm encoder layers (BERT's layout, so BERT weights can initialise it),
-and projected back down to D. Logits over the vocabulary come from the tied word embeddings.
+and projected back down to D. Logits over the vocabulary come from the tied word embeddings
+(plus a learned bias with `lm_bias`, as in the original's output head).
+
+Two options make the source cheap to use:
+  segment_positions  the target's positions restart at 0 where y begins, and a segment embedding
+                     tells x from y: y_i and x_i share a position, so copying or a monotone
+                     rewrite is a match of positions, whatever the length of x;
+  self_cond          the previous estimate of z_0 is a second input (zeros when there is none),
+                     so each call refines the last one instead of starting over.
 """
 import math
 from dataclasses import asdict, dataclass
@@ -33,6 +41,9 @@ class DenoiserConfig:
     diffusion_steps: int = 2000
     learned_mean_embed: bool = False
     grad_checkpoint: bool = False
+    segment_positions: bool = False
+    self_cond: bool = False
+    lm_bias: bool = False
 
     def to_dict(self):
         return asdict(self)
@@ -87,14 +98,17 @@ class Denoiser(nn.Module):
         self.word_embedding = nn.Embedding(cfg.vocab_size, D)
         nn.init.normal_(self.word_embedding.weight, std=1.0)  # roughly unit scale, like the noise
         self.time_embed = nn.Sequential(nn.Linear(D, 4 * D), nn.SiLU(), nn.Linear(4 * D, W))
-        self.input_up_proj = nn.Sequential(nn.Linear(D, W), nn.Tanh(), nn.Linear(W, W))
+        self.input_up_proj = nn.Sequential(nn.Linear(2 * D if cfg.self_cond else D, W), nn.Tanh(),
+                                           nn.Linear(W, W))
         self.position_embeddings = nn.Embedding(cfg.seq_len, W)
+        self.segment_embeddings = nn.Embedding(2, W) if cfg.segment_positions else None
         self.ln = nn.LayerNorm(W, eps=1e-12)
         self.drop = nn.Dropout(cfg.dropout)
         self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.layers))
         self.output_down_proj = nn.Sequential(nn.Linear(W, W), nn.Tanh(), nn.Linear(W, D))
         # DiffuSeq-v2's soft absorbing state: the y part is noised toward it
         self.mean_embed = nn.Parameter(torch.zeros(D)) if cfg.learned_mean_embed else None
+        self.lm_bias = nn.Parameter(torch.zeros(cfg.vocab_size)) if cfg.lm_bias else None
 
     def get_embeds(self, ids):
         """Token ids [B, L] -> embeddings [B, L, D]."""
@@ -102,15 +116,31 @@ class Denoiser(nn.Module):
 
     def get_logits(self, z):
         """Embeddings [B, L, D] -> logits [B, L, V] through the tied word embeddings."""
-        return z @ self.word_embedding.weight.to(z.dtype).t()
+        logits = z @ self.word_embedding.weight.to(z.dtype).t()
+        return logits if self.lm_bias is None else logits + self.lm_bias.to(logits.dtype)
 
-    def forward(self, zt, t):
-        """zt [B, L, D], t [B] training timesteps (may be fractional) -> predicted z_0 [B, L, D]."""
+    def positions(self, mask, L):
+        """Position embeddings [L, W] or, with segment_positions, [B, L, W]: position and segment
+        embeddings with the positions of y (mask [B, L], 1 on y) counted from 0."""
+        if self.segment_embeddings is None:
+            return self.position_embeddings.weight[:L]
+        if mask is None:
+            raise ValueError("a model with segment_positions needs the target mask")
+        seg = mask.long()
+        pos = torch.arange(L, device=mask.device).expand_as(seg) - seg * (L - seg.sum(1, keepdim=True))
+        return self.position_embeddings(pos) + self.segment_embeddings(seg)
+
+    def forward(self, zt, t, mask=None, z0_prev=None):
+        """zt [B, L, D], t [B] training timesteps (may be fractional) -> predicted z_0 [B, L, D].
+
+        mask [B, L] (1 on y) places the segments (needed with segment_positions); z0_prev
+        [B, L, D] is the previous estimate of z_0 (with self_cond; None = zeros)."""
         L = zt.shape[1]
         temb = self.time_embed(timestep_embedding(t * (1000.0 / self.cfg.diffusion_steps),
                                                   self.cfg.hidden_dim))
-        pos = self.position_embeddings.weight[:L]
-        h = self.drop(self.ln(self.input_up_proj(zt) + pos + temb.unsqueeze(1)))
+        if self.cfg.self_cond:
+            zt = torch.cat([zt, torch.zeros_like(zt) if z0_prev is None else z0_prev.to(zt.dtype)], -1)
+        h = self.drop(self.ln(self.input_up_proj(zt) + self.positions(mask, L) + temb.unsqueeze(1)))
         for layer in self.layers:
             if self.cfg.grad_checkpoint and self.training:
                 h = checkpoint(layer, h, use_reentrant=False)

@@ -15,15 +15,33 @@ def _reimpose(z, x_start, mask):
     return torch.where(mask.unsqueeze(-1).bool(), z, x_start)
 
 
+def clamps_at(t, clamp_step, clamp_first=True):
+    """Whether the predicted z_0 is rounded at training timestep t: from T down to clamp_step
+    (clamp_first, the original's default), or from clamp_step down to 0."""
+    return t >= clamp_step if clamp_first else t <= clamp_step
+
+
+def sampling_std(sched, n, variance="small"):
+    """Standard deviation of the noise added at step n of an ancestral chain: "small" is the
+    posterior's beta~_n; "large" is beta_n, the original's choice (its variance array is
+    [beta~_1, beta_1, beta_2, ...]: beta~_1 only at n = 0, where no noise is added)."""
+    if variance == "small":
+        return float(sched.posterior_variance[n]) ** 0.5
+    if variance == "large":
+        return float(sched.posterior_variance[1] if n == 0 else sched.betas[n]) ** 0.5
+    raise ValueError(f"unknown variance {variance!r}; choose small or large")
+
+
 @torch.no_grad()
 def ancestral_sample(denoise, sched, z, x_start, mask, m=None, clamp=None, clamp_step=0,
-                     denoise_rate=0.0, generator=None, progress=None):
+                     clamp_first=True, variance="small", denoise_rate=0.0, generator=None,
+                     progress=None):
     """Ancestral sampling over a (possibly respaced) DiscreteSchedule.
 
     At each step z_0 is predicted, replaced by its nearest word embedding (`clamp`, the rounding
-    trick) once the training timestep is <= clamp_step, and z_{t-1} drawn from q(z_{t-1}|z_t, z_0).
-    With denoise_rate r > 0 and an absorbing state m, each y token is then absorbed into m with
-    probability r times the posterior standard deviation of that step.
+    trick) where clamps_at(training timestep, clamp_step, clamp_first), and z_{t-1} drawn from
+    N(posterior mean, sampling_std^2). With denoise_rate r > 0 and an absorbing state m, each y
+    token is then absorbed into m with probability r times that standard deviation.
     """
     z = _reimpose(z, x_start, mask)
     z0 = z
@@ -32,11 +50,11 @@ def ancestral_sample(denoise, sched, z, x_start, mask, m=None, clamp=None, clamp
         t = torch.full((z.shape[0],), n, device=z.device, dtype=torch.long)
         t_model = torch.full_like(t, int(sched.timestep_map[n]))
         z0 = denoise(z, t_model)
-        if clamp is not None and sched.timestep_map[n] <= clamp_step:
+        if clamp is not None and clamps_at(sched.timestep_map[n], clamp_step, clamp_first):
             z0 = _reimpose(clamp(z0), x_start, mask)
         z = q_posterior_mean(sched, z0, z, t, m)
         if n > 0:
-            std = float(sched.posterior_variance[n]) ** 0.5
+            std = sampling_std(sched, n, variance)
             noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
             z = z + std * noise
             if denoise_rate > 0 and m is not None:
@@ -46,11 +64,13 @@ def ancestral_sample(denoise, sched, z, x_start, mask, m=None, clamp=None, clamp
     return z, z0
 
 
-def solver_timesteps(ns, steps, skip="time_uniform"):
-    """steps + 1 continuous times from T down to eps, uniform in t or in logSNR lambda."""
-    t_T, t_0 = torch.tensor(ns.T, dtype=torch.float64), torch.tensor(ns.eps, dtype=torch.float64)
+def solver_timesteps(ns, steps, skip="time_uniform", t_start=None):
+    """steps + 1 continuous times from t_start (default T) down to eps, uniform in t or in
+    logSNR lambda."""
+    t_T = torch.tensor(ns.T if t_start is None else t_start, dtype=torch.float64)
+    t_0 = torch.tensor(ns.eps, dtype=torch.float64)
     if skip == "time_uniform":
-        return torch.linspace(ns.T, ns.eps, steps + 1, dtype=torch.float64)
+        return torch.linspace(float(t_T), ns.eps, steps + 1, dtype=torch.float64)
     if skip == "logSNR":
         lam = torch.linspace(float(ns.marginal_lambda(t_T)), float(ns.marginal_lambda(t_0)),
                              steps + 1, dtype=torch.float64)
@@ -90,10 +110,12 @@ def _dpm_update(x, ts, t, history, order, ns):
 
 @torch.no_grad()
 def dpm_solver_sample(denoise, ns, z, x_start, mask, m=None, steps=10, order=2,
-                      skip="time_uniform", progress=None):
+                      skip="time_uniform", t_start=None, clamp=None, clamp_step=0, clamp_first=True,
+                      progress=None):
     """Multistep DPM-Solver++ (data prediction) of order 1, 2 or 3 on the probability-flow ODE.
 
-    `ns` is a NoiseScheduleVP. The solve runs in coordinates w = z - m (on y), where the process
+    `ns` is a NoiseScheduleVP; the solve runs from continuous time t_start (default T) down.
+    `clamp` rounds each data prediction as in ancestral_sample (where clamps_at). The solve runs in coordinates w = z - m (on y), where the process
     is the usual VP one toward 0. The first steps use lower orders to warm up the history; with
     fewer than 10 steps the last steps lower the order too, which keeps them stable. After the
     last step one more prediction at t = eps gives z_0 (steps + 1 model calls in all).
@@ -106,12 +128,16 @@ def dpm_solver_sample(denoise, ns, z, x_start, mask, m=None, steps=10, order=2,
     w_start = unshift(x_start)  # equals x_start: the offset is zero on the x part
 
     # times and coefficients stay on the host in float64: no device sync inside the loop
-    ts = solver_timesteps(ns, steps, skip).cpu()
+    ts = solver_timesteps(ns, steps, skip, t_start).cpu()
     B = z.shape[0]
 
     def data_pred(w, t):
-        t_model = ns.discrete_timestep(t).float().expand(B).to(w.device, non_blocking=True)
-        return unshift(denoise(shift(w), t_model))
+        t_disc = ns.discrete_timestep(t)
+        t_model = t_disc.float().expand(B).to(w.device, non_blocking=True)
+        z0 = denoise(shift(w), t_model)
+        if clamp is not None and clamps_at(float(t_disc), clamp_step, clamp_first):
+            z0 = _reimpose(clamp(z0), x_start, mask)
+        return unshift(z0)
 
     w = _reimpose(unshift(z), w_start, mask)
     hist_t, hist_x0 = [ts[0]], [data_pred(w, ts[0])]

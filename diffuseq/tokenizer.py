@@ -25,15 +25,21 @@ class TokenizerError(ValueError):
 # WordPiece decoding leaves "what is it ?"; glue punctuation back onto its word.
 _CLOSERS = re.compile(r" ([.,!?;:%)\]}])")
 _OPENERS = re.compile(r"([(\[{$]) ")
-_JOINERS = re.compile(r" ([/-]) ")
+_JOINERS = re.compile(r"(?<=\w) ([/-]) (?=\w)")
+# an apostrophe before a clitic joins both sides ("don't", "god's"); otherwise it closes the word
+# before it ("three days' journey")
+_CLITIC = re.compile(r"(?<=\w) ' (s|t|ll|re|ve|d|m)\b", re.IGNORECASE)
+_POSSESSIVE = re.compile(r"(?<=\w) '(?= |$)")
 
 
 def _tidy(text):
     text = " ".join(text.split())
+    text = re.sub(r"^(##)+", "", text)  # a continuation piece with nothing before it
     text = _CLOSERS.sub(r"\1", text)
     text = _OPENERS.sub(r"\1", text)
     text = _JOINERS.sub(r"\1", text)
-    return text.replace(" ' ", "'")
+    text = _CLITIC.sub(r"'\1", text)
+    return _POSSESSIVE.sub("'", text)
 
 
 class Tokenizer:
@@ -107,7 +113,11 @@ class Tokenizer:
             path = os.path.join(path, "tokenizer.json")
         if not os.path.isfile(path):
             raise TokenizerError(f"no tokenizer file at {path}")
-        return cls(HFTokenizer.from_file(path))
+        try:
+            hf = HFTokenizer.from_file(path)
+        except Exception as e:  # the library raises a bare Exception on a malformed file
+            raise TokenizerError(f"{path}: not a tokenizer file ({e})") from None
+        return cls(hf)
 
 
 def _wordpiece(vocab=None, lowercase=True):
@@ -155,13 +165,14 @@ def load_bert_vocab(vocab_path, lowercase=True):
 
 
 def build_tokenizer(kind, data_dir, vocab_size=8000, vocab_path=None, algorithm="wordpiece",
-                    skip_bad_lines=False):
-    """kind='own': train on src and trg of data_dir/train.jsonl; kind='bert': load vocab_path."""
+                    skip_bad_lines=False, lowercase=True):
+    """kind='own': train on src and trg of data_dir/train.jsonl; kind='bert': load vocab_path.
+    lowercase=False keeps case (a cased vocabulary, for tasks where case matters)."""
     if kind == "bert":
-        return load_bert_vocab(vocab_path)
+        return load_bert_vocab(vocab_path, lowercase=lowercase)
     if kind != "own":
         raise TokenizerError(f"unknown --vocab {kind!r} (use 'own' or 'bert')")
     from diffuseq.data.dataset import read_pairs
     pairs = read_pairs(os.path.join(data_dir, "train.jsonl"), skip_bad_lines=skip_bad_lines)
     texts = (text for pair in pairs for text in pair)  # streamed, never a list
-    return train_tokenizer(texts, vocab_size=vocab_size, algorithm=algorithm)
+    return train_tokenizer(texts, vocab_size=vocab_size, algorithm=algorithm, lowercase=lowercase)

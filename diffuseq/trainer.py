@@ -64,15 +64,24 @@ def step_generator(seed, step, device):
 
 
 def draw_noise(args, sampler, step, global_bsz, L, device):
-    """Timesteps, importance weights, Gaussian noise [2, G, L, D] and uniforms [G, L] of the
-    global batch at `step` (identical on every process)."""
+    """Timesteps, importance weights, Gaussian noise [2, G, L, D], uniforms [G, L] (discrete
+    noise) and [G] (self-conditioning) of the global batch at `step` (identical on every
+    process). Timesteps lie in [t_min, T): the sampler draws over the T - t_min levels above the
+    noise floor."""
     g_cpu = step_generator(args.seed, step, "cpu")
     t, w = sampler.sample(global_bsz, g_cpu)
+    t = t + t_floor(args)
     g = g_cpu if device.type == "cpu" else step_generator(args.seed, step, device)
     # drawn at full seq_len and cut, so a shorter padded batch sees the same noise per position
     noise = torch.randn(2, global_bsz, args.seq_len, args.hidden_dim, generator=g, device=device)
     u = torch.rand(global_bsz, args.seq_len, generator=g, device=device)
-    return t.to(device), w.to(device), noise[:, :, :L], u[:, :L]
+    sc = torch.rand(global_bsz, generator=g, device=device)
+    return t.to(device), w.to(device), noise[:, :, :L], u[:, :L], sc
+
+
+def t_floor(args):
+    """The noise floor in training timesteps (0: none); runs saved before it existed have none."""
+    return getattr(args, "t_min", 0) or 0
 
 
 def gather_steps(parts):
@@ -164,7 +173,7 @@ def prepare_tokenizer(args, proc, resume_dir):
         return Tokenizer.load(os.path.join(resume_dir, "tokenizer.json"))
     if proc.is_main:
         tok = build_tokenizer(args.vocab, args.data_dir, args.vocab_size, args.vocab_path, args.tokenizer_algo,
-                              skip_bad_lines=args.skip_bad_lines)
+                              skip_bad_lines=args.skip_bad_lines, lowercase=getattr(args, "lowercase", True))
         tok.save(path)
     dist.barrier()
     return Tokenizer.load(path)
@@ -270,7 +279,9 @@ class Trainer:
             loaded = load_bert_encoder(self.model, args.init_from)
             log.info("initialised %d tensors from %s", len(loaded), args.init_from)
         self.sched = DiscreteSchedule.from_name(args.noise_schedule, args.diffusion_steps)
-        self.sampler = create_sampler(args.schedule_sampler, args.diffusion_steps)
+        if not 0 <= t_floor(args) < args.diffusion_steps:
+            raise ValueError(f"--t_min {args.t_min} must lie in [0, --diffusion_steps {args.diffusion_steps})")
+        self.sampler = create_sampler(args.schedule_sampler, args.diffusion_steps - t_floor(args))
         self.amp_dtype = autocast_dtype(args.precision, proc.device)
         self.scaler = torch.amp.GradScaler(proc.device.type, enabled=self.amp_dtype == torch.float16)
         fused = proc.device.type == "cuda"
@@ -320,8 +331,8 @@ class Trainer:
             state = {"optimizer": self.opt.state_dict(), "scaler": self.scaler.state_dict(),
                      "sampler": self.sampler.state_dict(), "step": self.step, "rng": rng_state()}
             path = ckpt.save_checkpoint(run, self.step, {
-                "model.pt": self.model.state_dict(), "ema.pt": self.ema.state_dict(self.model),
-                "training_state.pt": state, "args.json": os.path.join(run, "args.json"),
+                "model.safetensors": self.model.state_dict(), "ema.safetensors": self.ema.state_dict(self.model),
+                "training_state.state": state, "args.json": os.path.join(run, "args.json"),
                 "tokenizer.json": os.path.join(run, "tokenizer.json")}, keep=self.args.keep_checkpoints)
             log.info("saved %s", path)
         else:
@@ -330,9 +341,9 @@ class Trainer:
 
     def _restore(self, path):
         dev = self.proc.device
-        self.model.load_state_dict(ckpt.load(path, "model.pt", dev))
-        self.ema.load_state_dict(self.model, ckpt.load(path, "ema.pt", dev))
-        state = ckpt.load(path, "training_state.pt", "cpu")
+        self.model.load_state_dict(ckpt.load(path, "model", dev))
+        self.ema.load_state_dict(self.model, ckpt.load(path, "ema", dev))
+        state = ckpt.load(path, "training_state", "cpu")
         self.opt.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.sampler.load_state_dict(state["sampler"])
@@ -348,15 +359,16 @@ class Trainer:
             return
         t = gather_steps([p[0] for p in self.pending])
         losses = gather_steps([p[1] for p in self.pending])
-        self.sampler.update(t.cpu().numpy(), losses.cpu().numpy())
+        self.sampler.update(t.cpu().numpy() - t_floor(self.args), losses.cpu().numpy())
         self.pending = []
 
-    def _losses(self, net, ids, mask, t, noise, u, monitor=True):
+    def _losses(self, net, ids, mask, t, noise, u, sc, monitor=True):
         """training_losses under this run's autocast and v2 settings."""
         a, dev = self.args, self.proc.device
         with torch.autocast(dev.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
-            return training_losses(net, self.sched, ids, mask, t, noise, u=u, reg_rate=a.reg_rate,
-                                   denoise_rate=a.denoise_rate if a.denoise else 0.0, monitor=monitor)
+            return training_losses(net, self.sched, ids, mask, t, noise, u=u, self_cond_u=sc,
+                                   reg_rate=a.reg_rate, denoise_rate=a.denoise_rate if a.denoise else 0.0,
+                                   monitor=monitor)
 
     MONITOR_STEPS = 10  # steps before each log line that also compute the monitoring terms
 
@@ -376,8 +388,8 @@ class Trainer:
         steps before a log line (see _monitors)."""
         a, dev = self.args, self.proc.device
         ids, mask, index = batch["input_ids"], batch["input_mask"], batch["index"]
-        t, w, noise, u = draw_noise(a, self.sampler, self.step, a.bsz, ids.shape[1], dev)
-        t, w, noise, u = t[index], w[index], noise[:, index], u[index]
+        t, w, noise, u, sc = draw_noise(a, self.sampler, self.step, a.bsz, ids.shape[1], dev)
+        t, w, noise, u, sc = t[index], w[index], noise[:, index], u[index], sc[index]
         torch.manual_seed((a.seed * 7919 + self.step * 104729 + self.proc.rank) % (2 ** 63))  # dropout
         for g in self.opt.param_groups:
             g["lr"] = lr_at(self.step, a)
@@ -389,7 +401,7 @@ class Trainer:
             sl = slice(s, s + a.microbatch)
             sync = i == len(micro) - 1 or not isinstance(self.net, DDP)
             with contextlib.nullcontext() if sync else self.net.no_sync():
-                terms = self._losses(net, ids[sl], mask[sl], t[sl], noise[:, sl], u[sl],
+                terms = self._losses(net, ids[sl], mask[sl], t[sl], noise[:, sl], u[sl], sc[sl],
                                      monitor=self._monitors(self.step + 1))
                 loss = (terms["loss"] * w[sl]).sum() / n
             self.scaler.scale(loss).backward()
@@ -420,10 +432,11 @@ class Trainer:
             ids, mask = b["input_ids"].to(dev), b["input_mask"].to(dev)
             B = ids.shape[0]
             g = step_generator(a.seed + 1, i, dev)
-            t = torch.randint(0, a.diffusion_steps, (B,), generator=g, device=dev)
+            t = torch.randint(t_floor(a), a.diffusion_steps, (B,), generator=g, device=dev)
             noise = torch.randn(2, B, ids.shape[1], a.hidden_dim, generator=g, device=dev)
             u = torch.rand(B, ids.shape[1], generator=g, device=dev)
-            terms = self._losses(self.model, ids, mask, t, noise, u)
+            sc = torch.rand(B, generator=g, device=dev)
+            terms = self._losses(self.model, ids, mask, t, noise, u, sc)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0) + v.sum()
             count += B

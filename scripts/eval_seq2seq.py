@@ -1,97 +1,10 @@
-"""Score decoding outputs: BLEU, ROUGE-L, diversity, length (and BERTScore from a local model).
-
-    python scripts/eval_seq2seq.py generation_outputs/qqp/              # every seed in the folder
-    python scripts/eval_seq2seq.py test.seed101.step2000.jsonl --baseline --json scores.json
-"""
-
-import argparse
-import json
+"""Score decoding outputs; `python scripts/eval_seq2seq.py --help` (or `diffuseq-eval --help`)."""
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from diffuseq.metrics import MetricsError, evaluate, load_outputs  # noqa: E402
-
-# (key in evaluate's dict, label in the table, number format)
-ROWS = [
-    ("bleu", "BLEU (sacrebleu corpus)", "{:.2f}"),
-    ("sentence_bleu", "BLEU (mean sentence, NLTK)", "{:.2f}"),
-    ("rouge_l", "ROUGE-L F1", "{:.2f}"),
-    ("bertscore", "BERTScore F1", "{:.2f}"),
-    ("dist1", "Dist-1 (intra-sentence)", "{:.2f}"),
-    ("avg_len", "Avg length (tokens)", "{:.2f}"),
-    ("sentence_bleu_mean_candidate", "BLEU (sentence, mean cand.)", "{:.2f}"),
-    ("self_bleu", "Self-BLEU (lower = diverse)", "{:.2f}"),
-    ("div4", "Div-4", "{:.2f}"),
-]
-
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        description="Score the .jsonl files written by decoding (all scores on 0-100).\n\n"
-                    "A folder's *.jsonl files are taken as candidates for the same inputs (one\n"
-                    "file per decoding seed). One candidate per input is then picked by minimum\n"
-                    "Bayes risk (MBR, BLEU as utility) and scored, and the diversity between the\n"
-                    "candidates (Self-BLEU, Div-4) is reported too.",
-        epilog="examples:\n" + __doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("path", nargs="?", help="a decoding .jsonl file, or a folder of them")
-    p.add_argument("--folder", help="same as the positional path")
-    p.add_argument("--mbr", action=argparse.BooleanOptionalAction, default=True,
-                   help="with several files, score the MBR pick per input; --no-mbr scores the "
-                        "first file's output (default: --mbr)")
-    p.add_argument("--bertscore_model", metavar="PATH",
-                   help="folder of a model saved on local disk (save_pretrained) for BERTScore; "
-                        "needs the bert-score and transformers packages; nothing is downloaded")
-    p.add_argument("--json", metavar="OUT.json", help="also write the numbers to this file")
-    p.add_argument("--baseline", action="store_true",
-                   help="also score copying the source (hypothesis = source) for comparison")
-    args = p.parse_args(argv)
-    if (args.path is None) == (args.folder is None):
-        p.error("give exactly one path to score, positionally or as --folder")
-    return args
-
-
-def format_table(columns):
-    """columns: {header: scores dict}; one row per metric any column has, '-' where missing."""
-    rows = [(label, fmt, key) for key, label, fmt in ROWS if any(key in c for c in columns.values())]
-    width = max(len(label) for label, _, _ in rows)
-    cells = [[fmt.format(c[key]) if key in c else "-" for c in columns.values()]
-             for _, fmt, key in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(columns)]
-    lines = ["  ".join(["metric".ljust(width)] + [h.rjust(w) for h, w in zip(columns, widths)])]
-    lines.append("-" * len(lines[0]))
-    for (label, _, _), row in zip(rows, cells):
-        lines.append("  ".join([label.ljust(width)] + [v.rjust(w) for v, w in zip(row, widths)]))
-    return "\n".join(lines)
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    path = args.path or args.folder
-    try:
-        sources, refs, candidates = load_outputs(path)
-        m = len(candidates[0])
-        mbr = args.mbr and m > 1
-        columns = {"model": evaluate(candidates, refs, mbr=mbr,
-                                     bertscore_model=args.bertscore_model)}
-        if args.baseline:
-            columns["copy source"] = evaluate([[s] for s in sources], refs, mbr=False,
-                                              bertscore_model=args.bertscore_model)
-    except MetricsError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-    selection = "MBR over candidates" if mbr else ("first file" if m > 1 else "single file")
-    print(f"{path}: {len(refs)} inputs x {m} candidate(s), scored: {selection}\n")
-    print(format_table(columns))
-    if args.json:
-        report = {"path": str(path), "num_inputs": len(refs), "num_candidates": m,
-                  "selection": "mbr" if mbr else "first", **columns}
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-    return 0
-
+from diffuseq.evaluate import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -44,7 +44,7 @@ def small_run(tmp_path_factory):
 def test_load_model_reads_everything_from_the_folder(small_run):
     d, run = small_run
     m = load_model(str(run), device="cpu")
-    assert m.weights == "ema.pt" and m.path.endswith("ckpt_0000002")
+    assert m.weights == "ema" and m.path.endswith("ckpt_0000002")
     assert m.model.mean_embed is not None and m.args.diffusion_steps == 50
     out = m.generate(["w1 w2 w3"], sampler="dpm", steps=3, seed=0)
     assert isinstance(out, list) and len(out) == 1 and isinstance(out[0], str)
@@ -88,7 +88,7 @@ def test_cli_bad_inputs(small_run, tmp_path):
     broken.mkdir()
     (broken / "args.json").write_text("{}")
     r = _cli("run_decode_solver.py", "--model_dir", str(broken))
-    assert r.returncode == 2 and "missing" in r.stderr and "model.pt" in r.stderr
+    assert r.returncode == 2 and "missing" in r.stderr and "model.safetensors" in r.stderr
     r = _cli("run_decode_solver.py", "--model_dir", str(run), "--split", "nosuchsplit", "--step", "2")
     assert r.returncode == 2 and "nosuchsplit.jsonl" in r.stderr and "Traceback" not in r.stderr
     r = _cli("run_decode_solver.py", "--model_dir", str(run), "--step", "2", "--out_dir", str(tmp_path / "o"),

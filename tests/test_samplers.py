@@ -121,3 +121,53 @@ def test_clamping_returns_rows_of_the_embedding_matrix():
     out = nearest_embedding(z, emb)
     d = torch.cdist(z.reshape(-1, 8), emb)
     assert torch.equal(out.reshape(-1, 8), emb[d.argmin(-1)])
+
+
+def test_clamping_follows_the_original_meaning():
+    """clamp_first (the original's default): round from T down to clamp_step; otherwise from
+    clamp_step down to 0. Counted on the steps of a respaced chain."""
+    from diffuseq.samplers import clamps_at
+    emb, ids, mask, x_start, m, oracle, z = _oracle_setup(False)
+    sched = DiscreteSchedule.from_name("sqrt", 2000).respace(20)
+    for first, clamp_step, want in ((True, 0, 20), (True, 1000, sum(t >= 1000 for t in sched.timestep_map)),
+                                    (False, 0, 1), (False, 1000, sum(t <= 1000 for t in sched.timestep_map))):
+        seen = []
+        clamp = lambda z0: seen.append(1) or z0  # noqa: E731
+        ancestral_sample(oracle, sched, z, x_start, mask, clamp=clamp, clamp_step=clamp_step, clamp_first=first)
+        assert len(seen) == want, (first, clamp_step)
+    assert clamps_at(5, 0) and not clamps_at(5, 6) and clamps_at(5, 5, False) and not clamps_at(5, 4, False)
+    # the solver clamps its data predictions the same way: every one of its 11 calls
+    seen = []
+    ns = NoiseScheduleVP(DiscreteSchedule.from_name("sqrt", 2000).alphas_cumprod)
+    dpm_solver_sample(oracle, ns, z, x_start, mask, steps=10, clamp=lambda z0: seen.append(1) or z0)
+    assert len(seen) == 11
+
+
+def test_large_variance_is_beta_with_the_first_step_posterior():
+    from diffuseq.samplers import sampling_std
+    sched = DiscreteSchedule.from_name("sqrt", 2000).respace(10)
+    b, post = sched.betas, sched.posterior_variance
+    assert sampling_std(sched, 0, "large") == pytest.approx(post[1] ** 0.5)
+    for n in range(1, 10):
+        assert sampling_std(sched, n, "large") == pytest.approx(b[n] ** 0.5)
+        assert sampling_std(sched, n, "small") == pytest.approx(post[n] ** 0.5)
+        # beta~_t = beta_t (1 - abar_{t-1}) / (1 - abar_t) <= beta_t
+        assert sampling_std(sched, n, "small") <= sampling_std(sched, n, "large")
+    # under respacing they differ a lot at the last step (K = 10: 0.56 against 0.12 at t = 222)
+    assert sched.timestep_map[1] == 222
+    assert sampling_std(sched, 1, "large") == pytest.approx(0.56, abs=0.01)
+    assert sampling_std(sched, 1, "small") == pytest.approx(0.12, abs=0.01)
+
+
+def test_solver_can_start_below_T():
+    from diffuseq.samplers import solver_timesteps
+    ns = NoiseScheduleVP(DiscreteSchedule.from_name("sqrt", 2000).alphas_cumprod)
+    full = solver_timesteps(ns, 10, "logSNR")
+    late = solver_timesteps(ns, 10, "logSNR", t_start=1999 / 2000)
+    assert float(full[0]) == 1.0 and float(late[0]) == pytest.approx(1999 / 2000)
+    # the full range spends several steps inside the last training step (its beta is clipped)
+    assert sum(float(t) > 1999 / 2000 for t in full) >= 3
+    assert sum(float(t) > 1998 / 2000 for t in late) == 1
+    lam = ns.marginal_lambda(late)
+    gaps = (lam[1:] - lam[:-1]).numpy()
+    assert gaps == pytest.approx([gaps[0]] * 10, rel=1e-6)  # still uniform in log-SNR

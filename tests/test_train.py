@@ -87,7 +87,7 @@ def logged_steps(run, after=None):
 
 
 def load_tensors(path, name):
-    return torch.load(os.path.join(path, name), map_location="cpu", weights_only=False)
+    return ckpt.load(str(path), name)
 
 
 def assert_state_dicts_equal(a, b):
@@ -130,7 +130,7 @@ def rounding_accuracy(model, sched, batches, t, pad_id, identity=False, seed=0):
         z0 = model.get_embeds(ids)
         tt = torch.full((ids.shape[0],), t)
         zt = q_sample(sched, z0, tt, torch.randn(z0.shape, generator=g), mask)
-        pred = zt if identity else model(zt, tt)
+        pred = zt if identity else model(zt, tt, mask)
         target = mask.bool() & (ids != pad_id)
         hit += (model.get_logits(pred).argmax(-1) == ids)[target].sum().item()
         total += target.sum().item()
@@ -184,16 +184,16 @@ def test_tiny_model_learns_to_reverse(tmp_path):
 # folder whose path contains argv[1]: killed mid-write, with no cleanup of any kind
 KILLED_MID_SAVE = """
 import os, signal, sys
-import torch
+import diffuseq.checkpoint as ckpt
 from diffuseq.config import parse_train_args
 from diffuseq.trainer import main
 marker = sys.argv.pop(1)
-real_save = torch.save
-def save(obj, f, *args, **kwargs):
-    real_save(obj, f, *args, **kwargs)
+real_save = ckpt.save_file
+def save(tensors, f, *args, **kwargs):
+    real_save(tensors, f, *args, **kwargs)
     if marker in str(f):
         os.kill(os.getpid(), signal.SIGKILL)
-torch.save = save
+ckpt.save_file = save
 sys.exit(main(parse_train_args()))
 """
 
@@ -215,9 +215,9 @@ def test_killed_run_resumes_as_if_uninterrupted(small_task, tmp_path):
     assert r.returncode == -signal.SIGKILL, r.stderr
     assert sorted(p.name for p in b.glob("ckpt_*")) == ["ckpt_0000006"]
     partial = list(b.glob(".tmp_ckpt_0000012_*"))
-    assert len(partial) == 1 and (partial[0] / "model.pt").is_file()
+    assert len(partial) == 1 and (partial[0] / "model.safetensors").is_file()
     assert ckpt.resolve(str(b)) == str(b / "ckpt_0000006")
-    state6 = load_tensors(b / "ckpt_0000006", "training_state.pt")
+    state6 = load_tensors(b / "ckpt_0000006", "training_state")
     assert state6["step"] == 6 and (state6["sampler"]["loss_counts"] == 10).all()
 
     r = run_cli(["--resume_checkpoint", str(b), "--progress", "false"])
@@ -225,9 +225,9 @@ def test_killed_run_resumes_as_if_uninterrupted(small_task, tmp_path):
     assert "resumed from" in (b / "log.txt").read_text()
 
     fa, fb = a / "ckpt_0000012", b / "ckpt_0000012"
-    for name in ("model.pt", "ema.pt"):
+    for name in ("model", "ema"):
         assert_state_dicts_equal(load_tensors(fa, name), load_tensors(fb, name))
-    sa, sb = load_tensors(fa, "training_state.pt"), load_tensors(fb, "training_state.pt")
+    sa, sb = load_tensors(fa, "training_state"), load_tensors(fb, "training_state")
     assert sa["step"] == sb["step"] == 12
     for k in ("loss_history", "loss_counts"):
         assert (sa["sampler"][k] == sb["sampler"][k]).all()
@@ -272,7 +272,7 @@ def test_ctrl_c_saves_the_current_step_and_resumes_exactly(small_task, tmp_path)
     saved = sorted(b.glob("ckpt_*"))
     assert len(saved) == 1 and not list(b.glob(".tmp_*"))
     step = ckpt.step_of(str(saved[0]))
-    assert 5 <= step < 200 and load_tensors(saved[0], "training_state.pt")["step"] == step
+    assert 5 <= step < 200 and load_tensors(saved[0], "training_state")["step"] == step
     assert f"interrupted at step {step}" in (b / "log.txt").read_text()
 
     rc, err = interrupt_after(["--resume_checkpoint", str(b), "--progress", "false"], b, step + 5,
@@ -283,7 +283,7 @@ def test_ctrl_c_saves_the_current_step_and_resumes_exactly(small_task, tmp_path)
 
     r = run_cli(["--resume_checkpoint", str(b), "--progress", "false"])
     assert r.returncode == 0, r.stderr
-    for name in ("model.pt", "ema.pt"):
+    for name in ("model", "ema"):
         assert_state_dicts_equal(load_tensors(a / "ckpt_0000200", name), load_tensors(b / "ckpt_0000200", name))
     logged_a, logged_b = logged_steps(a), logged_steps(b, after="resumed from")
     assert sorted(logged_b) == list(range(step2 + 1, 201))
@@ -388,13 +388,13 @@ def test_two_gloo_processes_train_as_one(small_task, tmp_path, sampler, log_inte
     for step, terms in logged_single.items():
         for k, v in terms.items():
             assert math.isclose(logged_ddp[step][k], v, rel_tol=1e-4, abs_tol=1e-4), (step, k)
-    for name in ("model.pt", "ema.pt"):
+    for name in ("model", "ema"):
         a, b = load_tensors(ddp / "ckpt_0000012", name), load_tensors(single / "ckpt_0000012", name)
         for k in a:
             torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5, msg=lambda m: f"{name} {k}: {m}")
     if sampler == "lossaware":
-        sa = load_tensors(ddp / "ckpt_0000012", "training_state.pt")["sampler"]
-        sb = load_tensors(single / "ckpt_0000012", "training_state.pt")["sampler"]
+        sa = load_tensors(ddp / "ckpt_0000012", "training_state")["sampler"]
+        sb = load_tensors(single / "ckpt_0000012", "training_state")["sampler"]
         assert (sa["loss_counts"] == 10).all()
         assert abs(sa["loss_history"] - sb["loss_history"]).max() < 1e-5
 
@@ -481,7 +481,7 @@ def test_skip_bad_lines_trains_and_reports_the_count(bad_input_runs):
     log_text = (run / "log.txt").read_text()
     assert re.search(r"train: 3 pairs, .*, 1 bad lines skipped", log_text)
     assert re.search(r"valid: 2 pairs, .*, 1 bad lines skipped", log_text)
-    assert (run / "ckpt_0000002" / "model.pt").is_file()
+    assert (run / "ckpt_0000002" / "model.safetensors").is_file()
 
 
 # --------------------------------------------------------------------------------- precision
@@ -519,3 +519,48 @@ def test_mixed_precision_training_on_cpu_is_finite(small_task, tmp_path, precisi
     ref = Trainer(parse_train_args(cli_args(small_task, tmp_path / "fp32", **over)))
     loss = ref.train_step(ref.loader.batch_at(0))["loss"].item()
     assert logged[1]["loss"] == pytest.approx(loss, rel=0.05)
+
+
+def test_noise_floor_bounds_the_sampled_levels():
+    """With --t_min the timesteps drawn for training lie in [t_min, T) and reach both ends;
+    decoding raises the model's time input to t_min and passes the solver's own times above it."""
+    from diffuseq.decoding import DiffuSeqModel
+    from diffuseq.resample import create_sampler
+    T, floor = 200, 120
+    args = SimpleNamespace(seed=3, seq_len=6, hidden_dim=4, t_min=floor)
+    for name in ("uniform", "lossaware"):
+        sampler = create_sampler(name, T - floor)
+        ts = torch.cat([trainer_mod.draw_noise(args, sampler, s, 64, 6, torch.device("cpu"))[0]
+                        for s in range(40)])
+        assert ts.min() == floor and ts.max() == T - 1, name
+    args.t_min = 0
+    ts = torch.cat([trainer_mod.draw_noise(args, create_sampler("uniform", T), s, 64, 6, torch.device("cpu"))[0]
+                    for s in range(40)])
+    assert ts.min() == 0
+
+    seen = []
+    fake = object.__new__(DiffuSeqModel)
+    fake.args = SimpleNamespace(t_min=floor)
+    fake.model = SimpleNamespace(cfg=SimpleNamespace(self_cond=False))
+    fake.net = lambda z, t, mask, prev: seen.append(t.clone()) or z
+    fake.device, fake.dtype = torch.device("cpu"), None
+    denoise = fake.denoiser(torch.ones(2, 3))
+    denoise(torch.zeros(2, 3, 4), torch.tensor([5.0, 150.0]))
+    assert seen[0].tolist() == [floor, 150.0]
+
+
+def test_decoding_feeds_a_self_conditioned_model_its_last_prediction():
+    from diffuseq.decoding import DiffuSeqModel
+    seen = []
+    fake = object.__new__(DiffuSeqModel)
+    fake.args = SimpleNamespace()
+    fake.model = SimpleNamespace(cfg=SimpleNamespace(self_cond=True))
+    fake.net = lambda z, t, mask, prev: seen.append(prev) or z + 1
+    fake.device, fake.dtype = torch.device("cpu"), None
+    mask = torch.tensor([[0, 1, 1]])
+    denoise = fake.denoiser(mask)
+    z = torch.zeros(1, 3, 2)
+    denoise(z, torch.tensor([9.0]))
+    denoise(z, torch.tensor([8.0]))
+    assert seen[0] is None
+    assert seen[1].tolist() == [[[0, 0], [1, 1], [1, 1]]]  # the last prediction, on y only

@@ -226,7 +226,7 @@ def write_splits(pairs, out: str) -> dict[str, list[tuple[str, str]]]:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m diffuseq.data.bible",
+        prog="python -m diffuseq.data.bible" if __name__ == "__main__" else None,  # else diffuseq-data
         description="Build verse-aligned pairs of two Bible translations (source -> target) from "
         "the installed pythonbible version packages, offline, and write train/valid/test.jsonl "
         "split by book (every tenth book to test, another tenth to valid).",
