@@ -245,3 +245,20 @@ def test_cli_bertscore_without_model_exits_2(tmp_path):
     assert res.returncode == 2
     assert "/nonexistent" in res.stderr and "local disk" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_scores_normalise_both_sides_like_the_paper():
+    """BERT basic tokenisation and lowercase on both sides: the same words score the same
+    whatever the case, spacing or apostrophe style of either side."""
+    from diffuseq.metrics import normalize
+    assert normalize("Three days' journey, O LORD!") == "three days ' journey , o lord !"
+    ref = ["And they went three days' journey into the wilderness."]
+    for hyp in ("and they went three days ' journey into the wilderness .",
+                "AND they went three days'journey into the wilderness.",
+                "And they went three days' journey into the wilderness."):
+        s = metrics.evaluate([[hyp]], ref, mbr=False)
+        assert s["sentence_bleu"] == pytest.approx(100.0) and s["rouge_l"] == pytest.approx(100.0), hyp
+        assert s["bleu"] == pytest.approx(100.0)
+    raw = metrics.evaluate([["and they went three days ' journey into the wilderness ."]], ref, mbr=False,
+                   normalise=False)
+    assert raw["rouge_l"] < 90  # without normalising, spacing and case cost points

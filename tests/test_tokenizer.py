@@ -111,3 +111,42 @@ def test_build_own_trains_on_train_split(tmp_path):
     assert tok.decode(tok.encode("zebra " + SENTENCES[0])) == "zebra " + SENTENCES[0]
     with pytest.raises(TokenizerError, match="unknown"):
         build_tokenizer("gpt", str(tmp_path))
+
+
+# real strings: KJV/WEB verses and QQP questions with apostrophes, hyphens and punctuation
+REAL = [
+    "And they went three days' journey into the wilderness, and found no water.",
+    "Don't you know that the Lord's anger is kindled against you?",
+    "How do I become a well-known writer in my 30's?",
+    "What's the best way to learn machine-learning from scratch?",
+    "Then Jacob's sons answered Shechem and Hamor his father deceitfully;",
+    "Is it safe to travel to Paris - or anywhere in Europe - right now?",
+]
+
+
+@pytest.mark.parametrize("lowercase", [True, False])
+def test_detokenizing_keeps_apostrophes_hyphens_and_punctuation(lowercase):
+    tok = train_tokenizer(iter(REAL * 30), vocab_size=600, lowercase=lowercase)
+    for s in REAL:
+        want = s.lower() if lowercase else s
+        # the BERT pre-tokenizer splits " - " and "-" alike; a spaced dash comes back joined
+        want = want.replace(" - ", "-")
+        assert tok.decode(tok.encode(s)) == want
+
+
+def test_a_continuation_piece_at_the_start_does_not_leak():
+    tok = train_tokenizer(iter(REAL * 30), vocab_size=600)
+    vocab = tok.hf.get_vocab()
+    piece = next(p for p in sorted(vocab) if p.startswith("##") and len(p) > 3)
+    word = tok.encode("wilderness")
+    out = tok.decode([vocab[piece]] + word)
+    assert not out.startswith("#") and out.endswith("wilderness") and out.startswith(piece[2:])
+
+
+def test_cased_vocabulary_keeps_case_and_costs_little(tmp_path):
+    texts = REAL * 30
+    cased = train_tokenizer(iter(texts), vocab_size=600, lowercase=False)
+    assert cased.decode(cased.encode("Then the Lord's anger")) == "Then the Lord's anger"
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps({"src": s, "trg": s}) + "\n" for s in REAL))
+    tok = build_tokenizer("own", str(tmp_path), vocab_size=300, lowercase=False)
+    assert tok.decode(tok.encode("Jacob")) == "Jacob"
