@@ -19,11 +19,23 @@ def _bool(s):
     raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each argument's default once: not for required arguments, flags that default to off,
+    defaults of None, or help texts that already say what the default is."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (action.required or action.default in (None, False, argparse.SUPPRESS)
+                or "default" in text.lower()):
+            return text
+        return super()._get_help_string(action)
+
+
 def train_parser():
     p = argparse.ArgumentParser(
         description="Train a DiffuSeq / DiffuSeq-v2 sequence-to-sequence diffusion model on a folder "
                     "of train/valid/test.jsonl files ({\"src\": ..., \"trg\": ...} per line).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="bible_kjv_web", help="name of the dataset, used in the run folder's name")
     g.add_argument("--data_dir", default="datasets/bible_kjv_web",
@@ -55,7 +67,7 @@ def train_parser():
     g.add_argument("--heads", type=int, default=None, help="override the preset's attention heads")
     g.add_argument("--ffn", type=int, default=None, help="override the preset's feed-forward size")
     g.add_argument("--hidden_dim", type=int, default=128, help="word-embedding size D (the space that is noised)")
-    g.add_argument("--dropout", type=float, default=0.1)
+    g.add_argument("--dropout", type=float, default=0.1, help="dropout rate of the transformer layers")
     g.add_argument("--init_from", default=None,
                    help="initialise the encoder from local BERT weights (a folder with model.safetensors or "
                         "pytorch_model.bin); the shape must match, e.g. --preset base for bert-base")
@@ -72,7 +84,9 @@ def train_parser():
 
     g = p.add_argument_group("diffusion")
     g.add_argument("--diffusion_steps", type=int, default=2000, help="T, the number of training timesteps")
-    g.add_argument("--noise_schedule", choices=SCHEDULES, default="sqrt")
+    g.add_argument("--noise_schedule", choices=SCHEDULES, default="sqrt",
+                   help="how abar_t falls with t: sqrt (Diffusion-LM's, fast early noise, suits embeddings), "
+                        "cosine or linear")
     g.add_argument("--schedule_sampler", choices=["uniform", "lossaware"], default="lossaware",
                    help="timestep sampler: uniform, or importance sampling by each timestep's recent losses")
     g.add_argument("--t_min", type=int, default=0,
@@ -85,16 +99,18 @@ def train_parser():
     g.add_argument("--denoise", action="store_true",
                    help="DiffuSeq-v2 discrete noise: absorb target tokens into m with probability "
                         "denoise_rate * sqrt(1 - abar_t) (needs --learned_mean_embed)")
-    g.add_argument("--denoise_rate", type=float, default=0.5)
+    g.add_argument("--denoise_rate", type=float, default=0.5,
+                   help="r of --denoise: the largest share of target tokens absorbed into m (at t = T)")
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--bsz", type=int, default=64, help="global batch size (over all processes)")
     g.add_argument("--microbatch", type=int, default=None,
                    help="examples per forward pass on each process; gradients are accumulated (default: all)")
-    g.add_argument("--lr", type=float, default=1e-4)
+    g.add_argument("--lr", type=float, default=1e-4, help="peak learning rate of AdamW")
     g.add_argument("--warmup_steps", type=int, default=500, help="linear warm-up, then linear decay to 0")
     g.add_argument("--learning_steps", type=int, default=50000, help="total optimisation steps")
-    g.add_argument("--weight_decay", type=float, default=0.0)
+    g.add_argument("--weight_decay", type=float, default=0.0,
+                   help="AdamW weight decay of the matrices (not of biases, norms or embeddings)")
     g.add_argument("--grad_clip", type=float, default=1.0, help="max gradient norm (0: off)")
     g.add_argument("--ema_rate", type=float, default=0.9999, help="decay of the exponential moving average of weights")
     g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
@@ -103,7 +119,8 @@ def train_parser():
                         "fp16 uses a grad scaler")
     g.add_argument("--use_fp16", action="store_true", help="alias of --precision fp16")
     g.add_argument("--compile", action="store_true", help="torch.compile the denoiser")
-    g.add_argument("--seed", type=int, default=102)
+    g.add_argument("--seed", type=int, default=102,
+                   help="seed of every random draw (initialisation, batch order, timesteps, noise, dropout)")
 
     g = p.add_argument_group("run")
     g.add_argument("--checkpoint_path", default=None,
@@ -116,9 +133,11 @@ def train_parser():
     g.add_argument("--eval_interval", type=int, default=2000, help="steps between validation losses (0: off)")
     g.add_argument("--eval_batches", type=int, default=8, help="batches of valid.jsonl per validation")
     g.add_argument("--keep_checkpoints", type=int, default=0, help="keep only the newest N checkpoints (0: all)")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    g.add_argument("--wandb", choices=["online", "offline", "disabled"], default="disabled")
-    g.add_argument("--progress", type=_bool, default=True, help="show a progress bar")
+    g.add_argument("--device", default="auto", help="where to train: auto (a GPU if there is one), cpu, cuda, cuda:1, ...")
+    g.add_argument("--wandb", choices=["online", "offline", "disabled"], default="disabled",
+                   help="log to Weights & Biases (needs the wandb package)")
+    g.add_argument("--progress", type=_bool, default=True,
+                   help="show a progress bar (only on a terminal: logs never get one)")
     return p
 
 

@@ -6,6 +6,7 @@ import torch
 
 from . import dist
 from .checkpoint import CheckpointError
+from .config import HelpFormatter
 from .data.dataset import DataError
 from .decoding import decode_split, load_model
 from .tokenizer import TokenizerError
@@ -17,7 +18,7 @@ def decode_parser(solver):
                      if solver else "Decode a split with ancestral sampling over respaced timesteps.")
         + " Writes <out_dir>/<run>_<checkpoint>/<split>.seed<S>.step<K>.jsonl with one "
           "{source, reference, recover} object per input, in input order.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("--model_dir", required=True,
                    help="a checkpoint folder (ckpt_NNNNNNN) or a run folder (its latest checkpoint)")
     p.add_argument("--split", default="test", help="which <split>.jsonl of the data folder to decode")
@@ -28,15 +29,17 @@ def decode_parser(solver):
     p.add_argument("--bsz", type=int, default=64, help="sentences per batch")
     p.add_argument("--seed", type=int, default=123, help="seed of the first sample; sample k uses seed + k")
     p.add_argument("--num_samples", type=int, default=1, help="candidates per input, one output file each")
-    p.add_argument("--out_dir", default="generation_outputs")
+    p.add_argument("--out_dir", default="generation_outputs",
+                   help="where the output folder <run>_<checkpoint>/ is written")
     p.add_argument("--use_ema", type=lambda s: s.lower() in ("1", "true", "yes"), default=True,
                    help="decode with the EMA weights (true) or the raw weights (false)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="autocast of the denoiser")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:1, ...")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the denoiser (with CUDA graphs on GPU); pays off on long decodes")
     p.add_argument("--max_examples", type=int, default=None, help="decode only the first N inputs")
-    p.add_argument("--progress", type=lambda s: s.lower() in ("1", "true", "yes"), default=True)
+    p.add_argument("--progress", type=lambda s: s.lower() in ("1", "true", "yes"), default=True,
+                   help="show a progress bar (only on a terminal)")
     p.add_argument("--clamping", choices=["auto", "true", "false"], default="auto",
                    help="round each predicted z_0 to its nearest word embedding (the original's "
                         "clamping); auto: for ancestral sampling of models without a learned "

@@ -12,6 +12,7 @@ import math
 import os
 import queue
 import random
+import shutil
 import signal
 import sys
 import threading
@@ -27,6 +28,7 @@ from .config import load_args, model_config, save_args
 from .data.dataset import BatchLoader, DataError, load_split, make_eval_batches
 from .diffusion import training_losses
 from .model import Denoiser, load_bert_encoder
+from .plots import plot_curves
 from .resample import create_sampler
 from .schedule import DiscreteSchedule
 from .tokenizer import Tokenizer, TokenizerError, build_tokenizer
@@ -255,6 +257,21 @@ def set_rng_state(state):
 
 class Trainer:
     def __init__(self, args):
+        """Set up a run. If setting up fails (bad data, a bad argument), a run folder that this call
+        created is removed again: a failed command leaves nothing behind."""
+        run = args.checkpoint_path
+        created = bool(run) and not args.resume_checkpoint and not os.path.exists(run)
+        try:
+            self._setup(args)
+        except BaseException:
+            if created and int(os.environ.get("RANK", "0")) == 0 and not ckpt.list_checkpoints(run):
+                for h in list(log.handlers):
+                    h.close()
+                    log.removeHandler(h)
+                shutil.rmtree(run, ignore_errors=True)
+            raise
+
+    def _setup(self, args):
         self.proc = proc = dist.setup(args.device)
         resume_dir = None
         if args.resume_checkpoint:
@@ -335,6 +352,10 @@ class Trainer:
                 "training_state.state": state, "args.json": os.path.join(run, "args.json"),
                 "tokenizer.json": os.path.join(run, "tokenizer.json")}, keep=self.args.keep_checkpoints)
             log.info("saved %s", path)
+            try:
+                plot_curves(run)
+            except Exception as e:  # a picture is never worth losing a run
+                log.warning("could not draw loss.png: %s", e)
         else:
             self._flush_sampler()
         dist.barrier()
@@ -407,6 +428,11 @@ class Trainer:
             self.scaler.scale(loss).backward()
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0) + v.detach().sum()
+            if "acc" in terms:  # accuracy per quarter of the trained noise levels, for the curves
+                q = ((t[sl] - t_floor(a)) * 4 // (a.diffusion_steps - t_floor(a))).clamp(0, 3)
+                sums["_acc_q"] = sums.get("_acc_q", 0) + torch.zeros(4, device=dev).index_add_(
+                    0, q, terms["acc"].detach().float())
+                sums["_n_q"] = sums.get("_n_q", 0) + torch.bincount(q, minlength=4).float()
             step_losses.append(terms["loss"].detach().float())
         self.pending.append((t, torch.cat(step_losses)))
         if a.grad_clip > 0:
@@ -450,6 +476,7 @@ class Trainer:
                  "precision %s", json.dumps(self.cfg.to_dict()), self.model.num_params() / 1e6,
                  self.model.num_params(True) / 1e6, proc.device, proc.world_size,
                  {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype])
+        log.info(COLUMNS)
         self.model.train()
         bar = None
         if a.progress and proc.is_main:
@@ -470,7 +497,12 @@ class Trainer:
                         bar.update(1)
                     if self._logs_after(self.step):
                         self._flush_sampler()
-                        means = {k: float(dist.all_reduce_mean(s)) / c for k, (s, c) in window.items()}
+                        means = {k: dist.all_reduce_mean(s) / c for k, (s, c) in window.items()}
+                        acc_q, n_q = means.pop("_acc_q", None), means.pop("_n_q", None)
+                        means = {k: float(v) for k, v in means.items()}
+                        if acc_q is not None:
+                            for i, (s_, c_) in enumerate(zip(acc_q.tolist(), n_q.tolist())):
+                                means[f"acc_q{i + 1}"] = s_ / c_ if c_ else float("nan")
                         n = self.step - last_logged
                         rate = n / (time.time() - t0)
                         self._log(means, rate, bar)
@@ -479,6 +511,7 @@ class Trainer:
                         val = self.validate()
                         if val:
                             log.info("step %d valid: %s", self.step, _fmt(val))
+                            self._curve({"step": self.step, "valid": val})
                             self._wandb({f"valid/{k}": v for k, v in val.items()})
                     stopping = self._stopping(stop) and self.step < a.learning_steps
                     if stopping and proc.is_main:
@@ -510,15 +543,30 @@ class Trainer:
         if bar is not None:
             bar.set_postfix(loss=f"{means['loss']:.4f}", acc=f"{means['acc']:.3f}", refresh=False)
         log.info("step %d | %s | %.2f steps/s | lr %.2e", self.step, _fmt(means), rate, lr_at(self.step - 1, self.args))
+        self._curve({"step": self.step, "train": means})
         self._wandb({f"train/{k}": v for k, v in means.items()} | {"steps_per_s": rate})
+
+    def _curve(self, record):
+        """One line of the run's curves.jsonl (the data of loss.png)."""
+        if self.proc.is_main:
+            with open(os.path.join(self.args.checkpoint_path, "curves.jsonl"), "a") as f:
+                f.write(json.dumps(record) + "\n")
 
     def _wandb(self, d):
         if self.wandb is not None:
             self.wandb.log(d, step=self.step)
 
 
+COLUMNS = ("columns: mse = |f(z_t, t) - z_0|^2 on the target; tT = |mean of q(z_T | z_0) - m|^2 (tiny when "
+           "the schedule reaches pure noise); decoder_nll = -log p(w | z_0), the rounding term; reg = the "
+           "penalty on the absorbing state m; loss = their sum, the objective; grad_norm = before "
+           "clipping; nll, acc = of the tokens rounded from the predicted z_0 (last 10 steps before the "
+           "line); acc_q1..q4 = that accuracy in each quarter of the trained noise levels, q1 the least "
+           "noisy")
+
+
 def _fmt(d):
-    return " ".join(f"{k} {v:.4f}" for k, v in d.items())
+    return " ".join(f"{k} {v:.5g}" for k, v in d.items())
 
 
 def _init_wandb(args):

@@ -467,12 +467,14 @@ def bad_input_runs(tmp_path_factory):
                                   "bert_no_path", "bert_bad_path"])
 def test_bad_input_is_one_line_on_stderr_and_exit_2(bad_input_runs, name):
     """train.py on bad data or a bad vocabulary option exits with status 2 and one `error: ...`
-    line naming the file, the line number and the problem; no traceback."""
-    rc, _, stderr, message, _ = bad_input_runs[name]
+    line naming the file, the line number and the problem; no traceback. Nothing is left behind:
+    the run folder the command would have created does not exist."""
+    rc, _, stderr, message, run = bad_input_runs[name]
     assert rc == 2, stderr
     assert "Traceback" not in stderr
     errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and message in errors[0], stderr
+    assert not run.exists(), sorted(p.name for p in run.iterdir())
 
 
 def test_skip_bad_lines_trains_and_reports_the_count(bad_input_runs):
@@ -564,3 +566,44 @@ def test_decoding_feeds_a_self_conditioned_model_its_last_prediction():
     denoise(z, torch.tensor([8.0]))
     assert seen[0] is None
     assert seen[1].tolist() == [[[0, 0], [1, 1], [1, 1]]]  # the last prediction, on y only
+
+
+def test_log_explains_its_columns_and_the_run_draws_its_curves(small_task, tmp_path):
+    """The first log line names every column; each log line and validation adds a record to
+    curves.jsonl; loss.png is drawn at each checkpoint from them."""
+    from diffuseq.plots import read_curves
+    run = tmp_path / "run"
+    r = run_cli(cli_args(small_task, run, learning_steps=20, log_interval=5, eval_interval=10,
+                         save_interval=10, diffusion_steps=40, t_min=8))
+    assert r.returncode == 0, r.stderr
+    text = (run / "log.txt").read_text()
+    columns = next(line for line in text.splitlines() if "columns:" in line)
+    logged = logged_steps(run)
+    for k in logged[5]:
+        assert f"{k} = " in columns or f"{k}, " in columns or k.startswith("acc_q"), k
+    assert {"acc_q1", "acc_q4"} <= set(logged[20])
+    train, valid = read_curves(str(run))
+    assert [s for s, _ in train] == [5, 10, 15, 20] and [s for s, _ in valid] == [10, 20]
+    assert train[-1][1]["loss"] == pytest.approx(logged[20]["loss"], rel=1e-3)
+    png = run / "loss.png"
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_multi_node_launch_through_the_script(small_task, tmp_path):
+    """scripts/train.sh takes torchrun's multi-node settings from the environment: two "nodes"
+    (NNODES=2, NODE_RANK 0 and 1, MASTER_ADDR/MASTER_PORT) of one process each, on localhost
+    with gloo, train one run together."""
+    run = tmp_path / "run"
+    argv = cli_args(small_task, run, learning_steps=4, save_interval=4, log_interval=2)
+    port = str(free_port())
+    procs = []
+    for rank in (0, 1):
+        env = {**cli_env(), "NNODES": "2", "NODE_RANK": str(rank), "NPROC": "1",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+        procs.append(subprocess.Popen(["bash", str(ROOT / "scripts" / "train.sh"), *argv], env=env, cwd=tmp_path,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, out[-2000:] + err[-2000:]
+    assert "2 process(es)" in (run / "log.txt").read_text()
+    assert (run / "ckpt_0000004" / "model.safetensors").is_file()

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import uuid
 import warnings
@@ -175,6 +176,8 @@ def load_split(data_dir, split, tokenizer, seq_len, cache_dir=None, skip_bad_lin
                         f"{MIN_SEQ_LEN} tokens")
     path = os.path.join(data_dir, f"{split}.jsonl")
     pairs = read_pairs(path, skip_bad_lines=skip_bad_lines)
+    if not sys.stderr.isatty():  # a log file gets the counts, not a flood of progress bars
+        datasets.disable_progress_bars()
     cache_dir = _writable_cache(cache_dir or os.path.join(data_dir, ".cache"))
     key = _cache_key(path, tokenizer, seq_len, skip_bad_lines)
     final = os.path.join(cache_dir, f"{split}-{key}")
@@ -194,7 +197,8 @@ def load_split(data_dir, split, tokenizer, seq_len, cache_dir=None, skip_bad_lin
         features = datasets.Features({"src": datasets.Value("string"), "trg": datasets.Value("string")})
         try:
             raw = datasets.Dataset.from_generator(
-                rows, features=features, cache_dir=os.path.join(work, "raw"), fingerprint=f"raw-{key}")
+                rows, features=features, cache_dir=os.path.join(work, "raw"), fingerprint=f"raw-{key}",
+                split=datasets.NamedSplit(split))
         except datasets.exceptions.DatasetGenerationError as e:
             if isinstance(e.__cause__, DataError):
                 raise e.__cause__ from None
