@@ -40,6 +40,10 @@ RECIPES = {
                               lm_bias="true"),
     "v1_seg_floor_sc_bias": dict(segment_positions="true", hidden_dim=16, t_min=600, self_cond="true",
                                  lm_bias="true"),
+    "seg_floor_sc_bias_len": dict(V2, segment_positions="true", hidden_dim=16, t_min=600, self_cond="true",
+                                  lm_bias="true", length_head="true"),
+    "v1_seg_floor_sc_bias_len": dict(segment_positions="true", hidden_dim=16, t_min=600, self_cond="true",
+                                     lm_bias="true", length_head="true"),
 }
 # name -> keyword arguments of DiffuSeqModel.sample_ids
 DECODERS = {
@@ -47,7 +51,13 @@ DECODERS = {
     "dpm10_clamp": dict(sampler="dpm", steps=10, clamping=True),
     "dpm10_start1998": dict(sampler="dpm", steps=10, t_start=1998),
     "dpm20": dict(sampler="dpm", steps=20),
+    "dpm10_full": dict(sampler="dpm", steps=10, lengths="full"),
+    "dpm10_margin0": dict(sampler="dpm", steps=10, length_margin=0),
+    "dpm10_margin8": dict(sampler="dpm", steps=10, length_margin=8),
+    "anc20": dict(sampler="ancestral", steps=20, clamping=False),
+    "anc50": dict(sampler="ancestral", steps=50, clamping=False),
     "anc100": dict(sampler="ancestral", steps=100, clamping=False),
+    "anc100_full": dict(sampler="ancestral", steps=100, clamping=False, lengths="full"),
     "anc100_clamp_last": dict(sampler="ancestral", steps=100, clamping=True, clamp_first=False),
     "anc100_clamp_all": dict(sampler="ancestral", steps=100, clamping=True),
     "anc100_large": dict(sampler="ancestral", steps=100, clamping=False, variance="large"),
@@ -171,7 +181,8 @@ def main(argv=None):
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "quality"))
     p.add_argument("--report", action="store_true", help="only print the table of the results under --out")
     p.add_argument("--markdown", action="store_true", help="print the report as a markdown table")
-    p.add_argument("--quick", action="store_true", help="CI size: 30 steps, 20 examples, 2 recipes")
+    p.add_argument("--quick", action="store_true", help="CI size: 30 steps, 20 examples")
+    p.add_argument("--json", default=None, help="also write every record of this call to this file")
     a = p.parse_args(argv)
     if a.report:
         print(report(a.out, a.data, a.markdown))
@@ -187,6 +198,7 @@ def main(argv=None):
         if name not in RECIPES and name not in DECODERS:
             raise SystemExit(f"error: unknown recipe or decoder {name!r}")
     os.makedirs(a.out, exist_ok=True)
+    records = []
     for recipe in recipes:
         print(f"{a.data} / {recipe}: training {a.steps} steps", flush=True)
         run, secs, cmd = train(a.data, recipe, a.steps, a.out, threads, seq_len)
@@ -197,6 +209,10 @@ def main(argv=None):
         path = os.path.join(a.out, f"{a.data}_{recipe}_{a.steps}.json")
         with open(path, "w") as f:
             json.dump(record, f, indent=2)
+        records.append(record)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"benchmark": "bench_quality", "results": records}, f, indent=2)
     print(report(a.out, a.data))
     return 0
 

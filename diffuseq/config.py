@@ -79,6 +79,9 @@ def train_parser():
                         "half the examples get one from a first pass without gradient)")
     g.add_argument("--lm_bias", type=_bool, default=False,
                    help="a learned bias on the tied output head (the original's lm_head has one)")
+    g.add_argument("--length_head", type=_bool, default=False,
+                   help="learn to predict the target's length from the source; decoding then gives each "
+                        "example a target region of the predicted length (plus --length_margin)")
     g.add_argument("--grad_checkpoint", action="store_true",
                    help="recompute layer activations in the backward pass: less memory, ~30%% more compute")
 
@@ -186,7 +189,8 @@ def model_config(args, vocab_size):
                           grad_checkpoint=getattr(args, "grad_checkpoint", False),
                           segment_positions=getattr(args, "segment_positions", False),
                           self_cond=getattr(args, "self_cond", False),
-                          lm_bias=getattr(args, "lm_bias", False), **shape)
+                          lm_bias=getattr(args, "lm_bias", False),
+                          length_head=getattr(args, "length_head", False), **shape)
 
 
 def save_args(args, path):

@@ -49,6 +49,12 @@ def decode_parser(solver):
                         "one; with --clamp_first false, from this one down to 0 (the original's meaning)")
     p.add_argument("--clamp_first", type=lambda s: s.lower() in ("1", "true", "yes"), default=True,
                    help="see --clamp_step")
+    p.add_argument("--lengths", choices=["predicted", "full"], default="predicted",
+                   help="predicted: with a model trained with --length_head, give each input a target "
+                        "region of its predicted length plus --length_margin; full: the whole sequence "
+                        "(the original's way; always so for models without a length head)")
+    p.add_argument("--length_margin", type=int, default=4,
+                   help="positions past the predicted length where the model may still end its output")
     if solver:
         p.add_argument("--order", type=int, choices=[1, 2, 3], default=2, help="DPM-Solver++ order")
         p.add_argument("--skip_type", choices=["logSNR", "time_uniform"], default="logSNR",
@@ -69,7 +75,8 @@ def main(argv=None, solver=False):
         model = load_model(args.model_dir, proc.device, args.use_ema,
                            torch.bfloat16 if args.precision == "bf16" else None, args.compile)
         kw = dict(clamping=None if args.clamping == "auto" else args.clamping == "true",
-                  clamp_step=args.clamp_step, clamp_first=args.clamp_first)
+                  clamp_step=args.clamp_step, clamp_first=args.clamp_first, lengths=args.lengths,
+                  length_margin=args.length_margin)
         kw.update(dict(order=args.order, skip=args.skip_type, t_start=args.t_start) if solver
                   else dict(variance=args.variance))
         paths, speed = decode_split(

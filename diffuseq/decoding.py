@@ -76,7 +76,7 @@ class DiffuSeqModel:
             mask[i, :src_len] = 0
         return ids, mask
 
-    def denoiser(self, mask):
+    def denoiser(self, mask, keep=None):
         """The model as the samplers see it, for one batch: (z, t) -> predicted z_0. It knows the
         batch's target mask, raises the time input to the run's noise floor t_min, and, for a
         self-conditioned model, feeds each call the previous call's prediction."""
@@ -87,7 +87,7 @@ class DiffuSeqModel:
         def denoise(z, t):
             with torch.autocast(self.device.type, dtype=self.dtype or torch.float32,
                                 enabled=self.dtype is not None):
-                z0 = self.net(z, t.clamp(min=t_min), mask, state["prev"]).float()
+                z0 = self.net(z, t.clamp(min=t_min), mask, state["prev"], keep).float()
             if use_prev:
                 state["prev"] = z0 * mask.unsqueeze(-1)
             return z0
@@ -101,14 +101,23 @@ class DiffuSeqModel:
     @torch.no_grad()
     def sample_ids(self, ids, mask, sampler="ancestral", steps=None, seed=0, clamping=None,
                    clamp_step=0, clamp_first=True, variance="small", order=2, skip="logSNR",
-                   t_start=None, progress=None):
+                   t_start=None, lengths="predicted", length_margin=4, progress=None):
         """Generate the target region for one batch: ids, mask [B, L] -> token ids [B, L].
+
+        lengths: "predicted" (for a model with a length head) gives each example a target region
+        of its predicted length + [SEP] + length_margin positions, and hides the rest from
+        attention (it comes back as [PAD]); "full" fills the whole sequence, as the original.
 
         clamping: round the predicted z_0 to the nearest word embedding (where clamp_step and
         clamp_first say; see samplers.clamps_at); None: for ancestral sampling of models without
         a learned absorbing state, as the original does. variance: "small" or "large" noise of
         ancestral steps. t_start: the training timestep the solver starts from (None: T - 1)."""
         ids, mask = ids.to(self.device), mask.to(self.device)
+        full_ids, keep = ids, None
+        if lengths == "predicted" and self.model.cfg.length_head:
+            ids, mask, keep = self.target_regions(ids, mask, length_margin)
+        elif lengths not in ("predicted", "full"):
+            raise ValueError(f"unknown lengths {lengths!r}; choose predicted or full")
         a = self.args
         g = torch.Generator(device=self.device).manual_seed(seed)
         x_start = self.model.get_embeds(ids)
@@ -120,7 +129,7 @@ class DiffuSeqModel:
             clamping = sampler == "ancestral" and m is None
         clamp = dict(clamp=self.clamp_fn() if clamping else None, clamp_step=clamp_step,
                      clamp_first=clamp_first)
-        denoise = self.denoiser(mask)
+        denoise = self.denoiser(mask, keep)
         if sampler == "ancestral":
             sched = self.sched.respace(steps or a.diffusion_steps)
             rate = a.denoise_rate if getattr(a, "denoise", False) else 0.0
@@ -134,7 +143,26 @@ class DiffuSeqModel:
         else:
             raise ValueError(f"unknown sampler {sampler!r}; choose ancestral or dpm")
         out = self.model.get_logits(z0).argmax(-1)
-        return torch.where(mask.bool(), out, ids)
+        out = torch.where(mask.bool(), out, ids)
+        if keep is not None:
+            out = torch.where(keep, out, self.tokenizer.pad_id)
+        return torch.cat([out, torch.full_like(full_ids[:, out.shape[1]:], self.tokenizer.pad_id)], 1)
+
+    @torch.no_grad()
+    def predict_lengths(self, ids, mask):
+        """Predicted number of target tokens [B] (the length head's most likely class)."""
+        return self.model.length_logits(ids, mask).argmax(-1)
+
+    def target_regions(self, ids, mask, margin):
+        """Cut a batch to its predicted target regions: (ids, mask, keep) with L the longest
+        region; keep [B, L] is False past each example's source + predicted length + [SEP] +
+        margin."""
+        L = ids.shape[1]
+        src_len = (1 - mask).sum(1)
+        end = (src_len + self.predict_lengths(ids, mask) + 1 + margin).clamp(max=L)
+        Lb = int(end.max())
+        keep = torch.arange(Lb, device=ids.device)[None, :] < end[:, None]
+        return ids[:, :Lb], mask[:, :Lb], keep
 
     def detokenize(self, out, mask):
         """Token ids [B, L] -> the generated text of each row (its target region)."""

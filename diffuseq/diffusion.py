@@ -77,8 +77,13 @@ def self_cond_input(model, zt, t, mask, use):
     return prev
 
 
+def target_lengths(ids, mask, pad_id):
+    """Number of target tokens of each example, its [SEP] not counted: [B]."""
+    return ((ids != pad_id) & mask.bool()).sum(1) - 1
+
+
 def training_losses(model, sched, input_ids, input_mask, t, noise, *, denoise_rate=0.0,
-                    reg_rate=0.0, u=None, self_cond_u=None, monitor=True):
+                    reg_rate=0.0, u=None, self_cond_u=None, monitor=True, pad_id=0, length_weight=0.1):
     """The DiffuSeq objective for one batch, per example.
 
     z_0 = Emb(w) + sigma_0 * noise0 (the embedding seen through the first noise level), z_t from
@@ -87,7 +92,8 @@ def training_losses(model, sched, input_ids, input_mask, t, noise, *, denoise_ra
       tT           |mean of q(z_T | z_0) - m|^2: z_T should reach the prior N(m, I),
       decoder_nll  -log p(w | z_0) through the tied logits (the rounding term),
       reg          reg_rate * |m|^2 / D (learned absorbing state only),
-      loss         mse + tT + decoder_nll + reg,
+      length       length_weight * cross-entropy of the target length (with a length head),
+      loss         mse + tT + decoder_nll + reg + length,
     and, with monitor=True, nll and acc of the tokens rounded from the predicted z_0 (one more
     pass through the vocabulary logits, which costs a small model ~20% of its step: the trainer
     asks for them only on the last steps before each log line).
@@ -119,6 +125,11 @@ def training_losses(model, sched, input_ids, input_mask, t, noise, *, denoise_ra
     if m is not None and reg_rate > 0:
         terms["reg"] = (reg_rate * m.float().pow(2).mean()).expand_as(loss)
         loss = loss + terms["reg"]
+    if getattr(model, "length_out", None) is not None:
+        want = target_lengths(input_ids, input_mask, pad_id).clamp(0, model.cfg.seq_len - 1)
+        logits = model.length_logits(input_ids, input_mask).float()
+        terms["length"] = length_weight * F.cross_entropy(logits, want, reduction="none")
+        loss = loss + terms["length"]
     terms["loss"] = loss
     if not monitor:
         return terms

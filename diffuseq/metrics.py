@@ -73,13 +73,14 @@ def normalize(text):
 
 # ----------------------------------------------------------------------------- quality
 
-def corpus_bleu(hyps, refs):
-    """Corpus BLEU-4 from sacrebleu (13a tokenisation, one reference per hypothesis), 0-100.
+def corpus_bleu(hyps, refs, tokenize="13a"):
+    """Corpus BLEU-4 from sacrebleu (13a tokenisation, or "none" for texts tokenized already, as
+    `normalize` leaves them; one reference per hypothesis), 0-100.
 
     Like any BLEU-4 without smoothing it is 0 when the corpus holds no matching 4-gram at all.
     """
     _check_pairs(hyps, refs)
-    return float(sacrebleu.corpus_bleu(list(hyps), [list(refs)]).score)
+    return float(sacrebleu.corpus_bleu(list(hyps), [list(refs)], tokenize=tokenize).score)
 
 
 def sentence_bleu_avg(hyps, refs):
@@ -267,7 +268,7 @@ def evaluate(candidates, refs, mbr=True, bertscore_model=None, normalise=True):
     picks = mbr_select(candidates) if mbr and several else [0] * len(candidates)
     hyps = [cands[j] for cands, j in zip(candidates, picks)]
     out = {
-        "bleu": corpus_bleu(hyps, refs),
+        "bleu": corpus_bleu(hyps, refs, tokenize="none" if normalise else "13a"),
         "sentence_bleu": sentence_bleu_avg(hyps, refs),
         "rouge_l": rouge_l(hyps, refs),
         "dist1": dist_n(hyps, 1),

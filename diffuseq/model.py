@@ -11,7 +11,10 @@ Two options make the source cheap to use:
                      tells x from y: y_i and x_i share a position, so copying or a monotone
                      rewrite is a match of positions, whatever the length of x;
   self_cond          the previous estimate of z_0 is a second input (zeros when there is none),
-                     so each call refines the last one instead of starting over.
+                     so each call refines the last one instead of starting over;
+  length_head        a small classifier predicts the number of target tokens from the source
+                     alone, so decoding can give each example a target region of about that
+                     length instead of filling the whole sequence with [PAD]s.
 """
 import math
 from dataclasses import asdict, dataclass
@@ -44,6 +47,7 @@ class DenoiserConfig:
     segment_positions: bool = False
     self_cond: bool = False
     lm_bias: bool = False
+    length_head: bool = False
 
     def to_dict(self):
         return asdict(self)
@@ -65,11 +69,14 @@ class SelfAttention(nn.Module):
         self.out = nn.Linear(cfg.width, cfg.width)
         self.dropout = cfg.dropout
 
-    def forward(self, h):
+    def forward(self, h, keep=None):
         B, L, W = h.shape
         q, k, v = self.qkv(h).view(B, L, 3, self.heads, W // self.heads).permute(2, 0, 3, 1, 4)
-        # every position is real: padding on the y part is a target the model must produce
-        a = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        # in training every position is real: padding on the y part is a target the model must
+        # produce; in decoding, `keep` [B, L] hides the positions past an example's target region
+        mask = None if keep is None else keep[:, None, None, :]
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                           dropout_p=self.dropout if self.training else 0.0)
         return self.out(a.transpose(1, 2).reshape(B, L, W))
 
 
@@ -85,8 +92,8 @@ class Layer(nn.Module):
         self.ln2 = nn.LayerNorm(cfg.width, eps=1e-12)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, h):
-        h = self.ln1(h + self.drop(self.attn(h)))
+    def forward(self, h, keep=None):
+        h = self.ln1(h + self.drop(self.attn(h, keep)))
         return self.ln2(h + self.drop(self.fc2(F.gelu(self.fc1(h)))))
 
 
@@ -109,6 +116,10 @@ class Denoiser(nn.Module):
         # DiffuSeq-v2's soft absorbing state: the y part is noised toward it
         self.mean_embed = nn.Parameter(torch.zeros(D)) if cfg.learned_mean_embed else None
         self.lm_bias = nn.Parameter(torch.zeros(cfg.vocab_size)) if cfg.lm_bias else None
+        if cfg.length_head:  # source -> number of target tokens, one class per length
+            self.length_feat = nn.Linear(2 * D, W)
+            self.length_of_x = nn.Embedding(cfg.seq_len + 1, W)
+            self.length_out = nn.Sequential(nn.GELU(), nn.Linear(W, cfg.seq_len))
 
     def get_embeds(self, ids):
         """Token ids [B, L] -> embeddings [B, L, D]."""
@@ -130,11 +141,22 @@ class Denoiser(nn.Module):
         pos = torch.arange(L, device=mask.device).expand_as(seg) - seg * (L - seg.sum(1, keepdim=True))
         return self.position_embeddings(pos) + self.segment_embeddings(seg)
 
-    def forward(self, zt, t, mask=None, z0_prev=None):
+    def length_logits(self, ids, mask):
+        """Logits [B, seq_len] of the number of target tokens (without its [SEP]), from the source
+        alone: the mean and max of its word embeddings and its length. ids, mask [B, L]."""
+        x = (1 - mask).unsqueeze(-1).to(self.word_embedding.weight.dtype)
+        emb = self.word_embedding(ids)
+        n = x.sum(1).clamp(min=1)
+        pooled = torch.cat([(emb * x).sum(1) / n, emb.masked_fill(x == 0, -1e4).amax(1)], -1)
+        h = self.length_feat(pooled) + self.length_of_x(n.squeeze(-1).long().clamp(max=self.cfg.seq_len))
+        return self.length_out(h)
+
+    def forward(self, zt, t, mask=None, z0_prev=None, keep=None):
         """zt [B, L, D], t [B] training timesteps (may be fractional) -> predicted z_0 [B, L, D].
 
         mask [B, L] (1 on y) places the segments (needed with segment_positions); z0_prev
-        [B, L, D] is the previous estimate of z_0 (with self_cond; None = zeros)."""
+        [B, L, D] is the previous estimate of z_0 (with self_cond; None = zeros); keep [B, L]
+        (bool) hides the positions where it is False from attention (decoding with lengths)."""
         L = zt.shape[1]
         temb = self.time_embed(timestep_embedding(t * (1000.0 / self.cfg.diffusion_steps),
                                                   self.cfg.hidden_dim))
@@ -143,9 +165,9 @@ class Denoiser(nn.Module):
         h = self.drop(self.ln(self.input_up_proj(zt) + self.positions(mask, L) + temb.unsqueeze(1)))
         for layer in self.layers:
             if self.cfg.grad_checkpoint and self.training:
-                h = checkpoint(layer, h, use_reentrant=False)
+                h = checkpoint(layer, h, keep, use_reentrant=False)
             else:
-                h = layer(h)
+                h = layer(h, keep)
         return self.output_down_proj(h)
 
     def num_params(self, exclude_embeddings=False):

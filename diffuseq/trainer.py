@@ -389,7 +389,7 @@ class Trainer:
         with torch.autocast(dev.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
             return training_losses(net, self.sched, ids, mask, t, noise, u=u, self_cond_u=sc,
                                    reg_rate=a.reg_rate, denoise_rate=a.denoise_rate if a.denoise else 0.0,
-                                   monitor=monitor)
+                                   monitor=monitor, pad_id=self.tokenizer.pad_id)
 
     MONITOR_STEPS = 10  # steps before each log line that also compute the monitoring terms
 
@@ -559,7 +559,7 @@ class Trainer:
 
 COLUMNS = ("columns: mse = |f(z_t, t) - z_0|^2 on the target; tT = |mean of q(z_T | z_0) - m|^2 (tiny when "
            "the schedule reaches pure noise); decoder_nll = -log p(w | z_0), the rounding term; reg = the "
-           "penalty on the absorbing state m; loss = their sum, the objective; grad_norm = before "
+           "penalty on the absorbing state m; length = 0.1 x cross-entropy of the length head; loss = their sum, the objective; grad_norm = before "
            "clipping; nll, acc = of the tokens rounded from the predicted z_0 (last 10 steps before the "
            "line); acc_q1..q4 = that accuracy in each quarter of the trained noise levels, q1 the least "
            "noisy")

@@ -27,7 +27,8 @@ python run_decode_solver.py --model_dir "$OUT" --split test --step 10 --bsz 128 
 
 ckpt=$(cat "$OUT/latest")
 result="generation_outputs/$(basename "$OUT")_${ckpt}/test.seed123.step10.jsonl"
-python scripts/eval_seq2seq.py "$result" --baseline --json "${result%.jsonl}.scores.json"
+scores="${result%.jsonl}.scores.json"
+python scripts/eval_seq2seq.py "$result" --baseline --json "$scores"
 python - "${result%.jsonl}.scores.json" "$result" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))
@@ -45,3 +46,6 @@ if gap <= 0:
           "published models see thousands of times more examples (50k steps of batch 2048 on GPUs); "
           "train longer (more STEPS, a larger --preset, a GPU) to approach that line.")
 PY
+echo "outputs: $result"
+echo "scores:  $scores"
+echo "curves:  $OUT/loss.png"

@@ -46,3 +46,20 @@ def test_bench_v2_quick(tmp_path):
     assert "copy source" in stdout and "v2" in stdout
     record = json.loads(out.read_text())
     assert set(record["train"]) == {"v1", "v2"} and record["decode"]
+
+
+def test_bench_quality_quick(tmp_path):
+    """Two recipes trained for a few steps, decoded two ways, scored beside the copy line."""
+    pytest.importorskip("pythonbible")
+    stdout, out = run("bench_quality", tmp_path, "--out", str(tmp_path / "q"), "--recipes", "v2,seg_floor",
+                      "--decoders", "dpm10,anc100_clamp_all")
+    record = json.loads(out.read_text())
+    assert [r["recipe"] for r in record["results"]] == ["v2", "seg_floor"]
+    for r in record["results"]:
+        assert set(r["scores"]) == {"dpm10", "anc100_clamp_all", "copy"} and r["steps"] == 30
+        assert r["target_tokens"] > 30 * 32  # at least one token per example and step
+    assert "copy the source" in stdout and "seg_floor" in stdout
+    # the per-recipe files make the report on their own
+    rep = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_quality.py"), "--report", "--markdown",
+                          "--out", str(tmp_path / "q")], capture_output=True, text=True, cwd=ROOT)
+    assert rep.returncode == 0 and rep.stdout.startswith("| recipe |") and "copy the source" in rep.stdout

@@ -149,3 +149,39 @@ def test_end_to_end_on_bible_slice(tmp_path):
     print(f"end to end: ROUGE-L untrained {untrained:.1f}, trained {trained:.1f}")
     assert untrained < 4
     assert trained >= 8, (trained, [r["recover"] for r in rows[:3]])
+
+
+def test_all_options_decode_and_outputs_keep_the_users_strings(tmp_path):
+    """A model with every option (segment positions, self-conditioning, output bias, noise floor,
+    length head) trains and decodes with both samplers. Output rows hold the source and reference
+    exactly as the user wrote them; the generated target fits in the predicted region."""
+    d = tmp_path / "data"
+    d.mkdir()
+    pairs = [("Three days' journey, O LORD!", "A three-day journey, Yahweh!"),
+             ("How do I learn Python?", "What's the best way to learn Python?")] * 10
+    for split in ("train", "valid", "test"):
+        _write(d / f"{split}.jsonl", pairs)
+    run = tmp_path / "run"
+    args = parse_train_args([
+        "--data_dir", str(d), "--checkpoint_path", str(run), "--width", "32", "--layers", "1",
+        "--heads", "2", "--ffn", "64", "--hidden_dim", "8", "--seq_len", "32", "--bsz", "8",
+        "--learning_steps", "3", "--warmup_steps", "1", "--diffusion_steps", "50", "--vocab_size", "100",
+        "--eval_interval", "0", "--progress", "false", "--segment_positions", "true", "--self_cond", "true",
+        "--lm_bias", "true", "--t_min", "10", "--length_head", "true", "--learned_mean_embed", "--denoise"])
+    Trainer(args).train()
+    m = load_model(str(run), device="cpu")
+    ids, mask = m.inputs([s for s, _ in pairs[:2]])
+    n_hat = m.predict_lengths(ids, mask)
+    for sampler, steps in (("dpm", 3), ("ancestral", 4)):
+        for lengths in ("predicted", "full"):
+            out = m.sample_ids(ids, mask, sampler, steps, seed=1, lengths=lengths, length_margin=2)
+            assert out.shape == ids.shape
+            if lengths == "predicted":
+                src_len = (1 - mask).sum(1)
+                for b in range(2):
+                    tail = out[b, int(src_len[b] + n_hat[b] + 3):]
+                    assert (tail == m.tokenizer.pad_id).all()
+        paths, _ = decode_split(m, str(d), "test", str(tmp_path / "out"), sampler, steps, seeds=(0,), bsz=8,
+                                progress=False)
+        rows = [json.loads(x) for x in open(paths[0])]
+        assert [(r["source"], r["reference"]) for r in rows] == pairs

@@ -82,3 +82,52 @@ def test_output_bias_is_added_to_the_tied_logits():
     z = torch.randn(2, 3, 8)
     torch.testing.assert_close(m.get_logits(z), z @ m.word_embedding.weight.t() + torch.arange(40.0))
     assert model().lm_bias is None
+
+
+def test_length_head_learns_a_toy_length_rule():
+    """Toy task: the target has len(x) - 2 tokens. Training only the length term, its loss falls
+    and the head predicts the rule on new sources."""
+    from diffuseq.diffusion import target_lengths
+    m = model(length_head=True, seq_len=24).train()
+    g = torch.Generator().manual_seed(1)
+
+    def batch(n=64):
+        ids = torch.zeros(n, 24, dtype=torch.long)
+        mask = torch.zeros(n, 24, dtype=torch.long)
+        for i in range(n):
+            nx = int(torch.randint(3, 10, (1,), generator=g))
+            ny = nx - 2
+            ids[i, 0] = 2
+            ids[i, 1:1 + nx] = torch.randint(5, 40, (nx,), generator=g)
+            ids[i, 1 + nx] = 3
+            ids[i, 2 + nx:2 + nx + ny] = torch.randint(5, 40, (ny,), generator=g)
+            ids[i, 2 + nx + ny] = 3
+            mask[i, 2 + nx:] = 1
+        return ids, mask
+
+    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(150):
+        ids, mask = batch()
+        want = target_lengths(ids, mask, 0)
+        loss = torch.nn.functional.cross_entropy(m.length_logits(ids, mask), want)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.1 * losses[0], losses[::30]
+    ids, mask = batch(200)
+    acc = (m.length_logits(ids, mask).argmax(-1) == target_lengths(ids, mask, 0)).float().mean()
+    assert acc > 0.95
+
+
+def test_hidden_positions_do_not_change_the_kept_ones():
+    """keep=False positions are invisible: whatever they hold, the kept outputs are the same."""
+    m = model(segment_positions=True)
+    z, t, mask = torch.randn(2, 12, 8), torch.tensor([10.0, 60.0]), y_mask([3, 5])
+    keep = torch.arange(12)[None, :] < torch.tensor([[8], [10]])
+    a = m(z, t, mask, keep=keep)
+    z2 = torch.where(keep.unsqueeze(-1), z, torch.randn_like(z) * 5)
+    b = m(z2, t, mask, keep=keep)
+    torch.testing.assert_close(a[keep], b[keep])
+    assert not torch.allclose(a, m(z2, t, mask))
