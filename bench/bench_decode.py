@@ -88,6 +88,8 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3, help="repeats of a whole measured run (median)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--device", default="auto")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the denoiser (with CUDA graphs on a GPU), as run_decode --compile")
     p.add_argument("--quick", action="store_true", help="a run of a few seconds (CI)")
     p.add_argument("--json", default=None, help="default bench/results/bench_decode.json")
     a = p.parse_args(argv)
@@ -96,6 +98,8 @@ def main(argv=None):
     device = pick_device(a.device)
     torch.manual_seed(0)
     model = random_model(a.preset, a.seq_len, device, torch.bfloat16 if a.precision == "bf16" else None)
+    if a.compile:
+        model.net = torch.compile(model.model, mode="reduce-overhead" if device.type == "cuda" else None)
     plan = [("ancestral", int(k)) for k in a.ancestral.split(",")] + [("dpm", int(k)) for k in a.dpm.split(",")]
     rows, results = [], []
     for bsz in (int(b) for b in a.bszs.split(",")):
@@ -111,9 +115,9 @@ def main(argv=None):
             rows[-len(plan) + plan.index(fast)][-1] = f"{secs[ref] / secs[fast]:.0f}x vs ancestral K=2000"
             results[-len(plan) + plan.index(fast)]["speedup_vs_ancestral_2000"] = secs[ref] / secs[fast]
     print(header_lines("bench_decode", device, f"{a.preset} (random weights), seq_len {a.seq_len} "
-                       f"(half source, half target), {a.precision}"))
+                       f"(half source, half target), {a.precision}" + (", compiled" if a.compile else "")))
     print(table(["batch", "sampler", "s/batch", "sent/s", "how", "speed-up"], rows))
-    path = write_json(a.json, "bench_decode", device, dict(preset=a.preset, seq_len=a.seq_len,
+    path = write_json(a.json, "bench_decode", device, dict(preset=a.preset, seq_len=a.seq_len, compile=a.compile,
                                                           precision=a.precision, results=results))
     print(f"json: {path}")
     return 0

@@ -40,6 +40,7 @@ RECIPES = {
                               lm_bias="true"),
     "v1_seg_floor_sc_bias": dict(segment_positions="true", hidden_dim=16, t_min=600, self_cond="true",
                                  lm_bias="true"),
+    "seg_floor_len": dict(V2, segment_positions="true", hidden_dim=16, t_min=600, length_head="true"),
     "seg_floor_sc_bias_len": dict(V2, segment_positions="true", hidden_dim=16, t_min=600, self_cond="true",
                                   lm_bias="true", length_head="true"),
     "v1_seg_floor_sc_bias_len": dict(segment_positions="true", hidden_dim=16, t_min=600, self_cond="true",
@@ -90,12 +91,15 @@ def ensure_data(name):
     return folder
 
 
-def train(data, recipe, steps, out, threads, seq_len):
+def train(data, recipe, steps, out, threads, seq_len, reuse=False, save_every=0):
     run = os.path.join(out, "runs", f"{data}_{recipe}_{steps}")
     cfg = dict(BASE, seq_len=seq_len, **RECIPES[recipe])
+    if reuse and os.path.isdir(os.path.join(run, f"ckpt_{steps:07d}")):
+        return run, logged_seconds(run), "(reused) " + " ".join(flags(cfg))
     cmd = [sys.executable, "train.py", "--data_dir", ensure_data(data), "--dataset", data,
-           "--checkpoint_path", run, "--learning_steps", str(steps), "--save_interval", str(steps),
-           "--eval_interval", "0", "--log_interval", str(max(1, steps // 10)), "--keep_checkpoints", "1",
+           "--checkpoint_path", run, "--learning_steps", str(steps), "--save_interval", str(save_every or steps),
+           "--eval_interval", "0", "--log_interval", str(max(1, min(save_every or steps, steps // 10))),
+           "--keep_checkpoints", "0" if save_every else "1",
            "--progress", "false", *flags(cfg)]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     t0 = time.time()
@@ -103,6 +107,15 @@ def train(data, recipe, steps, out, threads, seq_len):
     if r.returncode != 0:
         raise SystemExit(f"error: training {recipe} failed:\n{r.stderr[-3000:]}")
     return run, time.time() - t0, " ".join(cmd[1:])
+
+
+def logged_seconds(run, step=None):
+    """Training time of a run (up to the log line of `step`), from the clock times of its log."""
+    import datetime
+    lines = [line for line in open(os.path.join(run, "log.txt")) if line[:2].isdigit()]
+    last = lines[-1] if step is None else next(x for x in lines if f" step {step} |" in x)
+    t0, t1 = (datetime.datetime.strptime(x[:8], "%H:%M:%S") for x in (lines[0], last))
+    return (t1 - t0).total_seconds() % 86400
 
 
 def target_tokens(run, steps):
@@ -113,12 +126,12 @@ def target_tokens(run, steps):
     from diffuseq.tokenizer import Tokenizer
     tok = Tokenizer.load(os.path.join(run, "tokenizer.json"))
     ds, _ = load_split(args.data_dir, "train", tok, args.seq_len)
-    y = ds.with_format("numpy")
-    n = float((y["length"] - y["src_len"]).mean())  # y and its [SEP], padding excluded
+    import numpy as np
+    n = float((np.asarray(ds["length"]) - np.asarray(ds["src_len"])).mean())  # y and its [SEP], no padding
     return n * args.bsz * steps
 
 
-def score(run, data, decoders, examples, seed=123):
+def score(run, data, decoders, examples, seed=123, reuse=False):
     from diffuseq.decoding import decode_split, load_model
     from diffuseq.metrics import evaluate, load_outputs
     model = load_model(run, device="cpu")
@@ -128,16 +141,20 @@ def score(run, data, decoders, examples, seed=123):
         kw = dict(DECODERS[name])
         sampler, steps = kw.pop("sampler"), kw.pop("steps")
         t0 = time.time()
-        paths, _ = decode_split(model, ensure_data(data), split, os.path.join(run, "decoded", name),
-                                sampler=sampler, steps=steps, seeds=[seed], bsz=100, progress=False,
-                                max_examples=examples, **kw)
-        secs = time.time() - t0
+        done = glob.glob(os.path.join(run, "decoded", name, "*", f"{split}.seed{seed}.step{steps}.jsonl"))
+        if reuse and done:
+            paths, secs = done, None
+        else:
+            paths, _ = decode_split(model, ensure_data(data), split, os.path.join(run, "decoded", name),
+                                    sampler=sampler, steps=steps, seeds=[seed], bsz=100, progress=False,
+                                    max_examples=examples, **kw)
+            secs = time.time() - t0
         sources, refs, cands = load_outputs(paths[0])
         out[name] = dict(evaluate(cands, refs, mbr=False), decode_s=secs, path=paths[0])
         if "copy" not in out:
             out["copy"] = evaluate([[s] for s in sources], refs, mbr=False)
         print(f"  {name}: sentence BLEU {out[name]['sentence_bleu']:.2f}  ROUGE-L {out[name]['rouge_l']:.2f}"
-              f"  ({secs:.0f} s)", flush=True)
+              + (f"  ({secs:.0f} s)" if secs is not None else "  (reused)"), flush=True)
     return out
 
 
@@ -180,9 +197,14 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=None, help="torch threads of training and decoding")
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "quality"))
     p.add_argument("--report", action="store_true", help="only print the table of the results under --out")
+    p.add_argument("--reuse", action="store_true",
+                   help="reuse a finished run and decoded files under --out instead of redoing them")
     p.add_argument("--markdown", action="store_true", help="print the report as a markdown table")
     p.add_argument("--quick", action="store_true", help="CI size: 30 steps, 20 examples")
     p.add_argument("--json", default=None, help="also write every record of this call to this file")
+    p.add_argument("--save_every", type=int, default=0,
+                   help="keep a checkpoint every N steps and score each with the first decoder: the "
+                        "learning curve (steps, minutes, scores)")
     a = p.parse_args(argv)
     if a.report:
         print(report(a.out, a.data, a.markdown))
@@ -201,11 +223,20 @@ def main(argv=None):
     records = []
     for recipe in recipes:
         print(f"{a.data} / {recipe}: training {a.steps} steps", flush=True)
-        run, secs, cmd = train(a.data, recipe, a.steps, a.out, threads, seq_len)
-        scores = score(run, a.data, decoders, a.examples)
+        run, secs, cmd = train(a.data, recipe, a.steps, a.out, threads, seq_len, a.reuse, a.save_every)
+        scores = score(run, a.data, decoders, a.examples, reuse=a.reuse)
+        curve = []
+        if a.save_every:
+            from diffuseq.checkpoint import list_checkpoints, step_of
+            for c in list_checkpoints(run):
+                step = step_of(c)
+                s = score(c, a.data, decoders[:1], a.examples, reuse=a.reuse)[decoders[0]]
+                curve.append(dict(step=step, train_min=logged_seconds(run, step) / 60, **{
+                    k: s[k] for k in ("sentence_bleu", "bleu", "rouge_l", "avg_len")}))
         record = dict(data=a.data, recipe=recipe, flags=dict(BASE, seq_len=seq_len, **RECIPES[recipe]),
                       steps=a.steps, train_min=secs / 60, threads=threads, command=cmd,
-                      target_tokens=target_tokens(run, a.steps), examples=a.examples, scores=scores)
+                      target_tokens=target_tokens(run, a.steps), examples=a.examples, scores=scores,
+                      curve=curve)
         path = os.path.join(a.out, f"{a.data}_{recipe}_{a.steps}.json")
         with open(path, "w") as f:
             json.dump(record, f, indent=2)

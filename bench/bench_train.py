@@ -22,6 +22,7 @@ import torch.nn as nn
 import common  # noqa: F401  (puts the repository on sys.path)
 from common import cpu_has_bf16, header_lines, median, peak_bf16, pick_device, sync, table, write_json
 from diffuseq.diffusion import training_losses
+from diffuseq.trainer import NetView
 from diffuseq.model import PRESETS, Denoiser, DenoiserConfig
 from diffuseq.schedule import DiscreteSchedule
 
@@ -88,12 +89,14 @@ def run_one(c):
         sched = DiscreteSchedule.from_name("sqrt", model.cfg.diffusion_steps)
         scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
+        net = NetView(torch.compile(model), model) if c.get("compile") else model
+
         def step():
             t = torch.randint(0, sched.num_steps, (B,), device=device)
             noise = torch.randn(2, B, L, model.cfg.hidden_dim, device=device)
             with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                 # as the trainer runs it between logged steps: without the monitoring pass
-                loss = training_losses(model, sched, ids, mask, t, noise, monitor=False)["loss"].mean()
+                loss = training_losses(net, sched, ids, mask, t, noise, monitor=False)["loss"].mean()
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
@@ -166,6 +169,7 @@ def main(argv=None):
     p.add_argument("--base_repeats", type=int, default=None,
                    help="timed steps for the base preset (default: --repeats); base is slow on CPU")
     p.add_argument("--no_baseline", action="store_true", help="skip the transformers BertEncoder rows")
+    p.add_argument("--compile", action="store_true", help="torch.compile the denoiser, as train.py --compile")
     p.add_argument("--steps_memory", action="store_true",
                    help="instead: peak memory of the first preset after --mem_steps steps (must match)")
     p.add_argument("--mem_steps", default="10,200")
@@ -188,7 +192,7 @@ def main(argv=None):
         a.precisions = "fp32,bf16,fp16" if device.type == "cuda" else "fp32,bf16" if cpu_has_bf16() else "fp32"
     precisions = a.precisions.split(",")
     presets = a.presets.split(",")
-    base = dict(device=str(device), seq_len=a.seq_len, bsz=a.bsz, warmup=a.warmup)
+    base = dict(device=str(device), seq_len=a.seq_len, bsz=a.bsz, warmup=a.warmup, compile=a.compile)
 
     if a.steps_memory:
         marks = [int(s) for s in a.mem_steps.split(",")]

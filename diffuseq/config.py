@@ -96,12 +96,14 @@ def train_parser():
                    help="noise floor: train only on timesteps >= t_min, where the target cannot be read "
                         "off z_t without the source; decoding then gives the model a time input of at "
                         "least t_min (0: off)")
-    g.add_argument("--learned_mean_embed", action="store_true",
-                   help="DiffuSeq-v2: noise the target toward a learned soft absorbing state m instead of 0")
+    g.add_argument("--learned_mean_embed", type=_bool, nargs="?", const=True, default=False,
+                   help="DiffuSeq-v2: noise the target toward a learned soft absorbing state m instead of 0 "
+                        "(the flag alone means true)")
     g.add_argument("--reg_rate", type=float, default=0.01, help="L2 penalty on m (with --learned_mean_embed)")
-    g.add_argument("--denoise", action="store_true",
+    g.add_argument("--denoise", type=_bool, nargs="?", const=True, default=False,
                    help="DiffuSeq-v2 discrete noise: absorb target tokens into m with probability "
-                        "denoise_rate * sqrt(1 - abar_t) (needs --learned_mean_embed)")
+                        "denoise_rate * sqrt(1 - abar_t) (needs --learned_mean_embed; the flag alone "
+                        "means true)")
     g.add_argument("--denoise_rate", type=float, default=0.5,
                    help="r of --denoise: the largest share of target tokens absorbed into m (at t = T)")
 
@@ -112,6 +114,9 @@ def train_parser():
     g.add_argument("--lr", type=float, default=1e-4, help="peak learning rate of AdamW")
     g.add_argument("--warmup_steps", type=int, default=500, help="linear warm-up, then linear decay to 0")
     g.add_argument("--learning_steps", type=int, default=50000, help="total optimisation steps")
+    g.add_argument("--max_minutes", type=float, default=0,
+                   help="stop (and save) after this many minutes of training, even before learning_steps; "
+                        "the learning-rate schedule still follows learning_steps (0: no limit)")
     g.add_argument("--weight_decay", type=float, default=0.0,
                    help="AdamW weight decay of the matrices (not of biases, norms or embeddings)")
     g.add_argument("--grad_clip", type=float, default=1.0, help="max gradient norm (0: off)")

@@ -144,9 +144,11 @@ class DiffuSeqModel:
             raise ValueError(f"unknown sampler {sampler!r}; choose ancestral or dpm")
         out = self.model.get_logits(z0).argmax(-1)
         out = torch.where(mask.bool(), out, ids)
-        if keep is not None:
-            out = torch.where(keep, out, self.tokenizer.pad_id)
-        return torch.cat([out, torch.full_like(full_ids[:, out.shape[1]:], self.tokenizer.pad_id)], 1)
+        if keep is None:
+            return out
+        pad = self.tokenizer.pad_id
+        out = torch.where(keep, out, pad)
+        return torch.cat([out, torch.full_like(full_ids[:, out.shape[1]:], pad)], 1)
 
     @torch.no_grad()
     def predict_lengths(self, ids, mask):

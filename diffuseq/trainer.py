@@ -37,7 +37,7 @@ log = logging.getLogger("diffuseq")
 
 # arguments that may be changed when a run is resumed (without a warning); any argument not given
 # again comes from the checkpoint
-RESUMABLE = {"learning_steps", "save_interval", "log_interval", "eval_interval", "eval_batches",
+RESUMABLE = {"learning_steps", "max_minutes", "save_interval", "log_interval", "eval_interval", "eval_batches",
              "keep_checkpoints", "device", "wandb", "progress", "resume_checkpoint", "compile",
              "explicit", "checkpoint_path"}
 
@@ -485,6 +485,7 @@ class Trainer:
                        disable=None)
         fetch = Prefetcher(self.loader, self.step, proc.device)
         window, t0, last_logged = {}, time.time(), self.step
+        deadline = time.time() + 60 * a.max_minutes if getattr(a, "max_minutes", 0) else None
         try:
             with StopRequest() as stop:
                 while self.step < a.learning_steps:
@@ -516,10 +517,16 @@ class Trainer:
                     stopping = self._stopping(stop) and self.step < a.learning_steps
                     if stopping and proc.is_main:
                         log.warning("interrupted at step %d: saving a checkpoint to resume from", self.step)
-                    if stopping or self.step % a.save_interval == 0 or self.step == a.learning_steps:
+                    out_of_time = deadline is not None and self._agree(time.time() > deadline)
+                    if out_of_time:
+                        log.info("--max_minutes %g reached at step %d", a.max_minutes, self.step)
+                    if (stopping or out_of_time or self.step % a.save_interval == 0
+                            or self.step == a.learning_steps):
                         self.save()
                     if stopping:
                         raise KeyboardInterrupt
+                    if out_of_time:
+                        break
         finally:
             fetch.close()
             if bar is not None:
@@ -529,6 +536,12 @@ class Trainer:
         return self.step
 
     STOP_CHECK = 10  # steps between the processes' agreement on a stop request
+
+    def _agree(self, flag):
+        """A host-side flag every process acts on together (true once any process sees it)."""
+        if self.proc.world_size == 1:
+            return flag
+        return dist.host_flag_max(flag) if self.step % self.STOP_CHECK == 0 else False
 
     def _stopping(self, stop):
         """Whether to stop after this step. Several processes agree every STOP_CHECK steps (one

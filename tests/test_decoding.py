@@ -100,14 +100,18 @@ def test_cli_bad_inputs(small_run, tmp_path):
 
 
 
+MIN_ROUGE_L = 30  # measured: TBD
+
+
 @pytest.mark.slow
 def test_end_to_end_on_bible_slice(tmp_path):
-    """Train a small DiffuSeq-v2 model on 4,000 short KJV -> WEB pairs (both sides <= 16 words)
-    for 600 steps, decode 64 test verses with DPM-Solver++ (10 steps), score them.
+    """Train the default recipe (DiffuSeq-v2, segment positions, noise floor, length head) on
+    4,000 short KJV -> WEB pairs (both sides <= 16 words) for 600 steps, decode 64 test verses
+    with ancestral sampling (20 steps) and DPM-Solver++ (10 steps), score them.
 
-    Stated minimum: ROUGE-L >= 8 (the untrained model, checked first, scores < 4). This is "the
-    model writes verse-like English with the right words", far below copying the source; a few
-    CPU minutes of training are not expected to get near that (see the README)."""
+    Stated minimum: ROUGE-L >= MIN_ROUGE_L with the sampler (the untrained model, checked first,
+    scores < 4), and the solver above 2/3 of it: the model rewrites verses, copying most words
+    in order."""
     pytest.importorskip("pythonbible")
     from diffuseq.data.bible import main as build
     full = tmp_path / "bible"
@@ -125,9 +129,9 @@ def test_end_to_end_on_bible_slice(tmp_path):
                     break
         (d / f"{split}.jsonl").write_text("".join(keep))
 
-    def score(run_dir):
+    def score(run_dir, sampler="ancestral", steps=20):
         m = load_model(str(run_dir), device="cpu")
-        paths, _ = decode_split(m, str(d), "test", str(tmp_path / "out"), "dpm", 10, seeds=(0,), bsz=64,
+        paths, _ = decode_split(m, str(d), "test", str(tmp_path / "out"), sampler, steps, seeds=(0,), bsz=64,
                                 progress=False)
         rows = [json.loads(x) for x in open(paths[0])]
         return rouge_l([r["recover"] for r in rows], [r["reference"] for r in rows]), rows
@@ -135,20 +139,23 @@ def test_end_to_end_on_bible_slice(tmp_path):
     run = tmp_path / "run"
     args = parse_train_args([
         "--data_dir", str(d), "--checkpoint_path", str(run), "--width", "128", "--layers", "2",
-        "--heads", "4", "--ffn", "512", "--hidden_dim", "64", "--seq_len", "48", "--bsz", "32",
+        "--heads", "4", "--ffn", "512", "--hidden_dim", "16", "--seq_len", "48", "--bsz", "32",
         "--lr", "1e-3", "--warmup_steps", "50", "--learning_steps", "600", "--ema_rate", "0.99",
         "--vocab_size", "3000", "--eval_interval", "0", "--log_interval", "100", "--progress", "false",
         "--save_interval", "600", "--learned_mean_embed", "--denoise", "--schedule_sampler", "uniform",
-        "--dropout", "0.0"])
+        "--dropout", "0.0", "--segment_positions", "true", "--t_min", "600", "--length_head", "true",
+        "--bucket", "true"])
     trainer = Trainer(args)
     trainer.step = 0
     trainer.save()  # the untrained model, as a reference point
     untrained, _ = score(run / "ckpt_0000000")
     trainer.train()
     trained, rows = score(run)
-    print(f"end to end: ROUGE-L untrained {untrained:.1f}, trained {trained:.1f}")
+    solver, _ = score(run, "dpm", 10)
+    print(f"end to end: ROUGE-L untrained {untrained:.1f}, trained {trained:.1f} (solver {solver:.1f})")
     assert untrained < 4
-    assert trained >= 8, (trained, [r["recover"] for r in rows[:3]])
+    assert trained >= MIN_ROUGE_L, (trained, [r["recover"] for r in rows[:3]])
+    assert solver >= 2 / 3 * MIN_ROUGE_L, solver
 
 
 def test_all_options_decode_and_outputs_keep_the_users_strings(tmp_path):

@@ -594,7 +594,7 @@ def test_multi_node_launch_through_the_script(small_task, tmp_path):
     (NNODES=2, NODE_RANK 0 and 1, MASTER_ADDR/MASTER_PORT) of one process each, on localhost
     with gloo, train one run together."""
     run = tmp_path / "run"
-    argv = cli_args(small_task, run, learning_steps=4, save_interval=4, log_interval=2)
+    argv = cli_args(small_task, run, learning_steps=4, save_interval=4, log_interval=2, t_min=0)
     port = str(free_port())
     procs = []
     for rank in (0, 1):
@@ -607,3 +607,12 @@ def test_multi_node_launch_through_the_script(small_task, tmp_path):
         assert p.returncode == 0, out[-2000:] + err[-2000:]
     assert "2 process(es)" in (run / "log.txt").read_text()
     assert (run / "ckpt_0000004" / "model.safetensors").is_file()
+
+
+def test_max_minutes_stops_and_saves_early(small_task, tmp_path):
+    run = tmp_path / "run"
+    r = run_cli(cli_args(small_task, run, learning_steps=100000, save_interval=100000, max_minutes=0.02))
+    assert r.returncode == 0, r.stderr
+    saved = ckpt.list_checkpoints(str(run))
+    assert len(saved) == 1 and 0 < ckpt.step_of(saved[0]) < 100000
+    assert "--max_minutes 0.02 reached at step" in (run / "log.txt").read_text()

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# One prepared GPU check: every part in one script that keeps going past a failed part and
+# writes its results to OUT (parts.jsonl, env.json, *.log, train_*.json, decode_*.json,
+# quality_scores.json, summary.md, summary.json, and the trained checkpoint when it is small).
+#
+#   bash bench/gpu_prepare.sh                 # once, on a CPU machine with the internet
+#   bash bench/gpu_check.sh OUT               # on the GPU machine (about 8 minutes on one H100)
+#   bash bench/gpu_check.sh OUT --cpu-smoke   # every part in a tiny size, on CPU (a test runs it)
+#
+# gpu_prepare.sh leaves .whl/ (wheels of the packages a bare GPU image lacks) and
+# datasets/bible_kjv_web (the built-in data); both travel with the repository to the GPU machine.
+# QUALITY_MINUTES (default 4) sets the training time of the quality part.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:?usage: bash bench/gpu_check.sh OUT [--cpu-smoke]}
+SMOKE=0
+[ "${2:-}" = "--cpu-smoke" ] && SMOKE=1
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+: > "$OUT/parts.jsonl"
+export PYTHONUNBUFFERED=1
+
+if [ -d .whl ] && ls .whl/*.whl > /dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+fi
+
+part() {  # part NAME SECONDS COMMAND...: run, log to OUT/NAME.log, record the status, go on
+  local name=$1 limit=$2; shift 2
+  local t0=$SECONDS status=ok
+  echo "== $name: $*"
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1 || status="failed (exit $?)"
+  tail -n 25 "$OUT/$name.log"
+  printf '{"part": "%s", "status": "%s", "seconds": %d}\n' "$name" "$status" $((SECONDS - t0)) >> "$OUT/parts.jsonl"
+}
+
+if [ $SMOKE = 1 ]; then
+  DEV=cpu; PRESETS=tiny; PAIR=tiny; BIG_BSZ=8; BSZ=4; SEQ=32; REPS=1; DEC_BSZ=4; DEC_PRESETS=tiny
+  QUALITY_STEPS=20; QUALITY_MINUTES=0; MATMUL=256; EXAMPLES=8
+else
+  DEV=cuda; PRESETS=tiny,small,base; PAIR=tiny,base; BIG_BSZ=512; BSZ=64; SEQ=128; REPS=10; DEC_BSZ=64,512; DEC_PRESETS="tiny base"
+  QUALITY_STEPS=1000000; QUALITY_MINUTES=${QUALITY_MINUTES:-4}; MATMUL=8192; EXAMPLES=0
+fi
+PREC=$([ $DEV = cuda ] && echo bf16 || echo fp32)
+
+# 1. the machine
+part env 120 python3 bench/gpu_env.py --device $DEV --size $MATMUL --json "$OUT/env.json"
+nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
+
+# 2. the tests that need CUDA (they skip on CPU)
+part gpu_tests 240 python3 -m pytest -q -m gpu tests/test_gpu.py
+
+# 3. training throughput: presets at seq_len 128 in bf16, a batch that fills the GPU, compiled
+part train_presets 300 python3 bench/bench_train.py --device $DEV --presets $PRESETS --precisions $PREC \
+  --seq_len $SEQ --bsz $BSZ --repeats $REPS --no_baseline --json "$OUT/train_presets.json"
+part train_big_batch 200 python3 bench/bench_train.py --device $DEV --presets $PAIR --precisions $PREC \
+  --seq_len $SEQ --bsz $BIG_BSZ --repeats $REPS --no_baseline --json "$OUT/train_big_batch.json"
+part train_compiled 300 python3 bench/bench_train.py --device $DEV --presets $PAIR --precisions $PREC \
+  --seq_len $SEQ --bsz $BSZ --repeats $REPS --warmup 3 --no_baseline --compile --json "$OUT/train_compiled.json"
+
+# 4. decoding throughput: DPM-Solver++ K = 10, 20 and ancestral K = 100, eager and compiled
+for preset in $DEC_PRESETS; do
+  part "decode_${preset}_eager" 200 python3 bench/bench_decode.py --device $DEV --preset $preset \
+    --precision $PREC --seq_len $SEQ --bszs $DEC_BSZ --dpm 10,20 --ancestral 100 --repeats 3 \
+    --json "$OUT/decode_${preset}_eager.json"
+  part "decode_${preset}_compiled" 300 python3 bench/bench_decode.py --device $DEV --preset $preset \
+    --precision $PREC --seq_len $SEQ --bszs $DEC_BSZ --dpm 10,20 --ancestral 100 --repeats 3 --compile \
+    --json "$OUT/decode_${preset}_compiled.json"
+done
+
+# 5. quality: the default recipe on the Bible data for a fixed time, decoded with the solver
+RUN="$OUT/quality_run"
+rm -rf "$RUN"
+part quality_train $((QUALITY_MINUTES * 60 + 180)) bash scripts/run_default.sh --train-only \
+  --checkpoint_path "$RUN" --learning_steps $QUALITY_STEPS --max_minutes $QUALITY_MINUTES \
+  --device $DEV --save_interval 100000 --progress false
+part quality_decode 240 python3 run_decode_solver.py --model_dir "$RUN" --split test --step 10 --bsz 256 \
+  --device $DEV --out_dir "$OUT/quality_outputs" --progress false \
+  $([ "$EXAMPLES" -gt 0 ] && echo --max_examples $EXAMPLES)
+part quality_score 120 bash -c "python3 scripts/eval_seq2seq.py \"\$(ls $OUT/quality_outputs/*/*.jsonl | head -1)\" \
+  --baseline --json $OUT/quality_scores.json"
+size=$(du -sm "$RUN" 2>/dev/null | cut -f1)
+if [ -n "$size" ] && [ "$size" -ge 16 ]; then rm -rf "$RUN"/ckpt_*; fi   # keep a checkpoint only under 16 MB
+
+# 6. one table
+python3 bench/gpu_summary.py "$OUT"

@@ -1,0 +1,32 @@
+"""bench/gpu_check.sh --cpu-smoke runs every part of the GPU check in a tiny size on CPU, so the
+script cannot rot between GPU runs."""
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_gpu_check_cpu_smoke(tmp_path):
+    pytest.importorskip("pythonbible")
+    out = tmp_path / "out"
+    r = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), str(out), "--cpu-smoke"],
+                       capture_output=True, text=True, timeout=1500, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    parts = [json.loads(line) for line in (out / "parts.jsonl").read_text().splitlines()]
+    names = [p["part"] for p in parts]
+    assert names == ["env", "gpu_tests", "train_presets", "train_big_batch", "train_compiled",
+                     "decode_tiny_eager", "decode_tiny_compiled", "quality_train", "quality_decode",
+                     "quality_score"]
+    failed = {p["part"]: (out / f"{p['part']}.log").read_text()[-2000:] for p in parts if p["status"] != "ok"}
+    assert not failed, failed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["env"]["matmul_tflops"] > 0
+    assert {x["run"] for x in summary["train"]} == {"train_presets", "train_big_batch", "train_compiled"}
+    assert {x["sampler"] for x in summary["decode"]} == {"dpm", "ancestral"}
+    assert set(summary["quality"]) >= {"model", "copy source"}
+    md = (out / "summary.md").read_text()
+    assert "## Training step" in md and "## Decoding" in md and "## Quality" in md
