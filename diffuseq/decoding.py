@@ -94,9 +94,16 @@ class DiffuSeqModel:
 
         return denoise
 
-    def clamp_fn(self):
-        emb = self.model.word_embedding.weight
-        return lambda z0: nearest_embedding(z0, emb)
+    def clamp_fn(self, mask):
+        """Rounding of a predicted z_0 to word embeddings, on the target rows only (the source is
+        re-imposed after it anyway)."""
+        emb, rows = self.model.word_embedding.weight, mask.bool()
+
+        def clamp(z0):
+            out = z0.clone()
+            out[rows] = nearest_embedding(z0[rows], emb)
+            return out
+        return clamp
 
     @torch.no_grad()
     def sample_ids(self, ids, mask, sampler="ancestral", steps=None, seed=0, clamping=None,
@@ -127,7 +134,7 @@ class DiffuSeqModel:
             z = z + m
         if clamping is None:
             clamping = sampler == "ancestral" and m is None
-        clamp = dict(clamp=self.clamp_fn() if clamping else None, clamp_step=clamp_step,
+        clamp = dict(clamp=self.clamp_fn(mask) if clamping else None, clamp_step=clamp_step,
                      clamp_first=clamp_first)
         denoise = self.denoiser(mask, keep)
         if sampler == "ancestral":

@@ -257,3 +257,15 @@ def test_qqp_small(tmp_path):
         assert lengths.max() <= 32 and lengths.min() >= 5
     batch = BatchLoader(ds, 16, seq_len=32).batch_at(0)
     assert batch["input_ids"].shape == (16, 32) and (batch["input_ids"][:, 0] == tok.cls_id).all()
+
+
+def test_a_split_is_built_under_its_own_name_and_quietly_off_a_terminal(tmp_path, tok, capfd):
+    """Loading valid.jsonl names the split "valid" (no "Generating train split" label), and with
+    stderr not a terminal no progress bar is printed."""
+    data = tmp_path / "d"
+    data.mkdir()
+    (data / "valid.jsonl").write_text(json.dumps({"src": "a b c", "trg": "d e"}) + "\n")
+    ds, _ = load_split(str(data), "valid", tok, 16, cache_dir=str(tmp_path / "c"))
+    assert str(ds.split) == "valid"
+    err = capfd.readouterr().err
+    assert "Generating" not in err and "tokenizing" not in err and "%|" not in err
