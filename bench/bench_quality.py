@@ -113,7 +113,8 @@ def logged_seconds(run, step=None):
     """Training time of a run (up to the log line of `step`), from the clock times of its log."""
     import datetime
     lines = [line for line in open(os.path.join(run, "log.txt")) if line[:2].isdigit()]
-    last = lines[-1] if step is None else next(x for x in lines if f" step {step} |" in x)
+    last = lines[-1] if step is None else next(x for x in lines if "saved " in x and x.rstrip().endswith(
+        f"ckpt_{step:07d}"))
     t0, t1 = (datetime.datetime.strptime(x[:8], "%H:%M:%S") for x in (lines[0], last))
     return (t1 - t0).total_seconds() % 86400
 

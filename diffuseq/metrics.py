@@ -80,7 +80,9 @@ def corpus_bleu(hyps, refs, tokenize="13a"):
     Like any BLEU-4 without smoothing it is 0 when the corpus holds no matching 4-gram at all.
     """
     _check_pairs(hyps, refs)
-    return float(sacrebleu.corpus_bleu(list(hyps), [list(refs)], tokenize=tokenize).score)
+    # force: normalised text is tokenized on purpose, which sacrebleu would otherwise warn about
+    return float(sacrebleu.corpus_bleu(list(hyps), [list(refs)], tokenize=tokenize,
+                                       force=tokenize == "none").score)
 
 
 def sentence_bleu_avg(hyps, refs):

@@ -52,7 +52,7 @@ print(f"model: mean sentence BLEU {model['sentence_bleu']:.1f}, ROUGE-L {model['
       f"({'above' if gap > 0 else 'below'} it by {abs(gap):.1f} BLEU).")
 if gap <= 0:
     print("The model rewrites verses, but a few CPU minutes leave it below copying the source, which "
-          "already shares most words with the modern text. Train longer (STEPS=20000 is about 45 "
+          "already shares most words with the modern text. Train longer (STEPS=20000 is about 40 "
           "minutes on 2 cores; see the learning curve in the README) or on a GPU to close the gap.")
 PY
 echo "outputs: $result"

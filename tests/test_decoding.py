@@ -100,7 +100,7 @@ def test_cli_bad_inputs(small_run, tmp_path):
 
 
 
-MIN_ROUGE_L = 30  # measured: TBD
+MIN_ROUGE_L = 16  # measured 20.9 (sampler) and 15.2 (solver); the old recipe was held to 8
 
 
 @pytest.mark.slow
