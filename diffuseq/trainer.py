@@ -503,7 +503,8 @@ class Trainer:
                         means = {k: float(v) for k, v in means.items()}
                         if acc_q is not None:
                             for i, (s_, c_) in enumerate(zip(acc_q.tolist(), n_q.tolist())):
-                                means[f"acc_q{i + 1}"] = s_ / c_ if c_ else float("nan")
+                                if c_:  # a quarter no example fell in this window is left out
+                                    means[f"acc_q{i + 1}"] = s_ / c_
                         n = self.step - last_logged
                         rate = n / (time.time() - t0)
                         self._log(means, rate, bar)

@@ -544,7 +544,7 @@ def test_noise_floor_bounds_the_sampled_levels():
     fake = object.__new__(DiffuSeqModel)
     fake.args = SimpleNamespace(t_min=floor)
     fake.model = SimpleNamespace(cfg=SimpleNamespace(self_cond=False))
-    fake.net = lambda z, t, mask, prev: seen.append(t.clone()) or z
+    fake.net = lambda z, t, mask, prev, keep=None: seen.append(t.clone()) or z
     fake.device, fake.dtype = torch.device("cpu"), None
     denoise = fake.denoiser(torch.ones(2, 3))
     denoise(torch.zeros(2, 3, 4), torch.tensor([5.0, 150.0]))
@@ -557,7 +557,7 @@ def test_decoding_feeds_a_self_conditioned_model_its_last_prediction():
     fake = object.__new__(DiffuSeqModel)
     fake.args = SimpleNamespace()
     fake.model = SimpleNamespace(cfg=SimpleNamespace(self_cond=True))
-    fake.net = lambda z, t, mask, prev: seen.append(prev) or z + 1
+    fake.net = lambda z, t, mask, prev, keep=None: seen.append(prev) or z + 1
     fake.device, fake.dtype = torch.device("cpu"), None
     mask = torch.tensor([[0, 1, 1]])
     denoise = fake.denoiser(mask)
