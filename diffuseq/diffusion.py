@@ -109,8 +109,9 @@ def training_losses(model, sched, input_ids, input_mask, t, noise, *, denoise_ra
     if denoise_rate > 0 and m is not None:
         prob = denoise_rate * sched.tensor("sqrt_one_minus_alphas_cumprod", t.device)[t]
         zt = absorb(zt, input_mask, m, prob, u)
+    cfg = getattr(model, "cfg", None)
     prev = None
-    if getattr(getattr(model, "cfg", None), "self_cond", False):
+    if getattr(cfg, "self_cond", False):
         prev = self_cond_input(model, zt, t, input_mask, self_cond_u < 0.5)
     pred = model(zt, t, input_mask, prev).float()
 
@@ -125,8 +126,8 @@ def training_losses(model, sched, input_ids, input_mask, t, noise, *, denoise_ra
     if m is not None and reg_rate > 0:
         terms["reg"] = (reg_rate * m.float().pow(2).mean()).expand_as(loss)
         loss = loss + terms["reg"]
-    if getattr(model, "length_out", None) is not None:
-        want = target_lengths(input_ids, input_mask, pad_id).clamp(0, model.cfg.seq_len - 1)
+    if getattr(cfg, "length_head", False):
+        want = target_lengths(input_ids, input_mask, pad_id).clamp(0, cfg.seq_len - 1)
         logits = model.length_logits(input_ids, input_mask).float()
         terms["length"] = length_weight * F.cross_entropy(logits, want, reduction="none")
         loss = loss + terms["length"]

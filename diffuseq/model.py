@@ -6,7 +6,7 @@ run through post-LayerNorm encoder layers (BERT's layout, so BERT weights can in
 and projected back down to D. Logits over the vocabulary come from the tied word embeddings
 (plus a learned bias with `lm_bias`, as in the original's output head).
 
-Two options make the source cheap to use:
+Three options make the source cheap to use:
   segment_positions  the target's positions restart at 0 where y begins, and a segment embedding
                      tells x from y: y_i and x_i share a position, so copying or a monotone
                      rewrite is a match of positions, whatever the length of x;
