@@ -26,7 +26,7 @@ import torch
 # every recipe starts from BASE; a recipe's flags override it
 BASE = dict(preset="tiny", width=128, layers=2, heads=4, ffn=512, hidden_dim=64, vocab_size=4000,
             bsz=32, lr=1e-3, warmup_steps=50, ema_rate=0.99, schedule_sampler="uniform", dropout=0.0,
-            bucket="true")
+            bucket="true", length_head="false", length_margin=-1)
 V2 = dict(learned_mean_embed=True, denoise=True)
 RECIPES = {
     # the default job before this benchmark existed: DiffuSeq-v2, absolute positions, D = 64
@@ -40,7 +40,19 @@ RECIPES = {
                               lm_bias="true"),
     "v1_seg_floor_sc_bias": dict(segment_positions="true", hidden_dim=16, t_min=600, self_cond="true",
                                  lm_bias="true"),
-    "seg_floor_len": dict(V2, segment_positions="true", hidden_dim=16, t_min=600, length_head="true"),
+    # the length head, trained on each target + N [PAD]s (padding-free training; 8 is the default)
+    "seg_floor_len_m4": dict(V2, segment_positions="true", hidden_dim=16, t_min=600, length_head="true",
+                             length_margin=4),
+    "seg_floor_len_m8": dict(V2, segment_positions="true", hidden_dim=16, t_min=600, length_head="true",
+                             length_margin=8),
+    "seg_floor_len_m8_nobucket": dict(V2, segment_positions="true", hidden_dim=16, t_min=600, length_head="true",
+                                      length_margin=8, bucket="false"),
+    "seg_floor_len_m12": dict(V2, segment_positions="true", hidden_dim=16, t_min=600, length_head="true",
+                              length_margin=12),
+    "seg_floor_len_m16": dict(V2, segment_positions="true", hidden_dim=16, t_min=600, length_head="true",
+                              length_margin=16),
+    # the same, trained as before it: every position up to the batch's (bucketed) length is target
+    "seg_floor_len_batchpad": dict(V2, segment_positions="true", hidden_dim=16, t_min=600, length_head="true"),
     "seg_floor_sc_bias_len": dict(V2, segment_positions="true", hidden_dim=16, t_min=600, self_cond="true",
                                   lm_bias="true", length_head="true"),
     "v1_seg_floor_sc_bias_len": dict(segment_positions="true", hidden_dim=16, t_min=600, self_cond="true",

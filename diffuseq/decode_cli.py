@@ -53,8 +53,9 @@ def decode_parser(solver):
                    help="predicted: with a model trained with --length_head, give each input a target "
                         "region of its predicted length plus --length_margin; full: the whole sequence "
                         "(the original's way; always so for models without a length head)")
-    p.add_argument("--length_margin", type=int, default=4,
-                   help="positions past the predicted length where the model may still end its output")
+    p.add_argument("--length_margin", type=int, default=None,
+                   help="positions past the predicted length where the model may still end its output "
+                        "(default: the margin the model was trained with, or 4)")
     if solver:
         p.add_argument("--order", type=int, choices=[1, 2, 3], default=2, help="DPM-Solver++ order")
         p.add_argument("--skip_type", choices=["logSNR", "time_uniform"], default="logSNR",

@@ -108,12 +108,13 @@ class DiffuSeqModel:
     @torch.no_grad()
     def sample_ids(self, ids, mask, sampler="ancestral", steps=None, seed=0, clamping=None,
                    clamp_step=0, clamp_first=True, variance="small", order=2, skip="logSNR",
-                   t_start=None, lengths="predicted", length_margin=4, progress=None):
+                   t_start=None, lengths="predicted", length_margin=None, progress=None):
         """Generate the target region for one batch: ids, mask [B, L] -> token ids [B, L].
 
         lengths: "predicted" (for a model with a length head) gives each example a target region
-        of its predicted length + [SEP] + length_margin positions, and hides the rest from
-        attention (it comes back as [PAD]); "full" fills the whole sequence, as the original.
+        of its predicted length + [SEP] + length_margin positions (None: the margin the model
+        was trained with, or 4), and hides the rest from attention (it comes back as [PAD]);
+        "full" fills the whole sequence, as the original.
 
         clamping: round the predicted z_0 to the nearest word embedding (where clamp_step and
         clamp_first say; see samplers.clamps_at); None: for ancestral sampling of models without
@@ -122,6 +123,9 @@ class DiffuSeqModel:
         ids, mask = ids.to(self.device), mask.to(self.device)
         full_ids, keep = ids, None
         if lengths == "predicted" and self.model.cfg.length_head:
+            if length_margin is None:
+                trained = getattr(self.args, "length_margin", None)
+                length_margin = trained if trained is not None and trained >= 0 else 4
             ids, mask, keep = self.target_regions(ids, mask, length_margin)
         elif lengths not in ("predicted", "full"):
             raise ValueError(f"unknown lengths {lengths!r}; choose predicted or full")
@@ -134,7 +138,8 @@ class DiffuSeqModel:
             z = z + m
         if clamping is None:
             clamping = sampler == "ancestral" and m is None
-        clamp = dict(clamp=self.clamp_fn(mask) if clamping else None, clamp_step=clamp_step,
+        region = mask if keep is None else mask * keep
+        clamp = dict(clamp=self.clamp_fn(region) if clamping else None, clamp_step=clamp_step,
                      clamp_first=clamp_first)
         denoise = self.denoiser(mask, keep)
         if sampler == "ancestral":
@@ -149,12 +154,14 @@ class DiffuSeqModel:
                                       order=order, skip=skip, t_start=ts, progress=progress, **clamp)
         else:
             raise ValueError(f"unknown sampler {sampler!r}; choose ancestral or dpm")
-        out = self.model.get_logits(z0).argmax(-1)
-        out = torch.where(mask.bool(), out, ids)
+        # rounding to tokens where it is read: the target region, not the source or the padding
+        rows = region.bool()
+        out = ids.clone()
+        out[rows] = self.model.get_logits(z0[rows]).argmax(-1)
         if keep is None:
             return out
         pad = self.tokenizer.pad_id
-        out = torch.where(keep, out, pad)
+        out = out.masked_fill(~keep, pad)
         return torch.cat([out, torch.full_like(full_ids[:, out.shape[1]:], pad)], 1)
 
     @torch.no_grad()
@@ -207,15 +214,19 @@ def output_path(out_dir, model, split, seed, steps):
 def decode_split(model, data_dir, split, out_dir, sampler="ancestral", steps=None, seeds=(0,),
                  bsz=64, proc=None, progress=True, max_examples=None, **kw):
     """Decode data_dir/<split>.jsonl with each seed; rank r takes batches r, r+W, ...; rank 0
-    merges the shards in input order. Returns the output paths and sentences/s."""
+    merges the shards in input order. Inputs are batched in order of their source's length, so a
+    batch's target regions are alike and it is cut to little more than they need; the output
+    keeps the input order. Returns the output paths and sentences/s."""
     proc = proc or dist.ProcessInfo(device=model.device)
     path = os.path.join(data_dir, f"{split}.jsonl")
     pairs = list(read_pairs(path))
     if max_examples:
         pairs = pairs[:max_examples]
     steps = steps or (model.args.diffusion_steps if sampler == "ancestral" else 10)
-    batches = list(range(0, len(pairs), bsz))
-    mine = batches[proc.rank::proc.world_size]
+    n_src = [len(x) for x in model.tokenizer.encode_batch([p[0] for p in pairs])]
+    by_length = sorted(range(len(pairs)), key=lambda i: n_src[i])
+    batches = [by_length[s:s + bsz] for s in range(0, len(pairs), bsz)]
+    mine = list(enumerate(batches))[proc.rank::proc.world_size]
     paths, t0, n_done = [], time.time(), 0
     for seed in seeds:
         final = output_path(out_dir, model, split, seed, steps)
@@ -224,19 +235,19 @@ def decode_split(model, data_dir, split, out_dir, sampler="ancestral", steps=Non
         bar = None
         if progress and proc.is_main:
             from tqdm.auto import tqdm
-            bar = tqdm(total=len(mine) * bsz, desc=f"decode seed {seed}", unit="sent", disable=None)
-        for start in mine:
-            chunk = pairs[start:start + bsz]
-            src, ref = [p[0] for p in chunk], [p[1] for p in chunk]
+            bar = tqdm(total=sum(len(index) for _, index in mine), desc=f"decode seed {seed}", unit="sent",
+                       disable=None)
+        for b, index in mine:
+            src, ref = [pairs[i][0] for i in index], [pairs[i][1] for i in index]
             ids, mask = model.inputs(src, ref)
-            out = model.sample_ids(ids, mask, sampler, steps, seed=batch_seed(seed, start // bsz), **kw)
+            out = model.sample_ids(ids, mask, sampler, steps, seed=batch_seed(seed, b), **kw)
             gen = model.detokenize(out, mask)
             # the user's strings verbatim; scoring normalises both sides itself (metrics.normalize)
-            for i, (s, r, g) in enumerate(zip(src, ref, gen)):
-                rows[start + i] = {"source": s, "reference": r, "recover": g}
-            n_done += len(chunk)
+            for i, s, r, g in zip(index, src, ref, gen):
+                rows[i] = {"source": s, "reference": r, "recover": g}
+            n_done += len(index)
             if bar is not None:
-                bar.update(len(chunk))
+                bar.update(len(index))
         if bar is not None:
             bar.close()
         shard = f"{final}.rank{proc.rank}"

@@ -58,21 +58,48 @@ def masked_mean(x, mask):
     return (x * w).sum(1) / w.sum(1).clamp(min=1)
 
 
-def token_nll(logits, ids, mask):
-    """Per-example mean negative log-likelihood of ids on the y part: logits [B, L, V] -> [B]."""
-    # [B*L, V] rows: log-softmax over a contiguous last dim is ~2x faster than over dim 1
-    nll = F.cross_entropy(logits.flatten(0, 1).float(), ids.flatten(), reduction="none")
-    return masked_mean(nll.view_as(ids), mask)
+def rounding_terms(model, z, ids, mask, accuracy=False):
+    """-log p(w | z) through the tied logits, per example, averaged over the positions where mask
+    [B, L] is 1, and with accuracy=True the share of those positions whose argmax is w.
+
+    The vocabulary logits are computed for those positions only ([N, V], N = mask.sum(), not
+    [B, L, V]): the source and the positions past each target region cost nothing."""
+    rows = mask.bool()
+    example = rows.nonzero()[:, 0]
+    logits = model.get_logits(z[rows]).float()
+    want = ids[rows]
+    count = rows.sum(1).clamp(min=1).to(logits.dtype)
+
+    def per_example(v):
+        return torch.zeros(rows.shape[0], dtype=logits.dtype, device=v.device).index_add_(0, example, v) / count
+
+    nll = per_example(F.cross_entropy(logits, want, reduction="none"))
+    if not accuracy:
+        return nll
+    return nll, per_example((logits.argmax(-1) == want).to(logits.dtype))
 
 
-def self_cond_input(model, zt, t, mask, use):
+def target_region(length, margin, L):
+    """Which of L positions each example keeps: [B, L] bool, or None for all of them.
+
+    margin >= 0: an example's target region ends `margin` [PAD]s after its last token (its final
+    [SEP]), length [B] tokens in all; training_losses leaves the positions past it out of every
+    term and hides them from attention, so an example's loss does not depend on how far its
+    batch is padded, and decoding at a predicted length sees what training saw. margin < 0 (or
+    length None): every position up to L is target, padding included, as the original trains."""
+    if margin is None or margin < 0 or length is None or int(length.min()) + margin >= L:
+        return None
+    return torch.arange(L, device=length.device)[None, :] < (length + margin)[:, None]
+
+
+def self_cond_input(model, zt, t, mask, use, keep=None):
     """Self-conditioning in training: for the examples where `use` [B] is true, a first pass
     without gradient gives the estimate of z_0 that the second pass sees (on the y part; zeros
     on x and for the other examples). Returns [B, L, D]."""
     prev = torch.zeros_like(zt)
     if use.any():
         with torch.no_grad():
-            est = model(zt[use], t[use], mask[use], None).float()
+            est = model(zt[use], t[use], mask[use], None, None if keep is None else keep[use]).float()
         prev[use] = est * mask[use].unsqueeze(-1).to(est.dtype)
     return prev
 
@@ -83,7 +110,8 @@ def target_lengths(ids, mask, pad_id):
 
 
 def training_losses(model, sched, input_ids, input_mask, t, noise, *, denoise_rate=0.0,
-                    reg_rate=0.0, u=None, self_cond_u=None, monitor=True, pad_id=0, length_weight=0.1):
+                    reg_rate=0.0, u=None, self_cond_u=None, monitor=True, pad_id=0, length_weight=0.1,
+                    keep=None):
     """The DiffuSeq objective for one batch, per example.
 
     z_0 = Emb(w) + sigma_0 * noise0 (the embedding seen through the first noise level), z_t from
@@ -98,11 +126,18 @@ def training_losses(model, sched, input_ids, input_mask, t, noise, *, denoise_ra
     pass through the vocabulary logits, which costs a small model ~20% of its step: the trainer
     asks for them only on the last steps before each log line).
 
+    The terms are means over the target part, input_mask [B, L]; keep [B, L] (bool, or None =
+    all) hides the positions where it is False from attention and from every term, so that
+    positions past a target region (see target_region) change nothing.
+
     noise: [2, B, L, D] standard normal (noise0, eps). u: [B, L] uniform for discrete noise.
     self_cond_u: [B] uniform; with a self-conditioned model, the examples below 0.5 see the
     model's own first estimate of z_0 (the others see zeros, as the first decoding step does).
     """
     m = getattr(model, "mean_embed", None)
+    y = input_mask  # where the target segment lies, as the model sees it (as in decoding)
+    if keep is not None:
+        input_mask = input_mask * keep  # the positions that count
     emb = model.get_embeds(input_ids).float()
     z0 = emb + sched.at("sqrt_one_minus_alphas_cumprod", torch.zeros_like(t)) * noise[0]
     zt = q_sample(sched, z0, t, noise[1], input_mask, m)
@@ -112,15 +147,15 @@ def training_losses(model, sched, input_ids, input_mask, t, noise, *, denoise_ra
     cfg = getattr(model, "cfg", None)
     prev = None
     if getattr(cfg, "self_cond", False):
-        prev = self_cond_input(model, zt, t, input_mask, self_cond_u < 0.5)
-    pred = model(zt, t, input_mask, prev).float()
+        prev = self_cond_input(model, zt, t, y, self_cond_u < 0.5, keep)
+    pred = model(zt, t, y, prev, keep).float()
 
     target = torch.where((t == 0).view(-1, 1, 1), emb, z0)
     mse = masked_mean((pred - target) ** 2, input_mask)
     t_last = torch.full_like(t, sched.num_steps - 1)
     mean_T, _ = q_mean_std(sched, z0, t_last, m)
     tT = masked_mean((mean_T - (0 if m is None else m)) ** 2, input_mask)
-    decoder_nll = token_nll(model.get_logits(z0), input_ids, input_mask)
+    decoder_nll = rounding_terms(model, z0, input_ids, input_mask)
     loss = mse + tT + decoder_nll
     terms = {"mse": mse, "tT": tT, "decoder_nll": decoder_nll}
     if m is not None and reg_rate > 0:
@@ -128,14 +163,12 @@ def training_losses(model, sched, input_ids, input_mask, t, noise, *, denoise_ra
         loss = loss + terms["reg"]
     if getattr(cfg, "length_head", False):
         want = target_lengths(input_ids, input_mask, pad_id).clamp(0, cfg.seq_len - 1)
-        logits = model.length_logits(input_ids, input_mask).float()
+        logits = model.length_logits(input_ids, y).float()
         terms["length"] = length_weight * F.cross_entropy(logits, want, reduction="none")
         loss = loss + terms["length"]
     terms["loss"] = loss
     if not monitor:
         return terms
     with torch.no_grad():
-        logits = model.get_logits(pred)
-        terms["nll"] = token_nll(logits, input_ids, input_mask)
-        terms["acc"] = masked_mean((logits.argmax(-1) == input_ids).float(), input_mask)
+        terms["nll"], terms["acc"] = rounding_terms(model, pred, input_ids, input_mask, accuracy=True)
     return terms

@@ -138,7 +138,8 @@ class Denoiser(nn.Module):
         if mask is None:
             raise ValueError("a model with segment_positions needs the target mask")
         seg = mask.long()
-        pos = torch.arange(L, device=mask.device).expand_as(seg) - seg * (L - seg.sum(1, keepdim=True))
+        src_len = seg.argmax(1, keepdim=True)  # where y begins (its first 1)
+        pos = torch.arange(L, device=mask.device).expand_as(seg) - seg * src_len
         return self.position_embeddings(pos) + self.segment_embeddings(seg)
 
     def length_logits(self, ids, mask):

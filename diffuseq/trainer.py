@@ -26,7 +26,7 @@ from . import checkpoint as ckpt
 from . import dist
 from .config import load_args, model_config, save_args
 from .data.dataset import BatchLoader, DataError, load_split, make_eval_batches
-from .diffusion import training_losses
+from .diffusion import target_region, training_losses
 from .model import Denoiser, load_bert_encoder
 from .plots import plot_curves
 from .resample import create_sampler
@@ -40,6 +40,10 @@ log = logging.getLogger("diffuseq")
 RESUMABLE = {"learning_steps", "max_minutes", "save_interval", "log_interval", "eval_interval", "eval_batches",
              "keep_checkpoints", "device", "wandb", "progress", "resume_checkpoint", "compile",
              "explicit", "checkpoint_path"}
+
+
+# arguments newer than some saved runs: the value that keeps such a run's old behaviour on resume
+LEGACY = {"length_margin": -1, "t_min": 0}
 
 
 def autocast_dtype(precision, device):
@@ -84,6 +88,13 @@ def draw_noise(args, sampler, step, global_bsz, L, device):
 def t_floor(args):
     """The noise floor in training timesteps (0: none); runs saved before it existed have none."""
     return getattr(args, "t_min", 0) or 0
+
+
+def pad_margin(args):
+    """The [PAD]s after each target that training learns (-1: all, up to the batch's length, as
+    runs saved before --length_margin existed did)."""
+    m = getattr(args, "length_margin", None)
+    return -1 if m is None else m
 
 
 def gather_steps(parts):
@@ -192,6 +203,8 @@ def resume_args(args):
     for k, v in now.items():
         if k in args.explicit or k not in saved or k in ("resume_checkpoint", "explicit"):
             merged[k] = v
+        if k not in saved and k not in args.explicit and k in LEGACY:
+            merged[k] = LEGACY[k]
     changed = sorted(k for k in args.explicit if k not in RESUMABLE and saved.get(k) != now[k])
     if changed:
         log.warning("resuming with changed arguments: %s", ", ".join(changed))
@@ -301,7 +314,7 @@ class Trainer:
         self.sampler = create_sampler(args.schedule_sampler, args.diffusion_steps - t_floor(args))
         self.amp_dtype = autocast_dtype(args.precision, proc.device)
         self.scaler = torch.amp.GradScaler(proc.device.type, enabled=self.amp_dtype == torch.float16)
-        fused = proc.device.type == "cuda"
+        fused = proc.device.type in ("cuda", "cpu")  # one kernel for the whole update
         decay, no_decay = [], []
         for n, p in self.model.named_parameters():
             (no_decay if p.ndim < 2 or "embedding" in n else decay).append(p)
@@ -320,7 +333,9 @@ class Trainer:
         self.local_bsz = args.bsz // proc.world_size
         self.loader = BatchLoader(self.train_set, args.bsz, proc.rank, proc.world_size, args.seed,
                                   args.seq_len, self.tokenizer.pad_id, bucket=args.bucket,
-                                  pin_memory=proc.device.type == "cuda")
+                                  pin_memory=proc.device.type == "cuda", margin=pad_margin(args),
+                                  # with a margin, padding changes nothing: only to the batch's longest
+                                  pad_to="longest" if pad_margin(args) >= 0 else None)
         self.pending = []  # (t, losses) not yet given to the timestep sampler
         self.wandb = None
         if args.wandb != "disabled" and proc.is_main:
@@ -383,13 +398,13 @@ class Trainer:
         self.sampler.update(t.cpu().numpy() - t_floor(self.args), losses.cpu().numpy())
         self.pending = []
 
-    def _losses(self, net, ids, mask, t, noise, u, sc, monitor=True):
+    def _losses(self, net, ids, mask, t, noise, u, sc, keep=None, monitor=True):
         """training_losses under this run's autocast and v2 settings."""
         a, dev = self.args, self.proc.device
         with torch.autocast(dev.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
             return training_losses(net, self.sched, ids, mask, t, noise, u=u, self_cond_u=sc,
                                    reg_rate=a.reg_rate, denoise_rate=a.denoise_rate if a.denoise else 0.0,
-                                   monitor=monitor, pad_id=self.tokenizer.pad_id)
+                                   monitor=monitor, pad_id=self.tokenizer.pad_id, keep=keep)
 
     MONITOR_STEPS = 10  # steps before each log line that also compute the monitoring terms
 
@@ -411,6 +426,7 @@ class Trainer:
         ids, mask, index = batch["input_ids"], batch["input_mask"], batch["index"]
         t, w, noise, u, sc = draw_noise(a, self.sampler, self.step, a.bsz, ids.shape[1], dev)
         t, w, noise, u, sc = t[index], w[index], noise[:, index], u[index], sc[index]
+        keep = target_region(batch["length"], pad_margin(a), ids.shape[1])
         torch.manual_seed((a.seed * 7919 + self.step * 104729 + self.proc.rank) % (2 ** 63))  # dropout
         for g in self.opt.param_groups:
             g["lr"] = lr_at(self.step, a)
@@ -423,7 +439,7 @@ class Trainer:
             sync = i == len(micro) - 1 or not isinstance(self.net, DDP)
             with contextlib.nullcontext() if sync else self.net.no_sync():
                 terms = self._losses(net, ids[sl], mask[sl], t[sl], noise[:, sl], u[sl], sc[sl],
-                                     monitor=self._monitors(self.step + 1))
+                                     None if keep is None else keep[sl], monitor=self._monitors(self.step + 1))
                 loss = (terms["loss"] * w[sl]).sum() / n
             self.scaler.scale(loss).backward()
             for k, v in terms.items():
@@ -453,16 +469,20 @@ class Trainer:
         a, dev = self.args, self.proc.device
         self.model.eval()
         sums, count = {}, 0
-        batches = make_eval_batches(self.valid_set, a.microbatch, a.seq_len, self.tokenizer.pad_id)
+        margin = pad_margin(a)
+        batches = make_eval_batches(self.valid_set, a.microbatch, a.seq_len, self.tokenizer.pad_id,
+                                    pad_to="longest" if margin >= 0 else "seq_len", margin=margin)
         for i, b in zip(range(a.eval_batches), batches):
             ids, mask = b["input_ids"].to(dev), b["input_mask"].to(dev)
+            keep = target_region(b["length"].to(dev), margin, ids.shape[1])
             B = ids.shape[0]
             g = step_generator(a.seed + 1, i, dev)
             t = torch.randint(t_floor(a), a.diffusion_steps, (B,), generator=g, device=dev)
-            noise = torch.randn(2, B, ids.shape[1], a.hidden_dim, generator=g, device=dev)
-            u = torch.rand(B, ids.shape[1], generator=g, device=dev)
+            L = ids.shape[1]  # drawn at seq_len and cut, as in training: the same whatever the padding
+            noise = torch.randn(2, B, a.seq_len, a.hidden_dim, generator=g, device=dev)[:, :, :L]
+            u = torch.rand(B, a.seq_len, generator=g, device=dev)[:, :L]
             sc = torch.rand(B, generator=g, device=dev)
-            terms = self._losses(self.model, ids, mask, t, noise, u, sc)
+            terms = self._losses(self.model, ids, mask, t, noise, u, sc, keep)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0) + v.sum()
             count += B

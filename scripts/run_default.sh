@@ -24,7 +24,7 @@ DATA=datasets/bible_kjv_web
 
 python train.py --dataset bible_kjv_web --data_dir "$DATA" --checkpoint_path "$OUT" \
   --preset tiny --width 128 --layers 2 --heads 4 --ffn 512 --hidden_dim 16 \
-  --seq_len 160 --bucket true --vocab_size 4000 \
+  --seq_len 160 --vocab_size 4000 \
   --learned_mean_embed --denoise --segment_positions true --t_min 600 --length_head true \
   --bsz 32 --lr 1e-3 --warmup_steps 50 --learning_steps "$STEPS" --ema_rate 0.99 \
   --schedule_sampler uniform --dropout 0.0 \

@@ -18,7 +18,7 @@ esac
 launch train.py \
   --dataset bible_kjv_web --data_dir datasets/bible_kjv_web \
   --preset tiny --width 128 --layers 2 --heads 4 --ffn 512 --hidden_dim 16 \
-  --seq_len 160 --bucket true --vocab_size 4000 \
+  --seq_len 160 --vocab_size 4000 \
   --learned_mean_embed true --denoise true --segment_positions true --t_min 600 --length_head true \
   --bsz 32 --lr 1e-3 --warmup_steps 50 --learning_steps 20000 --ema_rate 0.99 --dropout 0.0 \
   --diffusion_steps 2000 --noise_schedule sqrt --schedule_sampler uniform \

@@ -1,6 +1,7 @@
 """Decoding: checkpoint loading, output files, sharding, bad input, and end to end on real data."""
 import json
 import os
+import random
 import subprocess
 import sys
 
@@ -73,6 +74,31 @@ def test_sharded_decoding_is_ordered_and_equals_one_process(small_run, tmp_path,
         expect = [json.loads(x)["src"] for x in f]
     assert srcs == expect  # input order
     assert not [f for f in os.listdir(os.path.dirname(two[0])) if ".rank" in f]
+
+
+def test_decoding_batches_inputs_by_length_and_keeps_their_order(small_run, tmp_path):
+    """Inputs go to the sampler in batches of similar source lengths (shortest first); the output
+    file still lists them in the input's order."""
+    d, run = small_run
+    m = load_model(str(run), device="cpu")
+    rng = random.Random(0)
+    words = [f"w{i}" for i in range(20)]
+    pairs = [(" ".join(rng.choice(words) for _ in range(rng.randint(1, 12))), "w1 w2") for _ in range(30)]
+    data = tmp_path / "data"
+    data.mkdir()
+    _write(data / "test.jsonl", pairs)
+    seen, real = [], m.sample_ids
+
+    def spy(ids, mask, *args, **kw):
+        seen.append((1 - mask).sum(1).tolist())  # source length + 2
+        return real(ids, mask, *args, **kw)
+    m.sample_ids = spy
+    out, _ = decode_split(m, str(data), "test", str(tmp_path / "out"), "dpm", 3, bsz=8, progress=False)
+    rows = [json.loads(x) for x in open(out[0])]
+    assert [r["source"] for r in rows] == [p[0] for p in pairs]
+    lengths = [n for batch in seen for n in batch]
+    assert len(seen) == 4 and len(lengths) == 30 and lengths == sorted(lengths)
+    assert lengths != [len(p[0].split()) + 2 for p in pairs]  # the input order was not sorted
 
 
 def _cli(script, *args):

@@ -1,7 +1,9 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
-from diffuseq.diffusion import absorb, q_sample, training_losses
+from diffuseq.data.dataset import collate
+from diffuseq.diffusion import absorb, q_sample, rounding_terms, target_region, training_losses
 from diffuseq.model import Denoiser, DenoiserConfig
 from diffuseq.schedule import DiscreteSchedule
 
@@ -100,3 +102,88 @@ def test_training_losses_terms_are_finite_and_masked():
     assert torch.allclose(terms2["decoder_nll"], terms["decoder_nll"])
     terms["loss"].mean().backward()
     assert model.mean_embed.grad is not None and model.mean_embed.grad.abs().sum() > 0
+
+
+def _examples(lengths, src_len=4, vocab=50, seed=0):
+    """Rows {"input_ids", "src_len"} of the given total lengths: [CLS]=1 x [SEP]=2 y [SEP]=2."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for n in lengths:
+        z = torch.randint(5, vocab, (n,), generator=g).tolist()
+        z[0], z[src_len - 1], z[-1] = 1, 2, 2
+        rows.append({"input_ids": z, "src_len": src_len})
+    return rows
+
+
+def _region_model(seed=0, **over):
+    torch.manual_seed(seed)
+    cfg = dict(vocab_size=50, seq_len=40, hidden_dim=16, width=32, layers=2, heads=2, ffn=64, dropout=0.0,
+               diffusion_steps=100, learned_mean_embed=True, segment_positions=True, length_head=True)
+    cfg.update(over)
+    return Denoiser(DenoiserConfig(**cfg)), DiscreteSchedule.from_name("sqrt", 100)
+
+
+def _losses_at(model, sched, batch, margin, noise, u, t, sc=None):
+    L = batch["input_ids"].shape[1]
+    keep = target_region(batch["length"], margin, L)
+    model.zero_grad()
+    terms = training_losses(model, sched, batch["input_ids"], batch["input_mask"], t, noise[:, :, :L],
+                            denoise_rate=0.5, reg_rate=0.01, u=u[:, :L], self_cond_u=sc, keep=keep)
+    terms["loss"].mean().backward()
+    return terms, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("self_cond", [False, True])
+def test_padding_free_and_padded_batches_give_the_same_loss_and_gradients(self_cond):
+    """With a margin, an example's loss is that of its target region alone: the batch padded to
+    seq_len (40) and the same batch cut to its longest row + margin (24) give the same terms and
+    the same gradients. Without one (the original's training) the padding is target, and the two
+    differ."""
+    model, sched = _region_model(self_cond=self_cond)
+    rows = _examples([9, 14, 19, 12])
+    long = collate(rows, 40, pad_id=0)
+    short = collate(rows, 40, pad_id=0, pad_to="longest", margin=4)
+    assert short["input_ids"].shape[1] == 24 and torch.equal(short["length"], torch.tensor([9, 14, 19, 12]))
+    g = torch.Generator().manual_seed(1)
+    noise, u = torch.randn(2, 4, 40, 16, generator=g), torch.rand(4, 40, generator=g)
+    t, sc = torch.tensor([0, 30, 60, 99]), torch.tensor([0.2, 0.7, 0.4, 0.9])
+    a, ga = _losses_at(model, sched, long, 4, noise, u, t, sc)
+    b, gb = _losses_at(model, sched, short, 4, noise, u, t, sc)
+    assert set(a) == set(b) and "length" in a
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6), k
+    assert ga.keys() == gb.keys() and len(ga) > 10
+    for n in ga:
+        assert torch.allclose(ga[n], gb[n], rtol=1e-4, atol=1e-6), n
+    # the padding-as-target objective depends on how far the batch is padded
+    c, _ = _losses_at(model, sched, long, -1, noise, u, t, sc)
+    d, _ = _losses_at(model, sched, short, -1, noise, u, t, sc)
+    assert not torch.allclose(c["mse"], d["mse"], rtol=1e-3)
+
+
+def test_rounding_terms_on_target_rows_match_the_full_logits():
+    """The rounding term computed on the target rows only equals the mean over the target of
+    the cross-entropy of the full [B, L, V] logits, and its accuracy the mean argmax hit."""
+    model, _ = _region_model(lm_bias=True)
+    with torch.no_grad():
+        model.lm_bias.normal_()
+    ids = torch.randint(0, 50, (3, 10))
+    mask = torch.zeros(3, 10, dtype=torch.long)
+    mask[0, 4:] = 1
+    mask[1, 2:7] = 1
+    mask[2, 9:] = 1
+    z = torch.randn(3, 10, 16)
+    logits = model.get_logits(z)
+    full = F.cross_entropy(logits.transpose(1, 2), ids, reduction="none")
+    want = (full * mask).sum(1) / mask.sum(1)
+    hit = ((logits.argmax(-1) == ids).float() * mask).sum(1) / mask.sum(1)
+    nll, acc = rounding_terms(model, z, ids, mask, accuracy=True)
+    assert torch.allclose(nll, want, atol=1e-5) and torch.allclose(acc, hit)
+
+
+def test_target_region_ends_margin_pads_after_each_example():
+    length = torch.tensor([3, 6])
+    keep = target_region(length, 2, 10)
+    assert keep.tolist() == [[True] * 5 + [False] * 5, [True] * 8 + [False] * 2]
+    assert target_region(length, -1, 10) is None  # the original's training: all is target
+    assert target_region(length, 4, 7) is None  # every region reaches L: nothing hidden

@@ -59,9 +59,9 @@ def test_self_conditioning_in_training_feeds_the_first_pass_to_half_the_batch():
     calls = []
     real = m.forward
 
-    def spy(zt, tt, mk=None, prev=None):
+    def spy(zt, tt, mk=None, prev=None, keep=None):
         calls.append((zt.shape[0], None if prev is None else prev.clone()))
-        return real(zt, tt, mk, prev)
+        return real(zt, tt, mk, prev, keep)
 
     m.forward = spy
     u = torch.tensor([0.1, 0.9, 0.2, 0.7])  # examples 0 and 2 are self-conditioned

@@ -26,7 +26,7 @@ from diffuseq import checkpoint as ckpt
 from diffuseq import trainer as trainer_mod
 from diffuseq.config import parse_train_args
 from diffuseq.data.dataset import make_eval_batches
-from diffuseq.diffusion import q_sample
+from diffuseq.diffusion import q_sample, target_region
 from diffuseq.tokenizer import SPECIAL_TOKENS
 from diffuseq.trainer import Trainer
 
@@ -119,10 +119,11 @@ def _one_thread_and_close_logs():
 # --------------------------------------------------------------------------------- learning
 
 @torch.no_grad()
-def rounding_accuracy(model, sched, batches, t, pad_id, identity=False, seed=0):
+def rounding_accuracy(model, sched, batches, t, pad_id, identity=False, seed=0, margin=-1):
     """Share of the target tokens (pads excluded) recovered by rounding the predicted z_0 of
-    z_t ~ q(z_t | Emb(y)) at timestep t; identity=True rounds z_t itself instead (what is
-    left of the target in z_t without any model)."""
+    z_t ~ q(z_t | Emb(y)) at timestep t, the model seeing each target region as it was trained
+    to (margin: its --length_margin); identity=True rounds z_t itself instead (what is left of
+    the target in z_t without any model)."""
     g = torch.Generator().manual_seed(seed)
     hit = total = 0
     for b in batches:
@@ -130,7 +131,8 @@ def rounding_accuracy(model, sched, batches, t, pad_id, identity=False, seed=0):
         z0 = model.get_embeds(ids)
         tt = torch.full((ids.shape[0],), t)
         zt = q_sample(sched, z0, tt, torch.randn(z0.shape, generator=g), mask)
-        pred = zt if identity else model(zt, tt, mask)
+        keep = target_region(b["length"], margin, ids.shape[1])
+        pred = zt if identity else model(zt, tt, mask, None, keep)
         target = mask.bool() & (ids != pad_id)
         hit += (model.get_logits(pred).argmax(-1) == ids)[target].sum().item()
         total += target.sum().item()
@@ -164,7 +166,8 @@ def test_tiny_model_learns_to_reverse(tmp_path):
 
     def accuracy(t, identity=False):
         tr.model.eval()
-        acc = rounding_accuracy(tr.model, tr.sched, batches, t, tr.tokenizer.pad_id, identity)
+        acc = rounding_accuracy(tr.model, tr.sched, batches, t, tr.tokenizer.pad_id, identity,
+                                margin=args.length_margin)
         tr.model.train()
         return acc
 
@@ -521,6 +524,29 @@ def test_mixed_precision_training_on_cpu_is_finite(small_task, tmp_path, precisi
     ref = Trainer(parse_train_args(cli_args(small_task, tmp_path / "fp32", **over)))
     loss = ref.train_step(ref.loader.batch_at(0))["loss"].item()
     assert logged[1]["loss"] == pytest.approx(loss, rel=0.05)
+
+
+def test_padding_free_and_padded_training_steps_agree(small_task, tmp_path):
+    """The trainer's steps on batches padded to seq_len and on the same batches padded only to
+    their longest row + the margin give the same loss terms, step after step: the padding costs
+    time and changes nothing. (Without the margin, the objective itself would differ: see
+    test_diffusion.)"""
+    over = dict(length_margin=8, seq_len=48, lr=1e-2, segment_positions="true")
+    padded = Trainer(parse_train_args(cli_args(small_task, tmp_path / "padded", **over)))
+    free = Trainer(parse_train_args(cli_args(small_task, tmp_path / "free", **over)))
+    padded.loader.pad_to, free.loader.pad_to = "seq_len", "longest"
+    init = [p.detach().clone() for p in padded.model.parameters()]
+    for step in range(4):
+        a, b = padded.loader.batch_at(step), free.loader.batch_at(step)
+        assert a["input_ids"].shape[1] == 48 > b["input_ids"].shape[1]
+        sa, sb = padded.train_step(a), free.train_step(b)
+        assert set(sa) == set(sb) and {"mse", "decoder_nll", "length", "loss"} <= set(sa)
+        for k in sa:
+            assert torch.allclose(sa[k], sb[k], rtol=1e-4, atol=1e-6), (step, k)
+    # the steps did train, so steps 2-4 compared models updated alike (weights are not compared
+    # one by one: Adam scales gradients that are zero up to rounding, such as a key bias's, to
+    # whole steps of size lr)
+    assert sum(not torch.equal(p, p0) for p, p0 in zip(padded.model.parameters(), init)) > 10
 
 
 def test_noise_floor_bounds_the_sampled_levels():

@@ -21,7 +21,6 @@ import uuid
 import warnings
 from dataclasses import asdict, dataclass
 
-import datasets
 import numpy as np
 import torch
 
@@ -171,6 +170,8 @@ def load_split(data_dir, split, tokenizer, seq_len, cache_dir=None, skip_bad_lin
     starts: tokens up to and including the first [SEP]) and length (= len(input_ids)).
     The cache key covers the file (size, mtime), the tokenizer's JSON and seq_len.
     """
+    import datasets  # here, not at the top: decoding reads jsonl without it (a second saved at start-up)
+
     if seq_len < MIN_SEQ_LEN:
         raise DataError(f"--seq_len {seq_len} is too small: [CLS] x [SEP] y [SEP] needs at least "
                         f"{MIN_SEQ_LEN} tokens")
@@ -236,15 +237,18 @@ def load_split(data_dir, split, tokenizer, seq_len, cache_dir=None, skip_bad_lin
 # -----------------------------------------------------------------------------
 # batches
 
-def _round_len(longest, seq_len):
-    return min(seq_len, -(-longest // 8) * 8)
+def _round_len(longest, seq_len, margin=0):
+    """The padded length of a batch whose longest row has `longest` tokens: room for `margin`
+    trailing pads (when margin >= 0), rounded up to a multiple of 8, at most seq_len."""
+    return min(seq_len, -(-(longest + max(margin, 0)) // 8) * 8)
 
 
 def _pad(ids_flat, lengths, src_lens, L, pad_id):
-    """Flat token ids of B rows -> input_ids, input_mask LongTensors [B, L].
+    """Flat token ids of B rows -> input_ids, input_mask LongTensors [B, L] and length [B].
 
-    The mask is 1 from src_len to L-1: y, its [SEP] and the padding after it (the model learns to
-    produce the pads), and 0 on [CLS] x [SEP].
+    The mask is 1 from src_len to L-1: y, its [SEP] and the padding after it, and 0 on
+    [CLS] x [SEP]. `length` is each row's number of tokens before its padding; how many of the
+    pads after it the model learns to produce is the trainer's choice (diffusion.target_region).
     """
     B = len(lengths)
     ids = np.full((B, L), pad_id, dtype=np.int64)
@@ -253,17 +257,18 @@ def _pad(ids_flat, lengths, src_lens, L, pad_id):
     cols = np.arange(int(lengths.sum())) - np.repeat(starts, lengths)
     ids[rows, cols] = ids_flat
     mask = np.arange(L)[None, :] >= np.asarray(src_lens)[:, None]
-    return {"input_ids": torch.from_numpy(ids), "input_mask": torch.from_numpy(mask.astype(np.int64))}
+    return {"input_ids": torch.from_numpy(ids), "input_mask": torch.from_numpy(mask.astype(np.int64)),
+            "length": torch.from_numpy(np.asarray(lengths, dtype=np.int64))}
 
 
-def collate(examples, seq_len, pad_id, pad_to="seq_len"):
-    """List of {"input_ids", "src_len"} -> {"input_ids", "input_mask"}, LongTensors [B, L].
+def collate(examples, seq_len, pad_id, pad_to="seq_len", margin=0):
+    """List of {"input_ids", "src_len"} -> {"input_ids", "input_mask", "length"}, LongTensors.
 
-    L = seq_len, or with pad_to='longest' the batch's longest rounded up to a multiple of 8
-    (at most seq_len).
+    L = seq_len, or with pad_to='longest' the batch's longest plus `margin` rounded up to a
+    multiple of 8 (at most seq_len).
     """
     lengths = np.array([len(e["input_ids"]) for e in examples], dtype=np.int64)
-    L = seq_len if pad_to == "seq_len" else _round_len(int(lengths.max()), seq_len)
+    L = seq_len if pad_to == "seq_len" else _round_len(int(lengths.max()), seq_len, margin)
     if lengths.max() > L:
         raise ValueError(f"a sequence of length {lengths.max()} does not fit seq_len {seq_len}")
     flat = np.concatenate([np.asarray(e["input_ids"], dtype=np.int64) for e in examples])
@@ -290,7 +295,8 @@ class BatchLoader:
     With bucket=True each epoch's permutation is cut into pools of 50 global batches, each pool is
     sorted by length and cut into batches, and the batches are shuffled; an epoch is then
     ceil(N / global_batch) steps, its last batch topped up with examples from the epoch's start.
-    Batches are padded to their longest row (pad_to='longest', the default with bucketing).
+    Batches are padded to their longest row (pad_to='longest', the default with bucketing), plus
+    room for `margin` trailing pads.
 
     Rank r gets the r-th contiguous chunk of the global batch and `index` [B] with the chunk's
     positions in the global batch; all ranks pad to the same L.
@@ -299,13 +305,13 @@ class BatchLoader:
     POOL = 50  # global batches per bucketing pool
 
     def __init__(self, dataset, global_batch, rank=0, world_size=1, seed=0, seq_len=128, pad_id=0,
-                 bucket=False, pin_memory=False, start_step=0, pad_to=None):
+                 bucket=False, pin_memory=False, start_step=0, pad_to=None, margin=0):
         if global_batch % world_size:
             raise ValueError(f"global batch {global_batch} is not divisible by the {world_size} ranks")
         if len(dataset) == 0:
             raise ValueError("the dataset is empty")
         self.dataset, self.global_batch, self.seed = dataset, global_batch, seed
-        self.seq_len, self.pad_id, self.bucket = seq_len, pad_id, bucket
+        self.seq_len, self.pad_id, self.bucket, self.margin = seq_len, pad_id, bucket, margin
         self.pad_to = pad_to or ("longest" if bucket else "seq_len")
         self.pin_memory = pin_memory and torch.cuda.is_available()
         self.start_step = start_step
@@ -350,10 +356,11 @@ class BatchLoader:
         return np.array([self._order(int(e))[p] for e, p in zip(epochs, pos % self.n)])
 
     def batch_at(self, step):
-        """{"input_ids", "input_mask": LongTensor [B, L], "index": LongTensor [B]} for this rank."""
+        """{"input_ids", "input_mask": LongTensor [B, L], "length", "index": LongTensor [B]} for
+        this rank."""
         idx = self.global_indices(step)
         if self.pad_to == "longest":
-            L = _round_len(int(self.lengths[idx].max()), self.seq_len)
+            L = _round_len(int(self.lengths[idx].max()), self.seq_len, self.margin)
         else:
             L = self.seq_len
         flat, lengths, src_lens = _read_rows(self.dataset, idx[self.lo:self.hi])
@@ -370,9 +377,10 @@ class BatchLoader:
             step += 1
 
 
-def make_eval_batches(dataset, batch_size, seq_len, pad_id, pad_to="seq_len"):
-    """Every example once, in order: dicts of input_ids, input_mask [B, L] (the last B may be smaller)."""
+def make_eval_batches(dataset, batch_size, seq_len, pad_id, pad_to="seq_len", margin=0):
+    """Every example once, in order: dicts of input_ids, input_mask [B, L] and length [B] (the
+    last B may be smaller)."""
     for start in range(0, len(dataset), batch_size):
         flat, lengths, src_lens = _read_rows(dataset, range(start, min(start + batch_size, len(dataset))))
-        L = seq_len if pad_to == "seq_len" else _round_len(int(lengths.max()), seq_len)
+        L = seq_len if pad_to == "seq_len" else _round_len(int(lengths.max()), seq_len, margin)
         yield _pad(flat, lengths, src_lens, L, pad_id)

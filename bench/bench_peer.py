@@ -1,0 +1,342 @@
+"""This toolkit beside the original DiffuSeq, at the original's own configuration, in one run.
+
+The original runs through ../shared/peer (its code, patched only to run on CPU; set it up once
+with `MIRROR=<bare clone> bash ../shared/peer/setup.sh`). Both codes get the same data
+(qqp_small), the same frozen WordPiece vocabulary (7,080 entries), the same shape, batch 64,
+seq_len 128, hidden_dim 128, 2,000 diffusion steps, sqrt schedule, loss-aware sampler, lr 1e-4
+without warm-up, EMA 0.9999, dropout 0.1, seed 102, fp32, v2's flags (learned absorbing state,
+discrete noise 0.5). Ours runs with its defaults otherwise, which are its fast paths: the
+length head, padding-free training (each target + 8 [PAD]s, every batch padded only to its
+longest row), decoding at the predicted length with inputs batched by length. Each job is a
+whole process, pinned to the same cores (--cpus), one after the other, under /usr/bin/time.
+
+Training: median seconds per step after warm-up (the original's TrainLoop.run_step as its
+harness times it; ours from its log's steps/s over windows of steps, data and monitoring
+included), examples/s, peak RSS. Ablation: ours' train_step with one speed-up after the other.
+Decoding: both train a checkpoint for --ckpt_steps steps at that configuration (EMA rate
+--ckpt_ema), then decode the first 128 qqp_small valid pairs with DPM-Solver++ (10 and 20 steps,
+batch 64) from the EMA weights (the only ones the original saves); sentences/s (the original's
+sampling calls alone; ours including tokenising and writing), process wall time, peak RSS, and
+BLEU / ROUGE-L of each output scored alike by diffuseq.metrics.
+
+    python bench/bench_peer.py                          # everything, pinned to core 1
+    python bench/bench_peer.py --only train --presets tiny
+    python bench/bench_peer.py --report bench/peer/peer.json   # print the tables of a saved run
+"""
+import argparse
+import json
+import os
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+
+import common
+from common import header_lines, table
+from diffuseq.metrics import evaluate
+
+PEER = os.path.join(common.ROOT, "..", "shared", "peer")
+DATA = os.path.join(common.ROOT, "..", "shared", "data", "qqp_small")
+SHAPES = {"tiny": ["--width", "128", "--layers", "2", "--heads", "2", "--ffn", "512"],
+          "base": ["--width", "768", "--layers", "12", "--heads", "12", "--ffn", "3072"]}
+# (steps run, warm-up steps left out) of each training measurement; ours logs every `log` steps
+TRAIN_STEPS = {"tiny": dict(peer=(60, 5), ours=100, log=20), "base": dict(peer=(5, 2), ours=8, log=2)}
+LOG_LINE = re.compile(r" step (\d+) \|.*\| ([\d.]+) steps/s")
+
+
+def ours_config(data_dir, vocab, preset):
+    return ["--dataset", "qqp", "--data_dir", data_dir, "--vocab", "bert", "--vocab_path", vocab,
+            *SHAPES[preset], "--hidden_dim", "128", "--seq_len", "128", "--bsz", "64",
+            "--diffusion_steps", "2000", "--noise_schedule", "sqrt", "--schedule_sampler", "lossaware",
+            "--lr", "1e-4", "--warmup_steps", "0", "--ema_rate", "0.9999", "--dropout", "0.1",
+            "--seed", "102", "--learned_mean_embed", "--denoise", "--denoise_rate", "0.5",
+            "--precision", "fp32", "--progress", "false", "--eval_interval", "0"]
+
+
+def time_v(path):
+    """Wall seconds and peak RSS (MB) from a /usr/bin/time -v report."""
+    txt = open(path).read()
+    rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", txt).group(1)) / 1024
+    wall = 0.0
+    for part in re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", txt).group(1).split(":"):
+        wall = wall * 60 + float(part)
+    return {"wall_s": round(wall, 2), "peak_rss_mb": round(rss, 1)}
+
+
+class Runner:
+    def __init__(self, a):
+        self.a, self.work = a, a.work
+        os.makedirs(self.work, exist_ok=True)
+        self.threads = str(len(expand_cpus(a.cpus)))
+
+    def run(self, name, cmd, cwd=None, env=None, shell=False):
+        """One pinned process under /usr/bin/time; returns (stdout+stderr, time -v figures)."""
+        tv = os.path.join(self.work, f"{name}.time")
+        full = ["taskset", "-c", self.a.cpus, "/usr/bin/time", "-v", "-o", tv]
+        full += ["bash", "-c", cmd] if shell else cmd
+        e = {**os.environ, "OMP_NUM_THREADS": self.threads, "MKL_NUM_THREADS": self.threads, **(env or {})}
+        if not shell:  # ours; the original's runs set their own path (its package is also "diffuseq")
+            e["PYTHONPATH"] = common.ROOT
+        print(f"  [{time.strftime('%H:%M:%S')}] {name}", flush=True)
+        p = subprocess.run(full, cwd=cwd or common.ROOT, env=e, capture_output=True, text=True)
+        out = p.stdout + p.stderr
+        with open(os.path.join(self.work, f"{name}.log"), "w") as f:
+            f.write(out)
+        if p.returncode != 0:
+            raise RuntimeError(f"{name} failed ({p.returncode}):\n{out[-3000:]}")
+        return out, time_v(tv)
+
+    # ---------------------------------------------------------------- the original
+    def peer(self, func, *args):
+        quoted = " ".join(shlex.quote(str(x)) for x in args)
+        return f"source {shlex.quote(os.path.join(self.a.peer, 'harness', 'common.sh'))} && {func} {quoted}"
+
+    def peer_train(self, preset, steps, warm, ck, save=1000000):
+        tj = os.path.join(self.work, f"peer_train_{preset}_{steps}.timing.json")
+        log = os.path.join(self.work, f"peer_train_{preset}_{steps}.peerlog")
+        _, tv = self.run(f"peer_train_{preset}_{steps}", self.peer(
+            "peer_train", "v2", preset, steps, ck, "/tmp/peer-data/qqp_bench", tj, log, save), shell=True)
+        st = json.load(open(tj))["step_times"][warm:]
+        return {"s_per_step": statistics.median(st), "steps_timed": len(st), **tv,
+                "command": open(log).readline().strip().lstrip("+ ")}
+
+    def peer_checkpoint(self, steps, ema, ck):
+        """The original trained for `steps` steps at the configuration of peer_train, with EMA
+        rate `ema` (its --ema_rate flag): the harness's command plus that one flag."""
+        cmd = self.peer("peer_config_dir", "tiny") + " >/dev/null"  # fails early if unset
+        flags = ["--checkpoint_path", ck, "--dataset", "qqp", "--data_dir", "/tmp/peer-data/qqp_bench",
+                 "--data_split_num", "0", "--vocab", "bert", "--use_plm_init", "no", "--lr", "0.0001",
+                 "--use_fp16", "False", "--batch_size", "64", "--microbatch", "64", "--diffusion_steps", "2000",
+                 "--noise_schedule", "sqrt", "--schedule_sampler", "lossaware", "--resume_checkpoint", "none",
+                 "--seq_len", "128", "--hidden_t_dim", "128", "--seed", "102", "--hidden_dim", "128",
+                 "--learning_steps", str(steps), "--save_interval", str(steps),
+                 "--config_name", "/tmp/peer-data/bert-tiny-local", "--notes", "peer", "--learned_mean_embed",
+                 "True", "--denoise", "True", "--denoise_rate", "0.5", "--reg_rate", "0.0", "--ema_rate", str(ema)]
+        run = os.path.join(self.a.peer, "harness", "peer_run.py")
+        cmd += (f" && rm -rf {shlex.quote(ck)} && mkdir -p {shlex.quote(ck)} && cd /tmp/peer-orig-v2 && "
+                f"OPENAI_LOGDIR={shlex.quote(ck)} $PEER_PY {shlex.quote(run)} train.py {shlex.join(flags)}")
+        _, tv = self.run(f"peer_ckpt_{steps}", cmd, shell=True)
+        return {**tv, "command": "python train.py " + shlex.join(flags)}
+
+    def peer_decode(self, ckpt, steps):
+        name = f"peer_decode_dpm{steps}"
+        out = os.path.join(self.work, name)
+        subprocess.run(["rm", "-rf", out])
+        tj = os.path.join(self.work, f"{name}.timing.json")
+        log = os.path.join(self.work, f"{name}.peerlog")
+        _, tv = self.run(name, self.peer("peer_decode_dpm", ckpt, steps, 64, 110, out, tj, log), shell=True)
+        calls = json.load(open(tj))["sample_calls"]
+        n, s = sum(c["n"] for c in calls), sum(c["s"] for c in calls)
+        found = [os.path.join(r, f) for r, _, fs in os.walk(out) for f in fs if f.endswith(".json")]
+        rows = [json.loads(line) for line in open(found[0])]
+        return {"sentences": n, "sent_per_s": n / s, "sent_per_s_process": n / tv["wall_s"], **tv,
+                **score(rows), "command": open(log).readline().strip().lstrip("+ "), "outputs": rows}
+
+    # ---------------------------------------------------------------- ours
+    def ours_train(self, preset, steps, log_every, run, save=None, extra=()):
+        cmd = [sys.executable, os.path.join(common.ROOT, "train.py"),
+               *ours_config(self.a.data, self.a.vocab, preset), "--checkpoint_path", run,
+               "--learning_steps", str(steps), "--log_interval", str(log_every),
+               "--save_interval", str(save or 10 * steps), *extra]
+        subprocess.run(["rm", "-rf", run])
+        out, tv = self.run(f"ours_train_{preset}_{steps}", cmd)
+        rates = [float(m.group(2)) for m in LOG_LINE.finditer(out)]
+        return {"s_per_step": statistics.median(1 / r for r in rates[1:]), "windows_timed": len(rates) - 1,
+                "steps_per_window": log_every, **tv, "command": "python " + shlex.join(cmd[1:])}
+
+    def ours_decode(self, run, steps, variant="ours"):
+        name = f"{variant}_decode_dpm{steps}"
+        out_dir = os.path.join(self.work, name)
+        subprocess.run(["rm", "-rf", out_dir])
+        cmd = [sys.executable, os.path.join(common.ROOT, "run_decode_solver.py"), "--model_dir", run,
+               "--data_dir", "/tmp/peer-data/qqp_bench", "--split", "test", "--step", str(steps),
+               "--bsz", "64", "--seed", "110", "--out_dir", out_dir, "--progress", "false"]
+        out, tv = self.run(name, cmd)
+        rate = float(re.search(r"([\d.]+) sentences/s", out).group(1))
+        path = re.search(r"wrote (\S+)", out).group(1)
+        rows = [json.loads(line) for line in open(path)]
+        return {"sentences": len(rows), "sent_per_s": rate, "sent_per_s_process": len(rows) / tv["wall_s"], **tv,
+                **score(rows), "command": "python " + shlex.join(cmd[1:]), "outputs": rows}
+
+
+# where ours' factor comes from, one change at a time, at the original's configuration (tiny)
+ABLATION = [
+    ("the original's layout: every position to seq_len is target", ["--length_head", "false"], False),
+    ("+ denormals flushed to zero", ["--length_head", "false"], True),
+    ("+ padding-free: length head, target + 8 [PAD]s, batch padded to its longest (default)", [], True),
+    ("+ length bucketing (--bucket true)", ["--bucket", "true"], True),
+]
+
+
+def ablation_worker(a, variant):
+    """In this process: time train_step of one ABLATION variant on the loader's batches."""
+    import tempfile
+
+    import torch
+
+    from diffuseq.config import parse_train_args
+    from diffuseq.trainer import Trainer
+    _, flags, flush = ABLATION[variant]
+    with tempfile.TemporaryDirectory() as run:
+        args = parse_train_args(ours_config(a.data, a.vocab, "tiny") + flags + [
+            "--checkpoint_path", os.path.join(run, "r"), "--learning_steps", "1000", "--log_interval", "100"])
+        tr = Trainer(args)
+        torch.set_flush_denormal(flush)
+        batches = [tr.loader.batch_at(s) for s in range(a.ablation_steps + 5)]
+        times = []
+        for b in batches:
+            t0 = time.perf_counter()
+            tr.train_step(b)
+            times.append(time.perf_counter() - t0)
+        L = statistics.mean(b["input_ids"].shape[1] for b in batches)
+    print(json.dumps({"s_per_step": statistics.median(times[5:]), "mean_L": L}))
+
+
+# ours' decoded checkpoints: the defaults, and the original's layout (pads to seq_len as targets,
+# no length head, decoding the whole sequence)
+OURS_DECODE = {"ours": [], "ours_padded": ["--length_head", "false"]}
+CODE_NAMES = {"peer": "original", "ours": "ours", "ours_padded": "ours, original's layout"}
+
+
+def expand_cpus(spec):
+    cpus = []
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        cpus += list(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+def score(rows):
+    s = evaluate([[r["recover"]] for r in rows], [r["reference"] for r in rows], mbr=False)
+    words = statistics.mean(len(r["recover"].split()) for r in rows)
+    return {"bleu": s["sentence_bleu"], "rouge_l": s["rouge_l"], "words": words}
+
+
+def run_all(a):
+    r = Runner(a)
+    res = {"cpus": a.cpus, "threads": int(r.threads), "train": {}, "decode": {}}
+    if "train" in a.only:
+        for preset in a.presets:
+            s = TRAIN_STEPS[preset]
+            peer = r.peer_train(preset, *s["peer"], os.path.join(a.work, f"peer_ck_{preset}"))
+            ours = r.ours_train(preset, s["ours"], s["log"], os.path.join(a.work, f"ours_run_{preset}"))
+            res["train"][preset] = {"peer": peer, "ours": ours}
+            print(train_table({preset: res["train"][preset]}), flush=True)
+    if "ablation" in a.only:
+        res["ablation"] = []
+        for i, (name, flags, flush) in enumerate(ABLATION):
+            out, _ = r.run(f"ours_ablation_{i}", [sys.executable, os.path.abspath(__file__), "--ablation_worker",
+                                                  str(i), "--ablation_steps", str(a.ablation_steps)])
+            res["ablation"].append({"variant": name, "flags": flags, "flush_denormals": flush,
+                                    **json.loads(out.strip().splitlines()[-1])})
+        print(ablation_table(res["ablation"]), flush=True)
+    if "decode" in a.only:
+        n, ema = a.ckpt_steps, a.ckpt_ema
+        peer_ck = os.path.join(a.work, f"peer_ck_decode_{n}_ema{ema}")
+        ck = os.path.join(peer_ck, f"ema_{ema}_{n:06d}.pt")  # the original saves EMA weights only
+        if not os.path.isfile(ck):
+            res["decode"]["peer_ckpt_train"] = r.peer_checkpoint(n, ema, peer_ck)
+        runs = {}
+        for variant, extra in OURS_DECODE.items():  # ours by default, and ours in the original's layout
+            runs[variant] = os.path.join(a.work, f"ours_run_decode_{n}_ema{ema}_{variant}")
+            if not os.path.isdir(os.path.join(runs[variant], f"ckpt_{n:07d}")):
+                res["decode"][f"{variant}_ckpt_train"] = r.ours_train(
+                    "tiny", n, max(1, n // 4), runs[variant], save=n, extra=["--ema_rate", str(ema), *extra])
+        for steps in (10, 20):
+            res["decode"][f"dpm{steps}"] = {"peer": r.peer_decode(ck, steps), **{
+                variant: r.ours_decode(run, steps, variant) for variant, run in runs.items()}}
+        print(decode_table(res["decode"]), flush=True)
+    return res
+
+
+def train_table(train):
+    rows = []
+    for preset, d in train.items():
+        p, o = d["peer"], d["ours"]
+        rows.append([preset, p["s_per_step"], o["s_per_step"], 64 / p["s_per_step"], 64 / o["s_per_step"],
+                     f"{p['s_per_step'] / o['s_per_step']:.2f}x", p["peak_rss_mb"], o["peak_rss_mb"],
+                     f"{o['peak_rss_mb'] / p['peak_rss_mb']:.2f}"])
+    return table(["shape", "orig s/step", "ours s/step", "orig ex/s", "ours ex/s", "speed-up",
+                  "orig RSS MB", "ours RSS MB", "RSS ratio"], rows)
+
+
+def ablation_table(rows):
+    first = rows[0]["s_per_step"]
+    return table(["ours, tiny, batch 64", "s/step", "mean padded length", "vs first"],
+                 [[r["variant"], r["s_per_step"], r["mean_L"], f"{first / r['s_per_step']:.2f}x"] for r in rows])
+
+
+def decode_table(dec):
+    rows = []
+    for key, d in dec.items():
+        if "peer" not in d:
+            continue
+        base = d["peer"]
+        for code, o in d.items():
+            if code == "outputs":
+                continue
+            rows.append([key, CODE_NAMES.get(code, code), o["sent_per_s"], f"{o['sent_per_s'] / base['sent_per_s']:.2f}x",
+                         o["wall_s"], o["peak_rss_mb"], o["bleu"], o["rouge_l"], o["words"]])
+    return table(["decoder", "code", "sent/s", "vs original", "process wall s", "peak RSS MB", "BLEU",
+                  "ROUGE-L", "words"], rows)
+
+
+def report(res):
+    print(res.get("header", ""))
+    print(f"cores {res['cpus']} ({res['threads']} threads each process, one process at a time)")
+    if res.get("train"):
+        print("\ntraining at the original's configuration (batch 64, seq_len 128, fp32)")
+        print(train_table(res["train"]))
+    if res.get("ablation"):
+        print("\nwhere ours' speed comes from (train_step alone, same batches)")
+        print(ablation_table(res["ablation"]))
+    if res.get("decode"):
+        print(f"\ndecoding the first 128 qqp_small valid pairs, batch 64, checkpoints of "
+              f"{res.get('ckpt_steps')} training steps (EMA {res.get('ckpt_ema')})")
+        print(decode_table(res["decode"]))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--peer", default=PEER, help="the peer harness folder")
+    p.add_argument("--data", default=DATA, help="qqp_small")
+    p.add_argument("--vocab", default=None, help="the frozen vocab.txt (default: the peer's data/vocab.txt)")
+    p.add_argument("--cpus", default="1", help="cores every process is pinned to (taskset -c)")
+    p.add_argument("--only", nargs="+", default=["train", "ablation", "decode"],
+                   choices=["train", "ablation", "decode"])
+    p.add_argument("--ablation_steps", type=int, default=20, help="timed steps of each ablation variant")
+    p.add_argument("--ablation_worker", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--presets", nargs="+", default=["tiny", "base"], choices=sorted(SHAPES))
+    p.add_argument("--ckpt_steps", type=int, default=1000, help="training steps of the decoded checkpoints")
+    p.add_argument("--ckpt_ema", type=float, default=0.99,
+                   help="EMA rate of the decoded checkpoints (0.9999 leaves a short run's EMA weights at "
+                        "their initialisation; both codes decode EMA weights)")
+    p.add_argument("--work", default="/tmp/bench_peer", help="scratch folder (runs, logs, outputs)")
+    p.add_argument("--json", default=os.path.join(common.ROOT, "bench", "peer", "peer.json"))
+    p.add_argument("--report", default=None, help="print the tables of a saved JSON and exit")
+    a = p.parse_args()
+    if a.report:
+        report(json.load(open(a.report)))
+        return
+    a.vocab = a.vocab or os.path.join(a.peer, "data", "vocab.txt")
+    if a.ablation_worker is not None:
+        return ablation_worker(a, a.ablation_worker)
+    if not (os.path.isdir("/tmp/peer-orig-v2") and os.path.isdir("/tmp/peer-data/qqp_bench")):
+        sys.exit("the original is not set up: MIRROR=<bare clone of Shark-NLP/DiffuSeq> bash "
+                 f"{os.path.normpath(a.peer)}/setup.sh")
+    header = header_lines("bench_peer", common.pick_device("cpu"), f"cores {a.cpus}")
+    print(header, flush=True)
+    res = run_all(a)
+    res.update(header=header, ckpt_steps=a.ckpt_steps, ckpt_ema=a.ckpt_ema, argv=sys.argv[1:])
+    os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
+    with open(a.json, "w") as f:
+        json.dump(res, f, indent=1)
+    print()
+    report(res)
+    print(f"\nwrote {a.json}")
+
+
+if __name__ == "__main__":
+    main()
