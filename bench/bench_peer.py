@@ -43,7 +43,7 @@ SHAPES = {"tiny": ["--width", "128", "--layers", "2", "--heads", "2", "--ffn", "
           "base": ["--width", "768", "--layers", "12", "--heads", "12", "--ffn", "3072"]}
 # (steps run, warm-up steps left out) of each training measurement; ours logs every `log` steps
 TRAIN_STEPS = {"tiny": dict(peer=(60, 5), ours=100, log=20), "base": dict(peer=(5, 2), ours=8, log=2)}
-LOG_LINE = re.compile(r" step (\d+) \|.*\| ([\d.]+) steps/s")
+LOG_LINE = re.compile(r"(\d\d):(\d\d):(\d\d) step (\d+) \|")
 
 
 def ours_config(data_dir, vocab, preset):
@@ -135,16 +135,14 @@ class Runner:
                 **score(rows), "command": open(log).readline().strip().lstrip("+ "), "outputs": rows}
 
     # ---------------------------------------------------------------- ours
-    def ours_train(self, preset, steps, log_every, run, save=None, extra=()):
+    def ours_train(self, preset, steps, log_every, run, save=None, extra=(), name=None):
         cmd = [sys.executable, os.path.join(common.ROOT, "train.py"),
                *ours_config(self.a.data, self.a.vocab, preset), "--checkpoint_path", run,
                "--learning_steps", str(steps), "--log_interval", str(log_every),
                "--save_interval", str(save or 10 * steps), *extra]
         subprocess.run(["rm", "-rf", run])
-        out, tv = self.run(f"ours_train_{preset}_{steps}", cmd)
-        rates = [float(m.group(2)) for m in LOG_LINE.finditer(out)]
-        return {"s_per_step": statistics.median(1 / r for r in rates[1:]), "windows_timed": len(rates) - 1,
-                "steps_per_window": log_every, **tv, "command": "python " + shlex.join(cmd[1:])}
+        out, tv = self.run(name or f"ours_train_{preset}_{steps}", cmd)
+        return {**log_timing(out), "steps_per_window": log_every, **tv, "command": "python " + shlex.join(cmd[1:])}
 
     def ours_decode(self, run, steps, variant="ours"):
         name = f"{variant}_decode_dpm{steps}"
@@ -197,7 +195,16 @@ def ablation_worker(a, variant):
 # ours' decoded checkpoints: the defaults, and the original's layout (pads to seq_len as targets,
 # no length head, decoding the whole sequence)
 OURS_DECODE = {"ours": [], "ours_padded": ["--length_head", "false"]}
-CODE_NAMES = {"peer": "original", "ours": "ours", "ours_padded": "ours, original's layout"}
+CODE_NAMES = {"peer": "original", "ours": "ours", "ours_padded": "ours, original's layout",
+              "ours_bucket": "ours, --bucket true"}
+
+
+def log_timing(out):
+    """Seconds per step from the training log's time stamps, from the first log line (the
+    warm-up before it left out) to the last."""
+    marks = [(int(h) * 3600 + int(m) * 60 + int(sec), int(step)) for h, m, sec, step in LOG_LINE.findall(out)]
+    (t0, s0), (t1, s1) = marks[0], marks[-1]
+    return {"s_per_step": ((t1 - t0) % 86400) / (s1 - s0), "steps_timed": s1 - s0}
 
 
 def expand_cpus(spec):
@@ -208,7 +215,13 @@ def expand_cpus(spec):
     return cpus
 
 
+SPECIAL = re.compile(r"\[(CLS|SEP|PAD|UNK|MASK)\]")
+
+
 def score(rows):
+    """Sentence BLEU, ROUGE-L and words of outputs against references, special tokens removed
+    first (the original writes them into all three fields)."""
+    rows = [{k: " ".join(SPECIAL.sub(" ", r[k]).split()) for k in ("recover", "reference")} for r in rows]
     s = evaluate([[r["recover"]] for r in rows], [r["reference"] for r in rows], mbr=False)
     words = statistics.mean(len(r["recover"].split()) for r in rows)
     return {"bleu": s["sentence_bleu"], "rouge_l": s["rouge_l"], "words": words}
@@ -222,7 +235,9 @@ def run_all(a):
             s = TRAIN_STEPS[preset]
             peer = r.peer_train(preset, *s["peer"], os.path.join(a.work, f"peer_ck_{preset}"))
             ours = r.ours_train(preset, s["ours"], s["log"], os.path.join(a.work, f"ours_run_{preset}"))
-            res["train"][preset] = {"peer": peer, "ours": ours}
+            bucket = r.ours_train(preset, s["ours"], s["log"], os.path.join(a.work, f"ours_run_{preset}_bucket"),
+                                  extra=["--bucket", "true"], name=f"ours_bucket_train_{preset}")
+            res["train"][preset] = {"peer": peer, "ours": ours, "ours_bucket": bucket}
             print(train_table({preset: res["train"][preset]}), flush=True)
     if "ablation" in a.only:
         res["ablation"] = []
@@ -254,12 +269,12 @@ def run_all(a):
 def train_table(train):
     rows = []
     for preset, d in train.items():
-        p, o = d["peer"], d["ours"]
-        rows.append([preset, p["s_per_step"], o["s_per_step"], 64 / p["s_per_step"], 64 / o["s_per_step"],
-                     f"{p['s_per_step'] / o['s_per_step']:.2f}x", p["peak_rss_mb"], o["peak_rss_mb"],
-                     f"{o['peak_rss_mb'] / p['peak_rss_mb']:.2f}"])
-    return table(["shape", "orig s/step", "ours s/step", "orig ex/s", "ours ex/s", "speed-up",
-                  "orig RSS MB", "ours RSS MB", "RSS ratio"], rows)
+        p = d["peer"]
+        for code, o in d.items():
+            rows.append([preset, CODE_NAMES.get(code, code), o["s_per_step"], 64 / o["s_per_step"],
+                         f"{p['s_per_step'] / o['s_per_step']:.2f}x", o["peak_rss_mb"],
+                         f"{o['peak_rss_mb'] / p['peak_rss_mb']:.2f}"])
+    return table(["shape", "code", "s/step", "examples/s", "vs original", "peak RSS MB", "RSS vs original"], rows)
 
 
 def ablation_table(rows):
@@ -284,8 +299,9 @@ def decode_table(dec):
 
 
 def report(res):
-    print(res.get("header", ""))
-    print(f"cores {res['cpus']} ({res['threads']} threads each process, one process at a time)")
+    for run in res.get("runs", [res]):  # a merged file holds the runs its sections came from
+        print(f"{run.get('header', '')}\n  bench_peer.py {' '.join(run.get('argv', []))}: {run['threads']} "
+              "thread(s) in each process, one process at a time")
     if res.get("train"):
         print("\ntraining at the original's configuration (batch 64, seq_len 128, fp32)")
         print(train_table(res["train"]))
@@ -316,7 +332,21 @@ def main():
     p.add_argument("--work", default="/tmp/bench_peer", help="scratch folder (runs, logs, outputs)")
     p.add_argument("--json", default=os.path.join(common.ROOT, "bench", "peer", "peer.json"))
     p.add_argument("--report", default=None, help="print the tables of a saved JSON and exit")
+    p.add_argument("--merge", nargs="+", default=None,
+                   help="merge the sections of these saved JSON files into --json (later files win)")
     a = p.parse_args()
+    if a.merge:
+        merged = {"runs": []}
+        for path in a.merge:
+            r = json.load(open(path))
+            merged["runs"].append({k: r.get(k) for k in ("header", "cpus", "threads", "argv", "ckpt_steps", "ckpt_ema")})
+            merged.update({k: v for k, v in r.items() if k in ("train", "ablation", "decode") and v})
+            if r.get("decode"):
+                merged.update(ckpt_steps=r.get("ckpt_steps"), ckpt_ema=r.get("ckpt_ema"))
+        with open(a.json, "w") as f:
+            json.dump(merged, f, indent=1)
+        report(merged)
+        return
     if a.report:
         report(json.load(open(a.report)))
         return

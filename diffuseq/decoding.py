@@ -123,10 +123,7 @@ class DiffuSeqModel:
         ids, mask = ids.to(self.device), mask.to(self.device)
         full_ids, keep = ids, None
         if lengths == "predicted" and self.model.cfg.length_head:
-            if length_margin is None:
-                trained = getattr(self.args, "length_margin", None)
-                length_margin = trained if trained is not None and trained >= 0 else 4
-            ids, mask, keep = self.target_regions(ids, mask, length_margin)
+            ids, mask, keep = self.target_regions(ids, mask, self.margin(length_margin))
         elif lengths not in ("predicted", "full"):
             raise ValueError(f"unknown lengths {lengths!r}; choose predicted or full")
         a = self.args
@@ -163,6 +160,29 @@ class DiffuSeqModel:
         pad = self.tokenizer.pad_id
         out = out.masked_fill(~keep, pad)
         return torch.cat([out, torch.full_like(full_ids[:, out.shape[1]:], pad)], 1)
+
+    @torch.no_grad()
+    def region_lengths(self, sources, references=None, margin=None, lengths="predicted", chunk=1024):
+        """The length each input is decoded at: [CLS] x [SEP] plus, for a model with a length
+        head, its predicted target region (what target_regions gives it); for other models the
+        source alone, which is what tells such inputs apart. A list of ints, one per input."""
+        out = []
+        for s in range(0, len(sources), chunk):
+            ids, mask = self.inputs(sources[s:s + chunk], None if references is None else references[s:s + chunk])
+            n = (1 - mask).sum(1)
+            if lengths == "predicted" and self.model.cfg.length_head:
+                n = n + self.predict_lengths(ids.to(self.device), mask.to(self.device)).cpu() + 1 + \
+                    self.margin(margin)
+            out += n.tolist()
+        return out
+
+    def margin(self, length_margin=None):
+        """The positions after the predicted length a region gets: length_margin, or by default
+        the margin the model was trained with (4 for models trained before margins existed)."""
+        if length_margin is not None:
+            return length_margin
+        trained = getattr(self.args, "length_margin", None)
+        return trained if trained is not None and trained >= 0 else 4
 
     @torch.no_grad()
     def predict_lengths(self, ids, mask):
@@ -214,17 +234,19 @@ def output_path(out_dir, model, split, seed, steps):
 def decode_split(model, data_dir, split, out_dir, sampler="ancestral", steps=None, seeds=(0,),
                  bsz=64, proc=None, progress=True, max_examples=None, **kw):
     """Decode data_dir/<split>.jsonl with each seed; rank r takes batches r, r+W, ...; rank 0
-    merges the shards in input order. Inputs are batched in order of their source's length, so a
-    batch's target regions are alike and it is cut to little more than they need; the output
-    keeps the input order. Returns the output paths and sentences/s."""
+    merges the shards in input order. Inputs are batched in order of the length they will be
+    decoded at (source + predicted target region, see region_lengths), so a batch is cut to
+    little more than its inputs need; the output keeps the input order. Returns the output paths
+    and sentences/s."""
     proc = proc or dist.ProcessInfo(device=model.device)
     path = os.path.join(data_dir, f"{split}.jsonl")
     pairs = list(read_pairs(path))
     if max_examples:
         pairs = pairs[:max_examples]
     steps = steps or (model.args.diffusion_steps if sampler == "ancestral" else 10)
-    n_src = [len(x) for x in model.tokenizer.encode_batch([p[0] for p in pairs])]
-    by_length = sorted(range(len(pairs)), key=lambda i: n_src[i])
+    region = model.region_lengths([p[0] for p in pairs], [p[1] for p in pairs], kw.get("length_margin"),
+                                  kw.get("lengths", "predicted"))
+    by_length = sorted(range(len(pairs)), key=lambda i: region[i])
     batches = [by_length[s:s + bsz] for s in range(0, len(pairs), bsz)]
     mine = list(enumerate(batches))[proc.rank::proc.world_size]
     paths, t0, n_done = [], time.time(), 0

@@ -576,7 +576,8 @@ class Trainer:
     def _log(self, means, rate, bar):
         if bar is not None:
             bar.set_postfix(loss=f"{means['loss']:.4f}", acc=f"{means['acc']:.3f}", refresh=False)
-        log.info("step %d | %s | %.2f steps/s | lr %.2e", self.step, _fmt(means), rate, lr_at(self.step - 1, self.args))
+        log.info("step %d | %s | %s steps/s | lr %.2e", self.step, _fmt(means),
+                 f"{rate:.3g}" if rate < 100 else f"{rate:.0f}", lr_at(self.step - 1, self.args))
         self._curve({"step": self.step, "train": means})
         self._wandb({f"train/{k}": v for k, v in means.items()} | {"steps_per_s": rate})
 

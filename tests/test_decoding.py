@@ -77,8 +77,9 @@ def test_sharded_decoding_is_ordered_and_equals_one_process(small_run, tmp_path,
 
 
 def test_decoding_batches_inputs_by_length_and_keeps_their_order(small_run, tmp_path):
-    """Inputs go to the sampler in batches of similar source lengths (shortest first); the output
-    file still lists them in the input's order."""
+    """Inputs go to the sampler in order of the length they are decoded at (source + predicted
+    target region + margin, shortest first); the output file still lists them in the input's
+    order."""
     d, run = small_run
     m = load_model(str(run), device="cpu")
     rng = random.Random(0)
@@ -90,7 +91,7 @@ def test_decoding_batches_inputs_by_length_and_keeps_their_order(small_run, tmp_
     seen, real = [], m.sample_ids
 
     def spy(ids, mask, *args, **kw):
-        seen.append((1 - mask).sum(1).tolist())  # source length + 2
+        seen.append(((1 - mask).sum(1) + m.predict_lengths(ids, mask) + 1 + m.margin()).tolist())
         return real(ids, mask, *args, **kw)
     m.sample_ids = spy
     out, _ = decode_split(m, str(data), "test", str(tmp_path / "out"), "dpm", 3, bsz=8, progress=False)
@@ -98,7 +99,9 @@ def test_decoding_batches_inputs_by_length_and_keeps_their_order(small_run, tmp_
     assert [r["source"] for r in rows] == [p[0] for p in pairs]
     lengths = [n for batch in seen for n in batch]
     assert len(seen) == 4 and len(lengths) == 30 and lengths == sorted(lengths)
-    assert lengths != [len(p[0].split()) + 2 for p in pairs]  # the input order was not sorted
+    assert m.model.cfg.length_head and m.margin() == 8  # the defaults: a length head, margin 8
+    in_order = m.region_lengths([p[0] for p in pairs], [p[1] for p in pairs])
+    assert sorted(in_order) == lengths and in_order != lengths  # the input order was not sorted
 
 
 def _cli(script, *args):
@@ -169,8 +172,7 @@ def test_end_to_end_on_bible_slice(tmp_path):
         "--lr", "1e-3", "--warmup_steps", "50", "--learning_steps", "600", "--ema_rate", "0.99",
         "--vocab_size", "3000", "--eval_interval", "0", "--log_interval", "100", "--progress", "false",
         "--save_interval", "600", "--learned_mean_embed", "--denoise", "--schedule_sampler", "uniform",
-        "--dropout", "0.0", "--segment_positions", "true", "--t_min", "600", "--length_head", "true",
-        "--bucket", "true"])
+        "--dropout", "0.0", "--segment_positions", "true", "--t_min", "600"])
     trainer = Trainer(args)
     trainer.step = 0
     trainer.save()  # the untrained model, as a reference point
