@@ -63,3 +63,21 @@ def test_bench_quality_quick(tmp_path):
     rep = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_quality.py"), "--report", "--markdown",
                           "--out", str(tmp_path / "q")], capture_output=True, text=True, cwd=ROOT)
     assert rep.returncode == 0 and rep.stdout.startswith("| recipe |") and "copy the source" in rep.stdout
+
+
+def test_bench_peer_report_reads_the_saved_comparison():
+    """The side-by-side record in bench/peer/ prints as tables whose ratios are the record's own
+    figures divided (the original's s/step over ours; ours' sentences/s over the original's)."""
+    rec = json.loads((ROOT / "bench" / "peer" / "peer.json").read_text())
+    p = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_peer.py"), "--report",
+                        str(ROOT / "bench" / "peer" / "peer.json")], capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 0, p.stderr
+    for preset in ("tiny", "base"):
+        d = rec["train"][preset]
+        ratio = d["peer"]["s_per_step"] / d["ours"]["s_per_step"]
+        assert any(line.split()[:2] == [preset, "ours"] and f"{ratio:.2f}x" in line for line in p.stdout.splitlines())
+    d = rec["decode"]["dpm10"]
+    ratio = d["ours"]["sent_per_s"] / d["peer"]["sent_per_s"]
+    assert any(line.startswith("dpm10") and " ours " in line and f"{ratio:.2f}x" in line
+               for line in p.stdout.splitlines())
+    assert len(rec["ablation"]) == 4 and rec["ablation"][0]["s_per_step"] > rec["ablation"][-1]["s_per_step"]
