@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The built-in default, end to end on CPU in about 12 minutes on 2 cores:
+# The built-in default, end to end on CPU (17 minutes on one core of the CI machine):
 #   1. build King James -> World English Bible verse pairs from the installed pythonbible packages,
 #   2. train the default recipe for STEPS steps: DiffuSeq-v2 (soft absorbing state + discrete
 #      noise) with positions counted per segment, a 16-dimensional embedding space, a noise floor
@@ -52,8 +52,8 @@ print(f"model: mean sentence BLEU {model['sentence_bleu']:.1f}, ROUGE-L {model['
       f"({'above' if gap > 0 else 'below'} it by {abs(gap):.1f} BLEU).")
 if gap <= 0:
     print("The model rewrites verses, but a few CPU minutes leave it below copying the source, which "
-          "already shares most words with the modern text. Train longer (STEPS=20000 is about 40 "
-          "minutes on 2 cores; see the learning curve in the README) or on a GPU to close the gap.")
+          "already shares most words with the modern text. Train longer (STEPS=20000; see the "
+          "learning curve in the README) or on a GPU to close the gap.")
 PY
 echo "outputs: $result"
 echo "scores:  $scores"
