@@ -535,7 +535,7 @@ class Trainer:
                             log.info("step %d valid: %s", self.step, _fmt(val))
                             self._curve({"step": self.step, "valid": val})
                             self._wandb({f"valid/{k}": v for k, v in val.items()})
-                    stopping = self._stopping(stop) and self.step < a.learning_steps
+                    stopping = self._agree(stop.requested) and self.step < a.learning_steps
                     if stopping and proc.is_main:
                         log.warning("interrupted at step %d: saving a checkpoint to resume from", self.step)
                     out_of_time = deadline is not None and self._agree(time.time() > deadline)
@@ -559,19 +559,12 @@ class Trainer:
     STOP_CHECK = 10  # steps between the processes' agreement on a stop request
 
     def _agree(self, flag):
-        """A host-side flag every process acts on together (true once any process sees it)."""
+        """A host-side flag (a stop request, a deadline) every process acts on together: true
+        once any process sees it. Several processes agree every STOP_CHECK steps (one small
+        all-reduce on the host), so they all stop after, and save, the same step."""
         if self.proc.world_size == 1:
             return flag
         return dist.host_flag_max(flag) if self.step % self.STOP_CHECK == 0 else False
-
-    def _stopping(self, stop):
-        """Whether to stop after this step. Several processes agree every STOP_CHECK steps (one
-        small all-reduce on the host), so they all save the same step."""
-        if self.proc.world_size == 1:
-            return stop.requested
-        if self.step % self.STOP_CHECK:
-            return False
-        return dist.host_flag_max(stop.requested)
 
     def _log(self, means, rate, bar):
         if bar is not None:
