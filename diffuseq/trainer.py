@@ -331,11 +331,10 @@ class Trainer:
         if proc.world_size > 1:
             self.net = DDP(self.net, device_ids=[proc.device] if proc.device.type == "cuda" else None)
         self.local_bsz = args.bsz // proc.world_size
+        self.margin = pad_margin(args)
         self.loader = BatchLoader(self.train_set, args.bsz, proc.rank, proc.world_size, args.seed,
                                   args.seq_len, self.tokenizer.pad_id, bucket=args.bucket,
-                                  pin_memory=proc.device.type == "cuda", margin=pad_margin(args),
-                                  # with a margin, padding changes nothing: only to the batch's longest
-                                  pad_to="longest" if pad_margin(args) >= 0 else None)
+                                  pin_memory=proc.device.type == "cuda", margin=self.margin)
         self.pending = []  # (t, losses) not yet given to the timestep sampler
         self.wandb = None
         if args.wandb != "disabled" and proc.is_main:
@@ -426,7 +425,7 @@ class Trainer:
         ids, mask, index = batch["input_ids"], batch["input_mask"], batch["index"]
         t, w, noise, u, sc = draw_noise(a, self.sampler, self.step, a.bsz, ids.shape[1], dev)
         t, w, noise, u, sc = t[index], w[index], noise[:, index], u[index], sc[index]
-        keep = target_region(batch["length"], pad_margin(a), ids.shape[1])
+        keep = target_region(batch["length"], self.margin, ids.shape[1])
         torch.manual_seed((a.seed * 7919 + self.step * 104729 + self.proc.rank) % (2 ** 63))  # dropout
         for g in self.opt.param_groups:
             g["lr"] = lr_at(self.step, a)
@@ -469,7 +468,7 @@ class Trainer:
         a, dev = self.args, self.proc.device
         self.model.eval()
         sums, count = {}, 0
-        margin = pad_margin(a)
+        margin = self.margin
         batches = make_eval_batches(self.valid_set, a.microbatch, a.seq_len, self.tokenizer.pad_id,
                                     pad_to="longest" if margin >= 0 else "seq_len", margin=margin)
         for i, b in zip(range(a.eval_batches), batches):

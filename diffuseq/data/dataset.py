@@ -237,9 +237,12 @@ def load_split(data_dir, split, tokenizer, seq_len, cache_dir=None, skip_bad_lin
 # -----------------------------------------------------------------------------
 # batches
 
-def _round_len(longest, seq_len, margin=0):
-    """The padded length of a batch whose longest row has `longest` tokens: room for `margin`
-    trailing pads (when margin >= 0), rounded up to a multiple of 8, at most seq_len."""
+def _batch_len(longest, seq_len, pad_to, margin=0):
+    """The padded length of a batch whose longest row has `longest` tokens: seq_len, or with
+    pad_to='longest' that row plus room for `margin` trailing pads (when margin >= 0), rounded up
+    to a multiple of 8, at most seq_len."""
+    if pad_to == "seq_len":
+        return seq_len
     return min(seq_len, -(-(longest + max(margin, 0)) // 8) * 8)
 
 
@@ -268,7 +271,7 @@ def collate(examples, seq_len, pad_id, pad_to="seq_len", margin=0):
     multiple of 8 (at most seq_len).
     """
     lengths = np.array([len(e["input_ids"]) for e in examples], dtype=np.int64)
-    L = seq_len if pad_to == "seq_len" else _round_len(int(lengths.max()), seq_len, margin)
+    L = _batch_len(int(lengths.max()), seq_len, pad_to, margin)
     if lengths.max() > L:
         raise ValueError(f"a sequence of length {lengths.max()} does not fit seq_len {seq_len}")
     flat = np.concatenate([np.asarray(e["input_ids"], dtype=np.int64) for e in examples])
@@ -295,8 +298,9 @@ class BatchLoader:
     With bucket=True each epoch's permutation is cut into pools of 50 global batches, each pool is
     sorted by length and cut into batches, and the batches are shuffled; an epoch is then
     ceil(N / global_batch) steps, its last batch topped up with examples from the epoch's start.
-    Batches are padded to their longest row (pad_to='longest', the default with bucketing), plus
-    room for `margin` trailing pads.
+    Batches are padded to their longest row plus room for `margin` trailing pads (pad_to='longest',
+    the default with bucketing or with a margin >= 0: there padding beyond it changes no loss), or
+    to seq_len (margin < 0, the original's training, where every pad is a target).
 
     Rank r gets the r-th contiguous chunk of the global batch and `index` [B] with the chunk's
     positions in the global batch; all ranks pad to the same L.
@@ -305,14 +309,14 @@ class BatchLoader:
     POOL = 50  # global batches per bucketing pool
 
     def __init__(self, dataset, global_batch, rank=0, world_size=1, seed=0, seq_len=128, pad_id=0,
-                 bucket=False, pin_memory=False, start_step=0, pad_to=None, margin=0):
+                 bucket=False, pin_memory=False, start_step=0, pad_to=None, margin=-1):
         if global_batch % world_size:
             raise ValueError(f"global batch {global_batch} is not divisible by the {world_size} ranks")
         if len(dataset) == 0:
             raise ValueError("the dataset is empty")
         self.dataset, self.global_batch, self.seed = dataset, global_batch, seed
         self.seq_len, self.pad_id, self.bucket, self.margin = seq_len, pad_id, bucket, margin
-        self.pad_to = pad_to or ("longest" if bucket else "seq_len")
+        self.pad_to = pad_to or ("longest" if bucket or margin >= 0 else "seq_len")
         self.pin_memory = pin_memory and torch.cuda.is_available()
         self.start_step = start_step
         per_rank = global_batch // world_size
@@ -359,10 +363,7 @@ class BatchLoader:
         """{"input_ids", "input_mask": LongTensor [B, L], "length", "index": LongTensor [B]} for
         this rank."""
         idx = self.global_indices(step)
-        if self.pad_to == "longest":
-            L = _round_len(int(self.lengths[idx].max()), self.seq_len, self.margin)
-        else:
-            L = self.seq_len
+        L = _batch_len(int(self.lengths[idx].max()), self.seq_len, self.pad_to, self.margin)
         flat, lengths, src_lens = _read_rows(self.dataset, idx[self.lo:self.hi])
         batch = _pad(flat, lengths, src_lens, L, self.pad_id)
         batch["index"] = torch.arange(self.lo, self.hi)
@@ -382,5 +383,4 @@ def make_eval_batches(dataset, batch_size, seq_len, pad_id, pad_to="seq_len", ma
     last B may be smaller)."""
     for start in range(0, len(dataset), batch_size):
         flat, lengths, src_lens = _read_rows(dataset, range(start, min(start + batch_size, len(dataset))))
-        L = seq_len if pad_to == "seq_len" else _round_len(int(lengths.max()), seq_len, margin)
-        yield _pad(flat, lengths, src_lens, L, pad_id)
+        yield _pad(flat, lengths, src_lens, _batch_len(int(lengths.max()), seq_len, pad_to, margin), pad_id)
