@@ -71,16 +71,16 @@ class Runner:
         os.makedirs(self.work, exist_ok=True)
         self.threads = str(len(expand_cpus(a.cpus)))
 
-    def run(self, name, cmd, cwd=None, env=None, shell=False):
+    def run(self, name, cmd, shell=False):
         """One pinned process under /usr/bin/time; returns (stdout+stderr, time -v figures)."""
         tv = os.path.join(self.work, f"{name}.time")
         full = ["taskset", "-c", self.a.cpus, "/usr/bin/time", "-v", "-o", tv]
         full += ["bash", "-c", cmd] if shell else cmd
-        e = {**os.environ, "OMP_NUM_THREADS": self.threads, "MKL_NUM_THREADS": self.threads, **(env or {})}
+        e = {**os.environ, "OMP_NUM_THREADS": self.threads, "MKL_NUM_THREADS": self.threads}
         if not shell:  # ours; the original's runs set their own path (its package is also "diffuseq")
             e["PYTHONPATH"] = common.ROOT
         print(f"  [{time.strftime('%H:%M:%S')}] {name}", flush=True)
-        p = subprocess.run(full, cwd=cwd or common.ROOT, env=e, capture_output=True, text=True)
+        p = subprocess.run(full, cwd=common.ROOT, env=e, capture_output=True, text=True)
         out = p.stdout + p.stderr
         with open(os.path.join(self.work, f"{name}.log"), "w") as f:
             f.write(out)
