@@ -131,12 +131,36 @@ def run_one(c):
             steps[impl]()
             sync(device)
             times[impl].append(time.perf_counter() - t0)
+    if c.get("profile"):
+        out["profile"] = profile_steps(steps[c["impls"][0]], device, c["profile"])
     for impl in c["impls"]:
         s = median(times[impl])
         out[impl] = dict(step_s=s, times=times[impl], y_tok_s=y_tokens / s, samples_s=B / s,
                          flops_per_token=models[impl].flops_per_token(L),
                          params_m=models[impl].num_params() / 1e6)
     return out
+
+
+def profile_steps(step, device, path, n=3):
+    """Profile n steps of ours and write the operators that take the most time to path. Returns
+    the wall time of the n steps and the time the device spent in kernels: where the kernels take
+    much less than the wall, the step is bound by launches and the host, not by arithmetic."""
+    from torch.profiler import ProfilerActivity, profile
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sync(device)
+    with profile(activities=acts) as prof:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            step()
+        sync(device)
+        wall = time.perf_counter() - t0
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = prof.key_averages()
+    kernel_us = sum(getattr(e, "self_device_time_total", 0) or 0 for e in events) if device.type == "cuda" else None
+    with open(path, "w") as f:
+        f.write(f"{n} steps, wall {wall:.4f} s" + (f", device kernels {kernel_us / 1e6:.4f} s" if kernel_us else "")
+                + "\n\n" + events.table(sort_by=key, row_limit=30, max_name_column_width=60) + "\n")
+    return dict(steps=n, wall_s=wall, kernel_s=None if kernel_us is None else kernel_us / 1e6)
 
 
 def in_child(c):
@@ -170,6 +194,8 @@ def main(argv=None):
                    help="timed steps for the base preset (default: --repeats); base is slow on CPU")
     p.add_argument("--no_baseline", action="store_true", help="skip the transformers BertEncoder rows")
     p.add_argument("--compile", action="store_true", help="torch.compile the denoiser, as train.py --compile")
+    p.add_argument("--profile", default=None, metavar="FILE",
+                   help="also profile 3 steps of ours (the first preset and precision) into FILE")
     p.add_argument("--steps_memory", action="store_true",
                    help="instead: peak memory of the first preset after --mem_steps steps (must match)")
     p.add_argument("--mem_steps", default="10,200")
@@ -219,7 +245,8 @@ def main(argv=None):
     for preset in presets:
         reps = a.base_repeats if preset == "base" and a.base_repeats else a.repeats
         for prec in precisions:
-            got = in_child(dict(base, preset=preset, precision=prec, impls=impls, repeats=reps))
+            prof = a.profile if a.profile and not results else None
+            got = in_child(dict(base, preset=preset, precision=prec, impls=impls, repeats=reps, profile=prof))
             for impl in impls:
                 r = got[impl]
                 mfu = 3 * r["flops_per_token"] * (a.seq_len * a.bsz / r["step_s"]) / peak if peak else None
@@ -227,7 +254,8 @@ def main(argv=None):
                 peak_mem = got["peak_mib"] if impl == "ours" else None
                 rows.append([preset, prec, impl, r["step_s"], r["y_tok_s"], r["samples_s"], peak_mem,
                              f"{100 * mfu:.1f}%" if mfu is not None else None, ratio])
-                results.append(dict(preset=preset, precision=prec, impl=impl, mfu=mfu, peak_mib=peak_mem, **r))
+                results.append(dict(preset=preset, precision=prec, impl=impl, mfu=mfu, peak_mib=peak_mem,
+                                    profile=got.get("profile") if impl == "ours" else None, **r))
     print(header_lines("bench_train", device, f"seq_len {a.seq_len}, batch {a.bsz}, "
                        f"median of {a.repeats} steps"
                        + (f" (base: {a.base_repeats})" if a.base_repeats and "base" in presets else "")

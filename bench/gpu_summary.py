@@ -38,11 +38,15 @@ def main(out):
         for x in r.get("results", []):
             x = dict(x, run=os.path.basename(f)[:-5], bsz=r.get("bsz"))
             summary["train"].append(x)
+            prof = x.get("profile") or {}
+            busy = f"{100 * prof['kernel_s'] / prof['wall_s']:.0f}%" if prof.get("kernel_s") else None
             rows.append([x["run"], x["preset"], x["precision"], x["impl"], x["bsz"], x["step_s"], x["y_tok_s"],
-                         x["samples_s"], x.get("peak_mib"), None if x.get("mfu") is None else f"{100 * x['mfu']:.1f}%"])
+                         x["samples_s"], x.get("peak_mib"), None if x.get("mfu") is None else f"{100 * x['mfu']:.1f}%",
+                         busy])
     if rows:
-        md += ["## Training step", "", md_table(["run", "preset", "precision", "impl", "batch", "s/step",
-                                                 "target tok/s", "samples/s", "peak MiB", "MFU"], rows), ""]
+        md += ["## Training step", "", "GPU busy: the share of a profiled step's wall time spent in kernels.", "",
+               md_table(["run", "preset", "precision", "impl", "batch", "s/step", "target tok/s", "samples/s",
+                         "peak MiB", "MFU", "GPU busy"], rows), ""]
     rows = []
     for f in sorted(glob.glob(os.path.join(out, "decode_*.json"))):
         r = load(f) or {}
