@@ -156,7 +156,9 @@ def profile_steps(step, device, path, n=3):
         wall = time.perf_counter() - t0
     key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     events = prof.key_averages()
-    kernel_us = sum(getattr(e, "self_device_time_total", 0) or 0 for e in events) if device.type == "cuda" else None
+    # kernels are the events that ran on the device (an operator's row repeats its kernels' time)
+    kernel_us = sum(e.self_device_time_total for e in events
+                    if e.device_type == torch.autograd.DeviceType.CUDA) if device.type == "cuda" else None
     with open(path, "w") as f:
         f.write(f"{n} steps, wall {wall:.4f} s" + (f", device kernels {kernel_us / 1e6:.4f} s" if kernel_us else "")
                 + "\n\n" + events.table(sort_by=key, row_limit=30, max_name_column_width=60) + "\n")

@@ -97,7 +97,8 @@ if [ -n "$size" ] && [ "$size" -ge 16 ]; then rm -rf "$RUN"/ckpt_*; fi   # keep 
 # 6. the tests that need CUDA (they skip on CPU)
 part gpu_tests 150 python3 -m pytest -q -m gpu tests/test_gpu.py
 
-# 7. the rest: tiny decoding, then what torch.compile (CUDA graphs when decoding) buys
+# 7. the rest: tiny decoding, then what torch.compile (CUDA graphs when decoding) buys, training
+#    at the batch that fills the GPU
 for preset in $DEC_REST; do
   part "decode_${preset}_eager" 120 python3 bench/bench_decode.py --device $DEV --preset $preset \
     --precision $PREC --seq_len $SEQ --bszs $DEC_BSZ --dpm 10,20 --ancestral 100 --repeats 3 \
@@ -108,8 +109,9 @@ for preset in $DEC_FIRST $DEC_REST; do
     --precision $PREC --seq_len $SEQ --bszs $DEC_BSZ --dpm 10,20 --ancestral 100 --repeats 3 --compile \
     --json "$OUT/decode_${preset}_compiled.json"
 done
-part train_compiled 240 python3 bench/bench_train.py --device $DEV --presets $PAIR --precisions $PREC \
-  --seq_len $SEQ --bsz $BSZ --repeats $REPS --warmup 3 --no_baseline --compile --json "$OUT/train_compiled.json"
+part train_compiled 240 python3 bench/bench_train.py --device $DEV --presets $PAIR_BIG_FIRST --precisions $PREC \
+  --seq_len $SEQ --bsz $BIG_BSZ --repeats $REPS --warmup 3 --no_baseline --compile \
+  --profile "$OUT/profile_train_compiled.txt" --json "$OUT/train_compiled.json"
 
 # 8. one table
 python3 bench/gpu_summary.py "$OUT"

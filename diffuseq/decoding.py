@@ -87,7 +87,11 @@ class DiffuSeqModel:
         def denoise(z, t):
             with torch.autocast(self.device.type, dtype=self.dtype or torch.float32,
                                 enabled=self.dtype is not None):
-                z0 = self.net(z, t.clamp(min=t_min), mask, state["prev"], keep).float()
+                z0 = self.net(z, t.clamp(min=t_min), mask, state["prev"], keep)
+            # a compiled net replays CUDA graphs whose output buffer the next call overwrites, and
+            # the solver keeps earlier predictions: take a copy of it (.float() alone copies only
+            # a half-precision output)
+            z0 = z0.to(torch.float32, copy=self.net is not self.model)
             if use_prev:
                 state["prev"] = z0 * mask.unsqueeze(-1)
             return z0
