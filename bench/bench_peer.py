@@ -163,7 +163,8 @@ class Runner:
 ABLATION = [
     ("the original's layout: every position to seq_len is target", ["--length_head", "false"], False),
     ("+ denormals flushed to zero", ["--length_head", "false"], True),
-    ("+ padding-free: length head, target + 8 [PAD]s, batch padded to its longest (default)", [], True),
+    ("+ padding-free: length head, target + 8 [PAD]s, batch padded to its longest", ["--pack", "false"], True),
+    ("+ packed rows: several examples' kept positions share a row (default)", [], True),
     ("+ length bucketing (--bucket true)", ["--bucket", "true"], True),
 ]
 

@@ -137,6 +137,11 @@ def train_parser():
                         "fp16 uses a grad scaler")
     g.add_argument("--use_fp16", action="store_true", help="alias of --precision fp16")
     g.add_argument("--compile", action="store_true", help="torch.compile the denoiser")
+    g.add_argument("--pack", choices=["auto", "true", "false"], default="auto",
+                   help="pack the kept positions of several examples into one row (each attending to its "
+                        "own) when target regions leave much of a batch out: the same losses for fewer "
+                        "positions. auto: on CPU; off on GPUs, where it would wait on the host each call "
+                        "and break CUDA graphs")
     g.add_argument("--seed", type=int, default=102,
                    help="seed of every random draw (initialisation, batch order, timesteps, noise, dropout)")
 

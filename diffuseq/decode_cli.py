@@ -62,6 +62,10 @@ def decode_parser(solver):
                        help="step spacing: uniform in log signal-to-noise ratio, or in time")
         p.add_argument("--t_start", type=int, default=None,
                        help="training timestep the solve starts from (default: the last one, T-1)")
+        p.add_argument("--final_call", type=lambda s: s.lower() in ("1", "true", "yes"), default=True,
+                       help="one more model call after the last step predicts z_0 from where the solve ends "
+                            "(t = 1/T); false reads z there: --step calls instead of --step + 1, as the "
+                            "original's solver (0.6 BLEU less on the Bible with 10 steps)")
     else:
         p.add_argument("--variance", choices=["small", "large"], default="small",
                        help="noise of each ancestral step: small, the posterior's beta~_t; large, beta_t "
@@ -78,8 +82,10 @@ def main(argv=None, solver=False):
         kw = dict(clamping=None if args.clamping == "auto" else args.clamping == "true",
                   clamp_step=args.clamp_step, clamp_first=args.clamp_first, lengths=args.lengths,
                   length_margin=args.length_margin)
-        kw.update(dict(order=args.order, skip=args.skip_type, t_start=args.t_start) if solver
-                  else dict(variance=args.variance))
+        if solver:
+            kw.update(order=args.order, skip=args.skip_type, t_start=args.t_start, final_call=args.final_call)
+        else:
+            kw.update(variance=args.variance)
         paths, speed = decode_split(
             model, args.data_dir or model.args.data_dir, args.split, args.out_dir,
             sampler="dpm" if solver else "ancestral", steps=args.step,

@@ -112,7 +112,7 @@ class DiffuSeqModel:
     @torch.no_grad()
     def sample_ids(self, ids, mask, sampler="ancestral", steps=None, seed=0, clamping=None,
                    clamp_step=0, clamp_first=True, variance="small", order=2, skip="logSNR",
-                   t_start=None, lengths="predicted", length_margin=None, progress=None):
+                   t_start=None, lengths="predicted", length_margin=None, progress=None, final_call=True):
         """Generate the target region for one batch: ids, mask [B, L] -> token ids [B, L].
 
         lengths: "predicted" (for a model with a length head) gives each example a target region
@@ -152,7 +152,8 @@ class DiffuSeqModel:
             ns = NoiseScheduleVP(self.sched.alphas_cumprod)
             ts = None if t_start is None else (t_start + 1.0) / a.diffusion_steps
             _, z0 = dpm_solver_sample(denoise, ns, z, x_start, mask, m=m, steps=steps or 10,
-                                      order=order, skip=skip, t_start=ts, progress=progress, **clamp)
+                                      order=order, skip=skip, t_start=ts, progress=progress,
+                                      final_call=final_call, **clamp)
         else:
             raise ValueError(f"unknown sampler {sampler!r}; choose ancestral or dpm")
         # rounding to tokens where it is read: the target region, not the source or the padding

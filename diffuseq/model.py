@@ -69,13 +69,12 @@ class SelfAttention(nn.Module):
         self.out = nn.Linear(cfg.width, cfg.width)
         self.dropout = cfg.dropout
 
-    def forward(self, h, keep=None):
+    def forward(self, h, attn_mask=None):
+        """h [B, L, W]; attn_mask (bool, broadcastable to [B, heads, L, L]): which keys each
+        query may see (None: all)."""
         B, L, W = h.shape
         q, k, v = self.qkv(h).view(B, L, 3, self.heads, W // self.heads).permute(2, 0, 3, 1, 4)
-        # in training every position is real: padding on the y part is a target the model must
-        # produce; in decoding, `keep` [B, L] hides the positions past an example's target region
-        mask = None if keep is None else keep[:, None, None, :]
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
                                            dropout_p=self.dropout if self.training else 0.0)
         return self.out(a.transpose(1, 2).reshape(B, L, W))
 
@@ -92,9 +91,85 @@ class Layer(nn.Module):
         self.ln2 = nn.LayerNorm(cfg.width, eps=1e-12)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, h, keep=None):
-        h = self.ln1(h + self.drop(self.attn(h, keep)))
+    def forward(self, h, attn_mask=None):
+        h = self.ln1(h + self.drop(self.attn(h, attn_mask)))
         return self.ln2(h + self.drop(self.fc2(F.gelu(self.fc1(h)))))
+
+
+class Packing:
+    """The kept positions of a batch (keep [B, L], True on a prefix of each row) laid out in R
+    rows of C = the longest example's length: each row holds whole examples one after another,
+    placed longest first in the first row with room, so a batch of mixed lengths runs as R x C
+    positions instead of B x L. Attention stays within an example (attn_mask), so every kept
+    position computes what it computes unpacked.
+
+    slot   [R, C] index of each packed position in the flattened batch (B * L for an empty slot)
+    owner  [R, C] the example each packed position belongs to (-1 for an empty slot)
+    offset [R, C] its position within its example's row (0 for an empty slot)"""
+
+    # packing pays only where it saves a good part of the batch: the rows it runs instead must
+    # be at most this share of B x L
+    MAX_SHARE = 0.85
+
+    def __init__(self, slot, owner, offset, B, L):
+        self.slot, self.owner, self.offset, self.B, self.L = slot, owner, offset, B, L
+        R, C = slot.shape
+        flat = slot.reshape(-1)
+        used = flat < B * L
+        # where each batch position is in the packed rows (R * C: a zero row appended)
+        self.inverse = torch.full((B * L,), R * C, dtype=torch.long, device=slot.device)
+        self.inverse[flat[used]] = torch.arange(R * C, device=slot.device)[used]
+
+    @classmethod
+    def plan(cls, keep):
+        """A Packing of keep [B, L], or None where packing would not save MAX_SHARE."""
+        B, L = keep.shape
+        lengths = keep.sum(1).tolist()
+        C = max(lengths)
+        rows = []  # [room left, examples]
+        for i in sorted(range(B), key=lambda i: -lengths[i]):
+            for row in rows:
+                if row[0] >= lengths[i]:
+                    row[0] -= lengths[i]
+                    row[1].append(i)
+                    break
+            else:
+                rows.append([C - lengths[i], [i]])
+        if C == 0 or len(rows) * C > cls.MAX_SHARE * B * L:
+            return None
+        slot = torch.full((len(rows), C), B * L, dtype=torch.long)
+        owner = torch.full((len(rows), C), -1, dtype=torch.long)
+        offset = torch.zeros((len(rows), C), dtype=torch.long)
+        for r, (_, members) in enumerate(rows):
+            at = 0
+            for i in members:
+                n = lengths[i]
+                slot[r, at:at + n] = i * L + torch.arange(n)
+                owner[r, at:at + n] = i
+                offset[r, at:at + n] = torch.arange(n)
+                at += n
+        dev = keep.device
+        return cls(slot.to(dev), owner.to(dev), offset.to(dev), B, L)
+
+    def gather(self, x):
+        """x [B, L, ...] -> the packed rows [R, C, ...] (empty slots read position 0)."""
+        flat = x.reshape(self.B * self.L, *x.shape[2:])
+        return flat[self.slot.clamp(max=self.B * self.L - 1)]
+
+    def scatter(self, y):
+        """Packed rows y [R, C, ...] -> [B, L, ...], zeros where keep is False."""
+        flat = y.reshape(-1, *y.shape[2:])
+        flat = torch.cat([flat, flat.new_zeros(1, *flat.shape[1:])])
+        return flat[self.inverse].reshape(self.B, self.L, *y.shape[2:])
+
+    def example_index(self):
+        """[R, C] the example of each packed position (0 for an empty slot), to gather [B, ...]."""
+        return self.owner.clamp(min=0)
+
+    def attn_mask(self):
+        """[R, 1, C, C] bool: a position sees the positions of its own example (empty slots see
+        each other, so no row of the mask is empty)."""
+        return (self.owner[:, :, None] == self.owner[:, None, :]).unsqueeze(1)
 
 
 class Denoiser(nn.Module):
@@ -112,6 +187,7 @@ class Denoiser(nn.Module):
         self.ln = nn.LayerNorm(W, eps=1e-12)
         self.drop = nn.Dropout(cfg.dropout)
         self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.layers))
+        self.pack = None  # pack rows where keep leaves positions out: None = on CPU (see forward)
         self.output_down_proj = nn.Sequential(nn.Linear(W, W), nn.Tanh(), nn.Linear(W, D))
         # DiffuSeq-v2's soft absorbing state: the y part is noised toward it
         self.mean_embed = nn.Parameter(torch.zeros(D)) if cfg.learned_mean_embed else None
@@ -130,16 +206,21 @@ class Denoiser(nn.Module):
         logits = z @ self.word_embedding.weight.to(z.dtype).t()
         return logits if self.lm_bias is None else logits + self.lm_bias.to(logits.dtype)
 
-    def positions(self, mask, L):
+    def positions(self, mask, L, pack=None):
         """Position embeddings [L, W] or, with segment_positions, [B, L, W]: position and segment
-        embeddings with the positions of y (mask [B, L], 1 on y) counted from 0."""
+        embeddings with the positions of y (mask [B, L], 1 on y) counted from 0. With a Packing,
+        those of the packed rows [R, C, W]."""
         if self.segment_embeddings is None:
-            return self.position_embeddings.weight[:L]
+            if pack is None:
+                return self.position_embeddings.weight[:L]
+            return self.position_embeddings(pack.offset)
         if mask is None:
             raise ValueError("a model with segment_positions needs the target mask")
         seg = mask.long()
         src_len = seg.argmax(1, keepdim=True)  # where y begins (its first 1)
         pos = torch.arange(L, device=mask.device).expand_as(seg) - seg * src_len
+        if pack is not None:
+            pos, seg = pack.gather(pos), pack.gather(seg)
         return self.position_embeddings(pos) + self.segment_embeddings(seg)
 
     def length_logits(self, ids, mask):
@@ -157,19 +238,36 @@ class Denoiser(nn.Module):
 
         mask [B, L] (1 on y) places the segments (needed with segment_positions); z0_prev
         [B, L, D] is the previous estimate of z_0 (with self_cond; None = zeros); keep [B, L]
-        (bool) hides the positions where it is False from attention (decoding with lengths)."""
-        L = zt.shape[1]
+        (bool, True on a prefix of each row) leaves the positions where it is False out: they
+        are hidden from attention and their output is not to be read.
+
+        Where `keep` leaves much of the batch out, its rows are packed (see Packing): the kept
+        positions of several examples share a row, each attending only to its own. The outputs
+        at kept positions are those of the unpacked batch; the others are zeros. `pack` (None:
+        on CPU, outside torch.compile) says whether to pack."""
+        B, L = zt.shape[:2]
         temb = self.time_embed(timestep_embedding(t * (1000.0 / self.cfg.diffusion_steps),
                                                   self.cfg.hidden_dim))
         if self.cfg.self_cond:
             zt = torch.cat([zt, torch.zeros_like(zt) if z0_prev is None else z0_prev.to(zt.dtype)], -1)
-        h = self.drop(self.ln(self.input_up_proj(zt) + self.positions(mask, L) + temb.unsqueeze(1)))
+        pack = None
+        if keep is not None and (self.pack if self.pack is not None else
+                                 zt.device.type == "cpu" and not torch.compiler.is_compiling()):
+            pack = Packing.plan(keep)
+        if pack is None:
+            attn_mask = None if keep is None else keep[:, None, None, :]
+            h = self.input_up_proj(zt) + self.positions(mask, L) + temb.unsqueeze(1)
+        else:
+            attn_mask = pack.attn_mask()
+            h = self.input_up_proj(pack.gather(zt)) + self.positions(mask, L, pack) + temb[pack.example_index()]
+        h = self.drop(self.ln(h))
         for layer in self.layers:
             if self.cfg.grad_checkpoint and self.training:
-                h = checkpoint(layer, h, keep, use_reentrant=False)
+                h = checkpoint(layer, h, attn_mask, use_reentrant=False)
             else:
-                h = layer(h, keep)
-        return self.output_down_proj(h)
+                h = layer(h, attn_mask)
+        out = self.output_down_proj(h)
+        return out if pack is None else pack.scatter(out)
 
     def num_params(self, exclude_embeddings=False):
         n = sum(p.numel() for p in self.parameters())

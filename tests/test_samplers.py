@@ -99,18 +99,26 @@ def test_ancestral_with_oracle_returns_reference(with_m, k):
     assert torch.equal((z0 @ emb.t()).argmax(-1)[mask.bool()], ids[mask.bool()])
 
 
+@pytest.mark.parametrize("final_call", [False, True])
 @pytest.mark.parametrize("with_m", [False, True])
 @pytest.mark.parametrize("order", [1, 2, 3])
-def test_dpm_solver_with_oracle_returns_reference(with_m, order):
+def test_dpm_solver_with_oracle_returns_reference(with_m, order, final_call):
     emb, ids, mask, x_start, m, oracle, z = _oracle_setup(with_m)
     sched = DiscreteSchedule.from_name("sqrt", 2000)
     ns = NoiseScheduleVP(sched.alphas_cumprod)
     calls = []
     counted = lambda z, t: calls.append(1) or oracle(z, t)  # noqa: E731
-    zT, z0 = dpm_solver_sample(counted, ns, z, x_start, mask, m=m, steps=10, order=order)
-    assert len(calls) == 11  # steps + the final z_0 prediction
+    zT, z0 = dpm_solver_sample(counted, ns, z, x_start, mask, m=m, steps=10, order=order, final_call=final_call)
+    assert len(calls) == (11 if final_call else 10)  # steps (+ the final z_0 prediction)
     assert torch.equal((z0 @ emb.t()).argmax(-1)[mask.bool()], ids[mask.bool()])
     assert torch.equal(zT[~mask.bool()], x_start[~mask.bool()])
+    y = mask.bool()
+    if final_call:  # the prediction itself
+        torch.testing.assert_close(z0[y], oracle(z, None)[y])
+    else:  # z where the solve ends: the reference up to the noise left at t = 1/T (std 0.12)
+        sigma = float(ns.marginal_std(torch.tensor([ns.eps], dtype=torch.float64)))
+        err = (z0[y] - oracle(z, None)[y]).abs().max().item()
+        assert torch.equal(z0, zT) and 0 < err < 5 * sigma, (err, sigma)
 
 
 def test_clamping_returns_rows_of_the_embedding_matrix():

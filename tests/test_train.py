@@ -549,6 +549,26 @@ def test_padding_free_and_padded_training_steps_agree(small_task, tmp_path):
     assert sum(not torch.equal(p, p0) for p, p0 in zip(padded.model.parameters(), init)) > 10
 
 
+def test_packed_and_unpacked_training_steps_agree(small_task, tmp_path, monkeypatch):
+    """Steps with the batch's rows packed (--pack true, the CPU default) and with one example per
+    row (--pack false) give the same loss terms, step after step."""
+    from diffuseq.model import Packing
+    plans = []
+    plan = Packing.plan.__func__
+    monkeypatch.setattr(Packing, "plan", classmethod(lambda cls, keep: plans.append(plan(cls, keep)) or plans[-1]))
+    over = dict(length_margin=2, seq_len=48, lr=1e-2, segment_positions="true", dropout=0.0)
+    packed = Trainer(parse_train_args(cli_args(small_task, tmp_path / "packed", pack="true", **over)))
+    rows = Trainer(parse_train_args(cli_args(small_task, tmp_path / "rows", pack="false", **over)))
+    for tr in (packed, rows):
+        tr.loader.pad_to = "seq_len"  # much left out of each row, so packing pays
+    for step in range(4):
+        a, b = packed.loader.batch_at(step), rows.loader.batch_at(step)
+        sa, sb = packed.train_step(a), rows.train_step(b)
+        for k in sa:
+            assert torch.allclose(sa[k], sb[k], rtol=1e-4, atol=1e-6), (step, k)
+    assert len(plans) >= 4 and all(p is not None for p in plans)  # packed every step; rows never
+
+
 def test_noise_floor_bounds_the_sampled_levels():
     """With --t_min the timesteps drawn for training lie in [t_min, T) and reach both ends;
     decoding raises the model's time input to t_min and passes the solver's own times above it."""
