@@ -98,8 +98,8 @@ class Layer(nn.Module):
 
 class Packing:
     """The kept positions of a batch (keep [B, L], True on a prefix of each row) laid out in R
-    rows of C = the longest example's length: each row holds whole examples one after another,
-    placed longest first in the first row with room, so a batch of mixed lengths runs as R x C
+    rows of C positions (see plan): each row holds whole examples one after another, placed
+    longest first in the first row with room, so a batch of mixed lengths runs as R x C
     positions instead of B x L. Attention stays within an example (attn_mask), so every kept
     position computes what it computes unpacked.
 
@@ -120,14 +120,11 @@ class Packing:
         self.inverse = torch.full((B * L,), R * C, dtype=torch.long, device=slot.device)
         self.inverse[flat[used]] = torch.arange(R * C, device=slot.device)[used]
 
-    @classmethod
-    def plan(cls, keep):
-        """A Packing of keep [B, L], or None where packing would not save MAX_SHARE."""
-        B, L = keep.shape
-        lengths = keep.sum(1).tolist()
-        C = max(lengths)
+    @staticmethod
+    def _rows(lengths, order, C):
+        """First-fit of the examples (in `order`) into rows of C positions: lists of examples."""
         rows = []  # [room left, examples]
-        for i in sorted(range(B), key=lambda i: -lengths[i]):
+        for i in order:
             for row in rows:
                 if row[0] >= lengths[i]:
                     row[0] -= lengths[i]
@@ -135,12 +132,27 @@ class Packing:
                     break
             else:
                 rows.append([C - lengths[i], [i]])
-        if C == 0 or len(rows) * C > cls.MAX_SHARE * B * L:
+        return [members for _, members in rows]
+
+    @classmethod
+    def plan(cls, keep):
+        """A Packing of keep [B, L], or None where packing would not save MAX_SHARE. The row
+        length C is the longest example's, or up to twice that where longer rows fill better
+        (a batch of lengths 30-55 packs two to a row of 64, and none to a row of 55)."""
+        B, L = keep.shape
+        lengths = keep.sum(1).tolist()
+        longest = max(lengths)
+        if longest == 0:
+            return None
+        order = sorted(range(B), key=lambda i: -lengths[i])
+        options = sorted({longest * k // 4 for k in (4, 5, 6, 8)})
+        C, rows = min(((C, cls._rows(lengths, order, C)) for C in options), key=lambda o: len(o[1]) * o[0])
+        if len(rows) * C > cls.MAX_SHARE * B * L:
             return None
         slot = torch.full((len(rows), C), B * L, dtype=torch.long)
         owner = torch.full((len(rows), C), -1, dtype=torch.long)
         offset = torch.zeros((len(rows), C), dtype=torch.long)
-        for r, (_, members) in enumerate(rows):
+        for r, members in enumerate(rows):
             at = 0
             for i in members:
                 n = lengths[i]
