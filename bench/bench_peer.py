@@ -144,13 +144,13 @@ class Runner:
         out, tv = self.run(name or f"ours_train_{preset}_{steps}", cmd)
         return {**log_timing(out), "steps_per_window": log_every, **tv, "command": "python " + shlex.join(cmd[1:])}
 
-    def ours_decode(self, run, steps, variant="ours"):
+    def ours_decode(self, run, steps, variant="ours", extra=()):
         name = f"{variant}_decode_dpm{steps}"
         out_dir = os.path.join(self.work, name)
         subprocess.run(["rm", "-rf", out_dir])
         cmd = [sys.executable, os.path.join(common.ROOT, "run_decode_solver.py"), "--model_dir", run,
                "--data_dir", "/tmp/peer-data/qqp_bench", "--split", "test", "--step", str(steps),
-               "--bsz", "64", "--seed", "110", "--out_dir", out_dir, "--progress", "false"]
+               "--bsz", "64", "--seed", "110", "--out_dir", out_dir, "--progress", "false", *extra]
         out, tv = self.run(name, cmd)
         rate = float(re.search(r"([\d.]+) sentences/s", out).group(1))
         path = re.search(r"wrote (\S+)", out).group(1)
@@ -179,7 +179,7 @@ def ablation_worker(a, variant):
     from diffuseq.trainer import Trainer
     _, flags, flush = ABLATION[variant]
     with tempfile.TemporaryDirectory() as run:
-        args = parse_train_args(ours_config(a.data, a.vocab, "tiny") + flags + [
+        args = parse_train_args(ours_config(a.data, a.vocab, a.ablation_preset) + flags + [
             "--checkpoint_path", os.path.join(run, "r"), "--learning_steps", "1000", "--log_interval", "100"])
         tr = Trainer(args)
         torch.set_flush_denormal(flush)
@@ -196,8 +196,13 @@ def ablation_worker(a, variant):
 # ours' decoded checkpoints: the defaults, and the original's layout (pads to seq_len as targets,
 # no length head, decoding the whole sequence)
 OURS_DECODE = {"ours": [], "ours_padded": ["--length_head", "false"]}
+# the default checkpoint decoded otherwise: with the original's number of model calls (K, not
+# K + 1), and in bf16 (the original autocasts its solver, to fp16 on a GPU; on a CPU its autocast
+# does nothing, while ours runs bf16 where the CPU has bf16 instructions)
+DECODE_FLAGS = {"ours_k_calls": ["--final_call", "false"], "ours_bf16": ["--precision", "bf16"]}
 CODE_NAMES = {"peer": "original", "ours": "ours", "ours_padded": "ours, original's layout",
-              "ours_bucket": "ours, --bucket true"}
+              "ours_bucket": "ours, --bucket true", "ours_k_calls": "ours, K model calls (--final_call false)",
+              "ours_bf16": "ours, --precision bf16"}
 
 
 def log_timing(out):
@@ -241,13 +246,17 @@ def run_all(a):
             res["train"][preset] = {"peer": peer, "ours": ours, "ours_bucket": bucket}
             print(train_table({preset: res["train"][preset]}), flush=True)
     if "ablation" in a.only:
-        res["ablation"] = []
+        key = ablation_key(a.ablation_preset)
+        res[key] = []
         for i, (name, flags, flush) in enumerate(ABLATION):
-            out, _ = r.run(f"ours_ablation_{i}", [sys.executable, os.path.abspath(__file__), "--ablation_worker",
-                                                  str(i), "--ablation_steps", str(a.ablation_steps)])
-            res["ablation"].append({"variant": name, "flags": flags, "flush_denormals": flush,
-                                    **json.loads(out.strip().splitlines()[-1])})
-        print(ablation_table(res["ablation"]), flush=True)
+            if a.ablation_variants and i not in a.ablation_variants:
+                continue
+            out, _ = r.run(f"ours_ablation_{a.ablation_preset}_{i}", [
+                sys.executable, os.path.abspath(__file__), "--ablation_worker", str(i),
+                "--ablation_steps", str(a.ablation_steps), "--ablation_preset", a.ablation_preset])
+            res[key].append({"variant": name, "flags": flags, "flush_denormals": flush,
+                             **json.loads(out.strip().splitlines()[-1])})
+        print(ablation_table(res[key], a.ablation_preset), flush=True)
     if "decode" in a.only:
         n, ema = a.ckpt_steps, a.ckpt_ema
         peer_ck = os.path.join(a.work, f"peer_ck_decode_{n}_ema{ema}")
@@ -260,9 +269,18 @@ def run_all(a):
             if not os.path.isdir(os.path.join(runs[variant], f"ckpt_{n:07d}")):
                 res["decode"][f"{variant}_ckpt_train"] = r.ours_train(
                     "tiny", n, max(1, n // 4), runs[variant], save=n, extra=["--ema_rate", str(ema), *extra])
+        jobs = {"peer": lambda steps: r.peer_decode(ck, steps),
+                **{v: (lambda steps, v=v: r.ours_decode(runs[v], steps, v)) for v in runs},
+                **{v: (lambda steps, v=v, f=f: r.ours_decode(runs["ours"], steps, v, f))
+                   for v, f in DECODE_FLAGS.items()}}
         for steps in (10, 20):
-            res["decode"][f"dpm{steps}"] = {"peer": r.peer_decode(ck, steps), **{
-                variant: r.ours_decode(run, steps, variant) for variant, run in runs.items()}}
+            # a decoding run lasts seconds, so each is repeated, the codes taking turns, and the
+            # run of median speed kept (with every run's speed beside it)
+            got = {v: [] for v in jobs}
+            for _ in range(a.decode_repeats):
+                for v, job in jobs.items():
+                    got[v].append(job(steps))
+            res["decode"][f"dpm{steps}"] = {v: median_run(rs) for v, rs in got.items()}
         print(decode_table(res["decode"]), flush=True)
     return res
 
@@ -278,9 +296,21 @@ def train_table(train):
     return table(["shape", "code", "s/step", "examples/s", "vs original", "peak RSS MB", "RSS vs original"], rows)
 
 
-def ablation_table(rows):
+def median_run(runs):
+    """The run of median sentences/s, with every run's figure in sent_per_s_runs."""
+    rates = [x["sent_per_s"] for x in runs]
+    mid = sorted(runs, key=lambda x: x["sent_per_s"])[(len(runs) - 1) // 2]
+    return {**mid, "sent_per_s_runs": rates}
+
+
+def ablation_key(preset):
+    """Where a record keeps the ablation of a shape ("ablation" for tiny, the default)."""
+    return "ablation" if preset == "tiny" else f"ablation_{preset}"
+
+
+def ablation_table(rows, preset="tiny"):
     first = rows[0]["s_per_step"]
-    return table(["ours, tiny, batch 64", "s/step", "mean padded length", "vs first"],
+    return table([f"ours, {preset}, batch 64", "s/step", "mean padded length", "vs first"],
                  [[r["variant"], r["s_per_step"], r["mean_L"], f"{first / r['s_per_step']:.2f}x"] for r in rows])
 
 
@@ -293,9 +323,11 @@ def decode_table(dec):
         for code, o in d.items():
             if code == "outputs":
                 continue
-            rows.append([key, CODE_NAMES.get(code, code), o["sent_per_s"], f"{o['sent_per_s'] / base['sent_per_s']:.2f}x",
-                         o["wall_s"], o["peak_rss_mb"], o["bleu"], o["rouge_l"], o["words"]])
-    return table(["decoder", "code", "sent/s", "vs original", "process wall s", "peak RSS MB", "BLEU",
+            runs = o.get("sent_per_s_runs", [o["sent_per_s"]])
+            rows.append([key, CODE_NAMES.get(code, code), o["sent_per_s"], f"{min(runs):.3g}-{max(runs):.3g}",
+                         f"{o['sent_per_s'] / base['sent_per_s']:.2f}x", o["wall_s"], o["peak_rss_mb"], o["bleu"],
+                         o["rouge_l"], o["words"]])
+    return table(["decoder", "code", "sent/s", "runs", "vs original", "process wall s", "peak RSS MB", "BLEU",
                   "ROUGE-L", "words"], rows)
 
 
@@ -306,9 +338,10 @@ def report(res):
     if res.get("train"):
         print("\ntraining at the original's configuration (batch 64, seq_len 128, fp32)")
         print(train_table(res["train"]))
-    if res.get("ablation"):
-        print("\nwhere ours' speed comes from (train_step alone, same batches)")
-        print(ablation_table(res["ablation"]))
+    for preset in ("tiny", "base"):
+        if res.get(ablation_key(preset)):
+            print("\nwhere ours' speed comes from (train_step alone, same batches)")
+            print(ablation_table(res[ablation_key(preset)], preset))
     if res.get("decode"):
         print(f"\ndecoding the first 128 qqp_small valid pairs, batch 64, checkpoints of "
               f"{res.get('ckpt_steps')} training steps (EMA {res.get('ckpt_ema')})")
@@ -324,9 +357,14 @@ def main():
     p.add_argument("--only", nargs="+", default=["train", "ablation", "decode"],
                    choices=["train", "ablation", "decode"])
     p.add_argument("--ablation_steps", type=int, default=20, help="timed steps of each ablation variant")
+    p.add_argument("--ablation_preset", choices=["tiny", "base"], default="tiny", help="shape of the ablation")
+    p.add_argument("--ablation_variants", type=int, nargs="+", default=None,
+                   help="numbers of the ablation rows to run (default: all; 2 3 compares --pack false and true)")
     p.add_argument("--ablation_worker", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--presets", nargs="+", default=["tiny", "base"], choices=sorted(SHAPES))
     p.add_argument("--ckpt_steps", type=int, default=1000, help="training steps of the decoded checkpoints")
+    p.add_argument("--decode_repeats", type=int, default=3,
+                   help="decoding runs of each code and step count; the median's figures are kept")
     p.add_argument("--ckpt_ema", type=float, default=0.99,
                    help="EMA rate of the decoded checkpoints (0.9999 leaves a short run's EMA weights at "
                         "their initialisation; both codes decode EMA weights)")
@@ -341,7 +379,7 @@ def main():
         for path in a.merge:
             r = json.load(open(path))
             merged["runs"].append({k: r.get(k) for k in ("header", "cpus", "threads", "argv", "ckpt_steps", "ckpt_ema")})
-            merged.update({k: v for k, v in r.items() if k in ("train", "ablation", "decode") and v})
+            merged.update({k: v for k, v in r.items() if k in ("train", "ablation", "ablation_base", "decode") and v})
             if r.get("decode"):
                 merged.update(ckpt_steps=r.get("ckpt_steps"), ckpt_ema=r.get("ckpt_ema"))
         with open(a.json, "w") as f:

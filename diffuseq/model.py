@@ -15,6 +15,9 @@ Three options make the source cheap to use:
   length_head        a small classifier predicts the number of target tokens from the source
                      alone, so decoding can give each example a target region of about that
                      length instead of filling the whole sequence with [PAD]s.
+
+With such regions (`keep` in forward) much of a batch is left out; on CPU the denoiser then packs
+the kept positions of several examples into one row (Packing), so it computes them alone.
 """
 import math
 from dataclasses import asdict, dataclass

@@ -80,4 +80,8 @@ def test_bench_peer_report_reads_the_saved_comparison():
     ratio = d["ours"]["sent_per_s"] / d["peer"]["sent_per_s"]
     assert any(line.startswith("dpm10") and " ours " in line and f"{ratio:.2f}x" in line
                for line in p.stdout.splitlines())
-    assert len(rec["ablation"]) == 4 and rec["ablation"][0]["s_per_step"] > rec["ablation"][-1]["s_per_step"]
+    assert len(rec["ablation"]) == 5 and rec["ablation"][0]["s_per_step"] > rec["ablation"][-1]["s_per_step"]
+    # base: --pack false against the default, packed rows
+    rows = {r["flags"] == ["--pack", "false"]: r["s_per_step"] for r in rec["ablation_base"]}
+    assert len(rows) == 2 and rows[True] > rows[False]
+    assert f"{rows[True]:.3g}" in p.stdout and "ours, base, batch 64" in p.stdout
