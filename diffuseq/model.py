@@ -116,6 +116,7 @@ class Packing:
 
     def __init__(self, slot, owner, offset, B, L):
         self.slot, self.owner, self.offset, self.B, self.L = slot, owner, offset, B, L
+        self._mask = None
         R, C = slot.shape
         flat = slot.reshape(-1)
         used = flat < B * L
@@ -184,7 +185,9 @@ class Packing:
     def attn_mask(self):
         """[R, 1, C, C] bool: a position sees the positions of its own example (empty slots see
         each other, so no row of the mask is empty)."""
-        return (self.owner[:, :, None] == self.owner[:, None, :]).unsqueeze(1)
+        if self._mask is None:
+            self._mask = (self.owner[:, :, None] == self.owner[:, None, :]).unsqueeze(1)
+        return self._mask
 
 
 class Denoiser(nn.Module):
@@ -203,6 +206,7 @@ class Denoiser(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.layers))
         self.pack = None  # pack rows where keep leaves positions out: None = on CPU (see forward)
+        self._packed = None  # (keep, its Packing) of the last call
         self.output_down_proj = nn.Sequential(nn.Linear(W, W), nn.Tanh(), nn.Linear(W, D))
         # DiffuSeq-v2's soft absorbing state: the y part is noised toward it
         self.mean_embed = nn.Parameter(torch.zeros(D)) if cfg.learned_mean_embed else None
@@ -268,7 +272,10 @@ class Denoiser(nn.Module):
         pack = None
         if keep is not None and (self.pack if self.pack is not None else
                                  zt.device.type == "cpu" and not torch.compiler.is_compiling()):
-            pack = Packing.plan(keep)
+            # a sampler calls the model many times with the same keep: plan its rows once
+            if self._packed is None or self._packed[0] is not keep:
+                self._packed = (keep, Packing.plan(keep))
+            pack = self._packed[1]
         if pack is None:
             attn_mask = None if keep is None else keep[:, None, None, :]
             h = self.input_up_proj(zt) + self.positions(mask, L) + temb.unsqueeze(1)
