@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The built-in default, end to end on CPU (17 minutes on one core of the CI machine):
+# The built-in default, end to end on CPU (12 minutes on one core of the CI machine):
 #   1. build King James -> World English Bible verse pairs from the installed pythonbible packages,
 #   2. train the default recipe for STEPS steps: DiffuSeq-v2 (soft absorbing state + discrete
 #      noise) with positions counted per segment, a 16-dimensional embedding space, a noise floor
