@@ -295,15 +295,13 @@ def test_ctrl_c_saves_the_current_step_and_resumes_exactly(small_task, tmp_path)
 
 def test_monitoring_terms_come_from_the_last_steps_before_each_log_line():
     """nll and acc (an extra pass through the vocabulary logits) are computed on the 10 steps
-    before each log line and on the last 10 of the run (where the learning rate reaches 0: see
-    --anneal_by_time), and on every step when logs are closer."""
-    def monitored(log_interval, learning_steps, horizon=None):
+    before each log line and on the last 10 of the run, and on every step when logs are closer."""
+    def monitored(log_interval, learning_steps):
         fake = SimpleNamespace(args=SimpleNamespace(log_interval=log_interval, learning_steps=learning_steps),
-                               MONITOR_STEPS=Trainer.MONITOR_STEPS, horizon=horizon or learning_steps)
-        return [s for s in range(1, fake.horizon + 1) if Trainer._monitors(fake, s)]
+                               MONITOR_STEPS=Trainer.MONITOR_STEPS)
+        return [s for s in range(1, learning_steps + 1) if Trainer._monitors(fake, s)]
     assert monitored(100, 250) == [*range(91, 101), *range(191, 201), *range(241, 251)]
     assert monitored(4, 12) == list(range(1, 13))
-    assert monitored(100, 250, horizon=225) == [*range(91, 101), *range(191, 201), *range(216, 226)]
 
 
 def _fake_checkpoint(folder, files=ckpt.REQUIRED):
