@@ -125,12 +125,8 @@ def train_parser():
     g.add_argument("--warmup_steps", type=int, default=500, help="linear warm-up, then linear decay to 0")
     g.add_argument("--learning_steps", type=int, default=50000, help="total optimisation steps")
     g.add_argument("--max_minutes", type=float, default=0,
-                   help="stop (and save) after this many minutes of training, even before learning_steps "
-                        "(0: no limit); with --anneal_by_time the learning rate reaches 0 there")
-    g.add_argument("--anneal_by_time", type=_bool, default=True,
-                   help="with --max_minutes, end the learning-rate decay at the step the time limit will "
-                        "stop at (estimated from the pace so far, every log line) when that comes before "
-                        "learning_steps; false: the schedule follows learning_steps alone")
+                   help="stop (and save) after this many minutes of training, even before learning_steps; "
+                        "the learning-rate schedule still follows learning_steps (0: no limit)")
     g.add_argument("--weight_decay", type=float, default=0.0,
                    help="AdamW weight decay of the matrices (not of biases, norms or embeddings)")
     g.add_argument("--grad_clip", type=float, default=1.0, help="max gradient norm (0: off)")

@@ -80,23 +80,17 @@ def all_reduce_mean(t):
 _HOST_GROUP = None
 
 
-def host_int(value, op="max"):
-    """The maximum (or minimum) of a host-side integer over every process, through gloo on the
-    CPU: it never waits for a GPU stream (with NCCL a side group of gloo is made once, by every
-    rank)."""
+def host_flag_max(flag):
+    """The maximum of a host-side bool over every process, through gloo on the CPU: it never
+    waits for a GPU stream (with NCCL a side group of gloo is made once, by every rank)."""
     global _HOST_GROUP
     if not dist.is_initialized():
-        return int(value)
+        return bool(flag)
     if _HOST_GROUP is None:
         _HOST_GROUP = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
-    t = torch.tensor([int(value)])
-    dist.all_reduce(t, op={"max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[op], group=_HOST_GROUP)
-    return int(t.item())
-
-
-def host_flag_max(flag):
-    """Whether a host-side bool is true on any process (see host_int)."""
-    return bool(host_int(int(bool(flag)), "max"))
+    t = torch.tensor([int(flag)])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_HOST_GROUP)
+    return bool(t.item())
 
 
 def all_gather_objects(obj):

@@ -39,7 +39,6 @@ log = logging.getLogger("diffuseq")
 # again comes from the checkpoint
 RESUMABLE = {"learning_steps", "max_minutes", "save_interval", "log_interval", "eval_interval", "eval_batches",
              "keep_checkpoints", "device", "wandb", "progress", "resume_checkpoint", "compile", "pack",
-             "anneal_by_time",
              "explicit", "checkpoint_path"}
 
 
@@ -55,12 +54,12 @@ def autocast_dtype(precision, device):
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def lr_at(step, args, horizon=None):
-    """Linear warm-up to args.lr, then linear decay to 0 at `horizon` (default learning_steps)."""
-    end = args.learning_steps if horizon is None else horizon
+def lr_at(step, args):
+    """Linear warm-up to args.lr, then linear decay to 0 at learning_steps."""
     if step < args.warmup_steps:
         return args.lr * (step + 1) / args.warmup_steps
-    return args.lr * max(0.0, (end - step) / max(1, end - args.warmup_steps))
+    left = args.learning_steps - step
+    return args.lr * max(0.0, left / max(1, args.learning_steps - args.warmup_steps))
 
 
 def step_generator(seed, step, device):
@@ -324,8 +323,6 @@ class Trainer:
             lr=args.lr, betas=(0.9, 0.999), fused=fused or None)
         self.ema = EMA(self.model.parameters(), args.ema_rate)
         self.step = 0
-        self.horizon = args.learning_steps  # where the learning rate reaches 0 (see _fit_horizon)
-        self._horizon_logged = None
         if resume_dir:
             self._restore(resume_dir)
         self.model.pack = {"auto": None, "true": True, "false": False}[getattr(args, "pack", "auto")]
@@ -413,13 +410,13 @@ class Trainer:
 
     def _logs_after(self, step):
         """Whether the loop logs after reaching `step`."""
-        return step % self.args.log_interval == 0 or step == self.horizon
+        return step % self.args.log_interval == 0 or step == self.args.learning_steps
 
     def _monitors(self, step):
         """Whether the step that reaches `step` computes nll and acc: one of the last
         MONITOR_STEPS before a log line (every step when log_interval <= MONITOR_STEPS)."""
         a = self.args
-        return (-step) % a.log_interval < self.MONITOR_STEPS or self.horizon - step < self.MONITOR_STEPS
+        return (-step) % a.log_interval < self.MONITOR_STEPS or a.learning_steps - step < self.MONITOR_STEPS
 
     def train_step(self, batch):
         """One optimisation step on this process's part of the global batch. Returns the
@@ -432,7 +429,7 @@ class Trainer:
         keep = target_region(batch["length"], self.margin, ids.shape[1])
         torch.manual_seed((a.seed * 7919 + self.step * 104729 + self.proc.rank) % (2 ** 63))  # dropout
         for g in self.opt.param_groups:
-            g["lr"] = lr_at(self.step, a, self.horizon)
+            g["lr"] = lr_at(self.step, a)
         sums, step_losses = {}, []
         net = NetView(self.net, self.model)
         n = ids.shape[0]
@@ -509,10 +506,9 @@ class Trainer:
         fetch = Prefetcher(self.loader, self.step, proc.device)
         window, t0, last_logged = {}, time.time(), self.step
         deadline = time.time() + 60 * a.max_minutes if getattr(a, "max_minutes", 0) else None
-        start, start_step = time.time(), self.step
         try:
             with StopRequest() as stop:
-                while self.step < self.horizon:
+                while self.step < a.learning_steps:
                     _, batch = fetch.get()
                     stats = self.train_step(batch)
                     for k, v in stats.items():  # (sum, steps): nll and acc come on some steps only
@@ -533,31 +529,25 @@ class Trainer:
                         rate = n / (time.time() - t0)
                         self._log(means, rate, bar)
                         window, t0, last_logged = {}, time.time(), self.step
-                        if deadline is not None and a.anneal_by_time:
-                            self._fit_horizon(start, start_step, deadline)
                     if a.eval_interval and self.step % a.eval_interval == 0 and proc.is_main:
                         val = self.validate()
                         if val:
                             log.info("step %d valid: %s", self.step, _fmt(val))
                             self._curve({"step": self.step, "valid": val})
                             self._wandb({f"valid/{k}": v for k, v in val.items()})
-                    stopping = self._agree(stop.requested) and self.step < self.horizon
+                    stopping = self._agree(stop.requested) and self.step < a.learning_steps
                     if stopping and proc.is_main:
                         log.warning("interrupted at step %d: saving a checkpoint to resume from", self.step)
                     out_of_time = deadline is not None and self._agree(time.time() > deadline)
                     if out_of_time:
                         log.info("--max_minutes %g reached at step %d", a.max_minutes, self.step)
                     if (stopping or out_of_time or self.step % a.save_interval == 0
-                            or self.step == self.horizon):
+                            or self.step == a.learning_steps):
                         self.save()
                     if stopping:
                         raise KeyboardInterrupt
                     if out_of_time:
                         break
-                else:
-                    if self.horizon < a.learning_steps and proc.is_main:
-                        log.info("--max_minutes %g: stopped at step %d, where the annealed learning rate "
-                                 "reached 0", a.max_minutes, self.step)
         finally:
             fetch.close()
             if bar is not None:
@@ -567,21 +557,6 @@ class Trainer:
         return self.step
 
     STOP_CHECK = 10  # steps between the processes' agreement on a stop request
-
-    def _fit_horizon(self, start, start_step, deadline):
-        """With --max_minutes: the step where the learning rate reaches 0 becomes the step the
-        deadline will stop at, at this process's pace so far (learning_steps if that comes
-        first), so a run cut by time ends annealed. Every process takes the smallest estimate."""
-        elapsed = time.time() - start
-        if self.step <= start_step or elapsed <= 0:
-            return
-        est = self.step + int((self.step - start_step) / elapsed * max(0.0, deadline - time.time()))
-        horizon = min(self.args.learning_steps, max(self.step + 1, dist.host_int(est, "min")))
-        last = self._horizon_logged
-        if self.proc.is_main and (last is None or abs(horizon - last) > 0.02 * last):
-            log.info("--max_minutes %g: the learning rate reaches 0 at step %d", self.args.max_minutes, horizon)
-            self._horizon_logged = horizon
-        self.horizon = horizon
 
     def _agree(self, flag):
         """A host-side flag (a stop request, a deadline) every process acts on together: true
@@ -595,7 +570,7 @@ class Trainer:
         if bar is not None:
             bar.set_postfix(loss=f"{means['loss']:.4f}", acc=f"{means['acc']:.3f}", refresh=False)
         log.info("step %d | %s | %s steps/s | lr %.2e", self.step, _fmt(means),
-                 f"{rate:.3g}" if rate < 100 else f"{rate:.0f}", lr_at(self.step - 1, self.args, self.horizon))
+                 f"{rate:.3g}" if rate < 100 else f"{rate:.0f}", lr_at(self.step - 1, self.args))
         self._curve({"step": self.step, "train": means})
         self._wandb({f"train/{k}": v for k, v in means.items()} | {"steps_per_s": rate})
 
