@@ -123,6 +123,9 @@ def train_parser():
                    help="examples per forward pass on each process; gradients are accumulated (default: all)")
     g.add_argument("--lr", type=float, default=1e-4, help="peak learning rate of AdamW")
     g.add_argument("--warmup_steps", type=int, default=500, help="linear warm-up, then linear decay to 0")
+    g.add_argument("--lr_schedule", choices=["linear", "constant"], default="linear",
+                   help="after the warm-up: linear decay to 0 at learning_steps (the original's), or the "
+                        "peak rate to the end")
     g.add_argument("--learning_steps", type=int, default=50000, help="total optimisation steps")
     g.add_argument("--max_minutes", type=float, default=0,
                    help="stop (and save) after this many minutes of training, even before learning_steps; "

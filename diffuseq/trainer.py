@@ -55,9 +55,12 @@ def autocast_dtype(precision, device):
 
 
 def lr_at(step, args):
-    """Linear warm-up to args.lr, then linear decay to 0 at learning_steps."""
+    """Linear warm-up to args.lr, then linear decay to 0 at learning_steps (or, with
+    --lr_schedule constant, args.lr to the end)."""
     if step < args.warmup_steps:
         return args.lr * (step + 1) / args.warmup_steps
+    if getattr(args, "lr_schedule", "linear") == "constant":
+        return args.lr
     left = args.learning_steps - step
     return args.lr * max(0.0, left / max(1, args.learning_steps - args.warmup_steps))
 

@@ -662,3 +662,14 @@ def test_max_minutes_stops_and_saves_early(small_task, tmp_path):
     saved = ckpt.list_checkpoints(str(run))
     assert len(saved) == 1 and 0 < ckpt.step_of(saved[0]) < 100000
     assert "--max_minutes 0.02 reached at step" in (run / "log.txt").read_text()
+
+
+def test_learning_rate_schedules():
+    """Warm-up rises linearly to lr; then linear decays to 0 at learning_steps, constant stays."""
+    a = SimpleNamespace(lr=1e-3, warmup_steps=10, learning_steps=110, lr_schedule="linear")
+    assert trainer_mod.lr_at(0, a) == pytest.approx(1e-4) and trainer_mod.lr_at(9, a) == pytest.approx(1e-3)
+    assert trainer_mod.lr_at(10, a) == pytest.approx(1e-3)
+    assert trainer_mod.lr_at(60, a) == pytest.approx(5e-4) and trainer_mod.lr_at(110, a) == 0.0
+    a.lr_schedule = "constant"
+    assert trainer_mod.lr_at(0, a) == pytest.approx(1e-4)
+    assert trainer_mod.lr_at(60, a) == trainer_mod.lr_at(109, a) == 1e-3
