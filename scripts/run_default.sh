@@ -2,8 +2,8 @@
 # The built-in default, end to end on CPU (12 minutes on one core of the CI machine):
 #   1. build King James -> World English Bible verse pairs from the installed pythonbible packages,
 #   2. train the default recipe for STEPS steps: DiffuSeq-v2 (soft absorbing state + discrete
-#      noise) with positions counted per segment, a 16-dimensional embedding space, a noise floor
-#      and a length head (the README's Quality section says why),
+#      noise) with positions counted per segment, a 16-dimensional embedding space, a noise floor,
+#      a length head and a constant learning rate (the README's Quality section says why),
 #   3. decode the test split: ancestral sampling in DECODE_STEPS respaced steps, each verse in a
 #      target region of its predicted length,
 #   4. score it next to the copy-the-source baseline.
@@ -26,7 +26,7 @@ python train.py --dataset bible_kjv_web --data_dir "$DATA" --checkpoint_path "$O
   --preset tiny --width 128 --layers 2 --heads 4 --ffn 512 --hidden_dim 16 \
   --seq_len 160 --vocab_size 4000 \
   --learned_mean_embed --denoise --segment_positions true --t_min 600 --length_head true \
-  --bsz 32 --lr 1e-3 --warmup_steps 50 --learning_steps "$STEPS" --ema_rate 0.99 \
+  --bsz 32 --lr 1e-3 --lr_schedule constant --warmup_steps 50 --learning_steps "$STEPS" --ema_rate 0.99 \
   --schedule_sampler uniform --dropout 0.0 \
   --save_interval 1000 --eval_interval 1000 --log_interval 100 --keep_checkpoints 1 "$@"
 [ $TRAIN_ONLY = 1 ] && exit 0

@@ -20,7 +20,7 @@ launch train.py \
   --preset tiny --width 128 --layers 2 --heads 4 --ffn 512 --hidden_dim 16 \
   --seq_len 160 --vocab_size 4000 \
   --learned_mean_embed true --denoise true --segment_positions true --t_min 600 --length_head true \
-  --bsz 32 --lr 1e-3 --warmup_steps 50 --learning_steps 20000 --ema_rate 0.99 --dropout 0.0 \
+  --bsz 32 --lr 1e-3 --lr_schedule constant --warmup_steps 50 --learning_steps 20000 --ema_rate 0.99 --dropout 0.0 \
   --diffusion_steps 2000 --noise_schedule sqrt --schedule_sampler uniform \
   --save_interval 2000 --eval_interval 2000 --log_interval 100 \
   "$@"
