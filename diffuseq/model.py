@@ -142,7 +142,7 @@ class Packing:
     def plan(cls, keep):
         """A Packing of keep [B, L], or None where packing would not save MAX_SHARE. The row
         length C is the longest example's, or up to twice that where longer rows fill better
-        (a batch of lengths 30-55 packs two to a row of 64, and none to a row of 55)."""
+        (in a batch of lengths 30-55, rows of 55 hold one example each, rows of 110 two)."""
         B, L = keep.shape
         lengths = keep.sum(1).tolist()
         longest = max(lengths)
