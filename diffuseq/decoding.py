@@ -174,10 +174,10 @@ class DiffuSeqModel:
         out = []
         for s in range(0, len(sources), chunk):
             ids, mask = self.inputs(sources[s:s + chunk], None if references is None else references[s:s + chunk])
-            n = (1 - mask).sum(1)
             if lengths == "predicted" and self.model.cfg.length_head:
-                n = n + self.predict_lengths(ids.to(self.device), mask.to(self.device)).cpu() + 1 + \
-                    self.margin(margin)
+                n = self.region_end(ids.to(self.device), mask.to(self.device), self.margin(margin)).cpu()
+            else:
+                n = (1 - mask).sum(1)
             out += n.tolist()
         return out
 
@@ -194,13 +194,15 @@ class DiffuSeqModel:
         """Predicted number of target tokens [B] (the length head's most likely class)."""
         return self.model.length_logits(ids, mask).argmax(-1)
 
+    def region_end(self, ids, mask, margin):
+        """Where each input's target region ends [B]: its source ([CLS] x [SEP]) + predicted
+        length + [SEP] + margin (not bounded by the sequence)."""
+        return (1 - mask).sum(1) + self.predict_lengths(ids, mask) + 1 + margin
+
     def target_regions(self, ids, mask, margin):
         """Cut a batch to its predicted target regions: (ids, mask, keep) with L the longest
-        region; keep [B, L] is False past each example's source + predicted length + [SEP] +
-        margin."""
-        L = ids.shape[1]
-        src_len = (1 - mask).sum(1)
-        end = (src_len + self.predict_lengths(ids, mask) + 1 + margin).clamp(max=L)
+        region; keep [B, L] is False past each example's region_end."""
+        end = self.region_end(ids, mask, margin).clamp(max=ids.shape[1])
         Lb = int(end.max())
         keep = torch.arange(Lb, device=ids.device)[None, :] < end[:, None]
         return ids[:, :Lb], mask[:, :Lb], keep
