@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from . import checkpoint as ckpt
 from . import dist
 from .config import load_args, model_config, save_args
-from .data.dataset import BatchLoader, DataError, load_split, make_eval_batches
+from .data.dataset import BatchLoader, DataError, default_pad_to, load_split, make_eval_batches
 from .diffusion import target_region, training_losses
 from .model import Denoiser, load_bert_encoder
 from .plots import plot_curves
@@ -474,7 +474,7 @@ class Trainer:
         sums, count = {}, 0
         margin = self.margin
         batches = make_eval_batches(self.valid_set, a.microbatch, a.seq_len, self.tokenizer.pad_id,
-                                    pad_to="longest" if margin >= 0 else "seq_len", margin=margin)
+                                    pad_to=default_pad_to(margin), margin=margin)
         for i, b in zip(range(a.eval_batches), batches):
             ids, mask = b["input_ids"].to(dev), b["input_mask"].to(dev)
             keep = target_region(b["length"].to(dev), margin, ids.shape[1])

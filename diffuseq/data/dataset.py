@@ -246,6 +246,13 @@ def _batch_len(longest, seq_len, pad_to, margin=0):
     return min(seq_len, -(-(longest + max(margin, 0)) // 8) * 8)
 
 
+def default_pad_to(margin, bucket=False):
+    """How far a batch is padded when nobody says: to its longest row where padding beyond it
+    changes no loss (a margin >= 0) or where bucketing made its rows alike, else to seq_len (the
+    original's training, where every pad is a target)."""
+    return "longest" if bucket or margin >= 0 else "seq_len"
+
+
 def _pad(ids_flat, lengths, src_lens, L, pad_id):
     """Flat token ids of B rows -> input_ids, input_mask LongTensors [B, L] and length [B].
 
@@ -316,7 +323,7 @@ class BatchLoader:
             raise ValueError("the dataset is empty")
         self.dataset, self.global_batch, self.seed = dataset, global_batch, seed
         self.seq_len, self.pad_id, self.bucket, self.margin = seq_len, pad_id, bucket, margin
-        self.pad_to = pad_to or ("longest" if bucket or margin >= 0 else "seq_len")
+        self.pad_to = pad_to or default_pad_to(margin, bucket)
         self.pin_memory = pin_memory and torch.cuda.is_available()
         self.start_step = start_step
         per_rank = global_batch // world_size
