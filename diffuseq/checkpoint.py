@@ -7,6 +7,7 @@ A run folder (`--checkpoint_path`) holds:
     log.txt              the training log
     loss.png             training curves (when matplotlib is installed)
     latest               name of the newest complete checkpoint
+    best.json            the checkpoint with the lowest validation loss so far, and that loss
     ckpt_0010000/        one folder per saved step:
         model.safetensors        denoiser weights (with the learned absorbing state m, if any)
         ema.safetensors          exponential moving average of the weights (used for decoding)
@@ -143,11 +144,13 @@ def _write(folder, name, obj):
         raise ValueError(f"unknown checkpoint entry {name}")
 
 
-def save_checkpoint(run_dir, step, files, keep=0):
+def save_checkpoint(run_dir, step, files, keep=0, valid_loss=None):
     """Write `files` as run_dir/ckpt_<step>: {"model.safetensors": state dict,
     "training_state.state": nested state, "args.json": path of a file to copy, ...}.
 
-    Returns the checkpoint folder. With keep > 0 only the newest `keep` checkpoints remain.
+    valid_loss: this step's validation loss, if measured; below the recorded best, this checkpoint
+    becomes the best (best.json). Returns the checkpoint folder. With keep > 0 only the newest
+    `keep` checkpoints remain, and the best one besides.
     """
     final = os.path.join(run_dir, ckpt_name(step))
     tmp = os.path.join(run_dir, f".tmp_{ckpt_name(step)}_{uuid.uuid4().hex[:8]}")
@@ -162,10 +165,39 @@ def save_checkpoint(run_dir, step, files, keep=0):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     write_atomic(os.path.join(run_dir, "latest"), ckpt_name(step) + "\n")
+    best = best_checkpoint(run_dir)
+    if valid_loss is not None and (best is None or valid_loss < best["valid_loss"]):
+        write_best(run_dir, step, valid_loss)
+        best = best_checkpoint(run_dir)
     if keep > 0:
         for old in list_checkpoints(run_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            if best is None or os.path.basename(old) != best["checkpoint"]:
+                shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+BEST = "best.json"
+
+
+def write_best(run_dir, step, valid_loss):
+    """Record ckpt_<step> as the run's best checkpoint by validation loss."""
+    write_atomic(os.path.join(run_dir, BEST),
+                 json.dumps({"checkpoint": ckpt_name(step), "valid_loss": valid_loss}) + "\n")
+
+
+def best_checkpoint(run_dir):
+    """{"checkpoint": name, "valid_loss": x} of a run folder, or None when none is recorded (or
+    the file is unreadable, or names no folder that exists)."""
+    try:
+        with open(os.path.join(run_dir, BEST)) as f:
+            best = json.load(f)
+        name = best["checkpoint"]
+        float(best["valid_loss"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(name, str) or not CKPT_RE.match(name) or not os.path.isdir(os.path.join(run_dir, name)):
+        return None
+    return best
 
 
 # -----------------------------------------------------------------------------
@@ -186,15 +218,17 @@ def has(path, name):
     return any(os.path.isfile(os.path.join(path, name + e)) for e in exts + (".pt",))
 
 
-def resolve(path):
-    """A checkpoint folder, or a run folder (-> its latest checkpoint). Checks the files."""
+def resolve(path, which="latest"):
+    """A checkpoint folder, or a run folder (-> its latest checkpoint, or with which="best" the
+    one best.json names, where there is one). Checks the files."""
     if not os.path.isdir(path):
         raise CheckpointError(f"{path}: no such checkpoint or run folder")
     if not CKPT_RE.match(os.path.basename(os.path.normpath(path))):
         found = list_checkpoints(path)
         if not found:
             raise CheckpointError(f"{path}: no checkpoint folder (ckpt_NNNNNNN) in this run folder")
-        path = found[-1]
+        best = best_checkpoint(path) if which == "best" else None
+        path = os.path.join(path, best["checkpoint"]) if best else found[-1]
     missing = [f for f in REQUIRED if not os.path.isfile(os.path.join(path, f))
                and not (f == "model.safetensors" and has(path, "model"))]
     if missing:

@@ -3,6 +3,7 @@
     diffuseq-train          = python train.py
     diffuseq-decode         = python run_decode.py          (ancestral sampling)
     diffuseq-decode-solver  = python run_decode_solver.py   (DPM-Solver++)
+    diffuseq-tune           = python tune_decode.py         (decoding settings chosen on validation)
     diffuseq-eval           = python scripts/eval_seq2seq.py
     diffuseq-data           = python -m diffuseq.data.bible (the built-in Bible pairs)
     diffuseq-checkpoint     = python -m diffuseq.checkpoint (convert older checkpoints)
@@ -24,6 +25,11 @@ def decode():
 def decode_solver():
     from .decode_cli import main
     sys.exit(main(solver=True))
+
+
+def tune():
+    from .tuning import main
+    sys.exit(main())
 
 
 def evaluate():

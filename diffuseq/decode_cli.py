@@ -8,8 +8,9 @@ from . import dist
 from .checkpoint import CheckpointError
 from .config import HelpFormatter
 from .data.dataset import DataError
-from .decoding import decode_split, load_model
+from .decoding import INITS, decode_split, default_source_t, load_model
 from .tokenizer import TokenizerError
+from .tuning import describe
 
 
 def decode_parser(solver):
@@ -20,12 +21,28 @@ def decode_parser(solver):
           "{source, reference, recover} object per input, in input order.",
         formatter_class=HelpFormatter)
     p.add_argument("--model_dir", required=True,
-                   help="a checkpoint folder (ckpt_NNNNNNN) or a run folder (its latest checkpoint)")
+                   help="a checkpoint folder (ckpt_NNNNNNN) or a run folder (its best checkpoint by validation loss, else its latest)")
     p.add_argument("--split", default="test", help="which <split>.jsonl of the data folder to decode")
     p.add_argument("--data_dir", default=None, help="data folder (default: the one the model was trained on)")
-    p.add_argument("--step", type=int, default=10 if solver else None,
-                   help="solver steps (model calls = step + 1)" if solver
-                   else "number of respaced timesteps (default: all training steps)")
+    p.add_argument("--step", type=int, default=None,
+                   help="solver steps (model calls = step + 1; default: the checkpoint's saved choice, "
+                        "else 10)" if solver
+                   else "number of respaced timesteps (default: the checkpoint's saved choice, else 50)")
+    p.add_argument("--init", choices=list(INITS), default=None,
+                   help="noise: start from pure noise (the original's way); source: start from the source "
+                        "laid over the target region and noised to --t_start, so the model edits it "
+                        "(default: the checkpoint's saved choice, else noise)")
+    p.add_argument("--t_start", type=int, default=None,
+                   help="training timestep the decoding starts from (default: the saved choice, else T-1 "
+                        "for noise and 0.2 T for source)")
+    p.add_argument("--absorb_rate", type=float, default=None,
+                   help="DiffuSeq-v2's discrete noise while decoding: each step absorbs a target token into "
+                        "the absorbing state m with probability absorb_rate x the step's noise std "
+                        "(default: the saved choice, else the trained --denoise_rate for noise starts of "
+                        "models trained with --denoise, 0 otherwise)")
+    p.add_argument("--use_saved", type=lambda s: s.lower() in ("1", "true", "yes"), default=True,
+                   help="take the settings not given here from the checkpoint's decoding.json, written by "
+                        "tune_decode.py (false: the built-in defaults)")
     p.add_argument("--bsz", type=int, default=64, help="sentences per batch")
     p.add_argument("--seed", type=int, default=123, help="seed of the first sample; sample k uses seed + k")
     p.add_argument("--num_samples", type=int, default=1, help="candidates per input, one output file each")
@@ -57,11 +74,12 @@ def decode_parser(solver):
                    help="positions past the predicted length where the model may still end its output "
                         "(default: the margin the model was trained with, or 4)")
     if solver:
-        p.add_argument("--order", type=int, choices=[1, 2, 3], default=2, help="DPM-Solver++ order")
-        p.add_argument("--skip_type", choices=["logSNR", "time_uniform"], default="logSNR",
-                       help="step spacing: uniform in log signal-to-noise ratio, or in time")
-        p.add_argument("--t_start", type=int, default=None,
-                       help="training timestep the solve starts from (default: the last one, T-1)")
+        p.add_argument("--order", type=int, choices=[1, 2, 3], default=None, help="DPM-Solver++ order (default 2)")
+        p.add_argument("--skip_type", choices=["logSNR", "time_uniform"], default=None,
+                       help="step spacing: uniform in log signal-to-noise ratio (the default), or in time")
+        p.add_argument("--sde", type=lambda s: s.lower() in ("1", "true", "yes"), default=None,
+                       help="solve the reverse SDE (SDE-DPM-Solver++, order 1 or 2, fresh noise each step) "
+                            "instead of the probability-flow ODE (default false)")
         p.add_argument("--final_call", type=lambda s: s.lower() in ("1", "true", "yes"), default=True,
                        help="one more model call after the last step predicts z_0 from where the solve ends "
                             "(t = 1/T); false reads z there: --step calls instead of --step + 1, as the "
@@ -82,15 +100,24 @@ def main(argv=None, solver=False):
         kw = dict(clamping=None if args.clamping == "auto" else args.clamping == "true",
                   clamp_step=args.clamp_step, clamp_first=args.clamp_first, lengths=args.lengths,
                   length_margin=args.length_margin)
+        given = dict(steps=args.step, init=args.init, t_start=args.t_start, absorb_rate=args.absorb_rate)
         if solver:
-            kw.update(order=args.order, skip=args.skip_type, t_start=args.t_start, final_call=args.final_call)
+            given.update(order=args.order, skip=args.skip_type, sde=args.sde)
+            kw.update(final_call=args.final_call)
         else:
             kw.update(variance=args.variance)
+        sampler = "dpm" if solver else "ancestral"
+        settings = model.settings(sampler, args.use_saved, **given)
+        settings.setdefault("steps", 10 if solver else 50)
+        if settings.get("init") == "source" and settings.get("t_start") is None:
+            settings["t_start"] = default_source_t(model.args.diffusion_steps)
+        if proc.is_main:
+            saved = " (saved choice: decoding.json)" if args.use_saved and model.saved else ""
+            print(f"decoding with {describe(settings)}{saved}")
         paths, speed = decode_split(
             model, args.data_dir or model.args.data_dir, args.split, args.out_dir,
-            sampler="dpm" if solver else "ancestral", steps=args.step,
             seeds=[args.seed + k for k in range(args.num_samples)], bsz=args.bsz, proc=proc,
-            progress=args.progress, max_examples=args.max_examples, **kw)
+            progress=args.progress, max_examples=args.max_examples, **settings, **kw)
     except (CheckpointError, DataError, TokenizerError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -78,6 +78,32 @@ def solver_timesteps(ns, steps, skip="time_uniform", t_start=None):
     raise ValueError(f"unknown skip type {skip!r}; choose time_uniform or logSNR")
 
 
+def step_std(ns, s, t):
+    """Standard deviation of the posterior q(z_t | z_s, z_0) of a VP process, s > t:
+    sigma_t * sqrt(1 - exp(-2 h)), h = lambda_t - lambda_s. For a step of the discrete chain
+    (s, t = (n + 1) / T, n / T) it is sqrt(beta~_n), the ancestral chain's "small" noise; it is
+    also the noise of a first-order SDE-DPM-Solver++ step."""
+    h = ns.marginal_lambda(t) - ns.marginal_lambda(s)
+    return ns.marginal_std(t) * torch.sqrt(-torch.expm1(-2.0 * h))
+
+
+def _dpm_sde_update(x, ts, t, history, order, ns, noise):
+    """One SDE-DPM-Solver++ update (first order, or the multistep second order "2M") from ts[-1]
+    to t: the solver of the reverse SDE in data prediction, which adds fresh noise of std
+    step_std(ns, ts[-1], t) to every step."""
+    lam_t, lam_s = ns.marginal_lambda(t), ns.marginal_lambda(ts[-1])
+    h = lam_t - lam_s
+    alpha_t = ns.marginal_alpha(t)
+    c = lambda v: float(v)  # noqa: E731
+    phi = -torch.expm1(-2.0 * h)  # 1 - exp(-2h)
+    m0 = history[-1]
+    x_t = c(ns.marginal_std(t) / ns.marginal_std(ts[-1]) * torch.exp(-h)) * x + c(alpha_t * phi) * m0
+    if order >= 2:
+        r0 = (lam_s - ns.marginal_lambda(ts[-2])) / h
+        x_t = x_t + c(0.5 * alpha_t * phi / r0) * (m0 - history[-2])
+    return x_t + c(step_std(ns, ts[-1], t)) * noise
+
+
 def _dpm_update(x, ts, t, history, order, ns):
     """One multistep DPM-Solver++ update from ts[-1] to t over the data predictions `history`
     (newest last) at times ts. Coefficients are computed in float64, then applied as scalars."""
@@ -111,7 +137,7 @@ def _dpm_update(x, ts, t, history, order, ns):
 @torch.no_grad()
 def dpm_solver_sample(denoise, ns, z, x_start, mask, m=None, steps=10, order=2,
                       skip="time_uniform", t_start=None, clamp=None, clamp_step=0, clamp_first=True,
-                      progress=None, final_call=True):
+                      progress=None, final_call=True, absorb_rate=0.0, sde=False, generator=None):
     """Multistep DPM-Solver++ (data prediction) of order 1, 2 or 3 on the probability-flow ODE.
 
     `ns` is a NoiseScheduleVP; the solve runs from continuous time t_start (default T) down.
@@ -122,9 +148,18 @@ def dpm_solver_sample(denoise, ns, z, x_start, mask, m=None, steps=10, order=2,
     the sqrt schedule at T = 2000). With final_call, one more prediction there gives z_0
     (steps + 1 model calls; on the Bible it scored 0.6 BLEU more with 10 steps); without it,
     z_t itself is the result (`steps` calls, as the original's solver).
+
+    absorb_rate r > 0 (with an absorbing state m) brings DiffuSeq-v2's discrete noise into the
+    solve: after each update from s to t but the last, each y token is replaced by m with
+    probability r * step_std(s, t), the rule of the ancestral chain (whose step n absorbs with
+    probability r * sqrt(beta~_n), the same std for a one-step gap). sde=True solves the reverse
+    SDE instead of the ODE (SDE-DPM-Solver++, order 1 or 2), with fresh Gaussian noise each step.
+    Both draw from `generator`. With r = 0 and sde False the solve is deterministic.
     Returns (z at the end of the solve, z_0)."""
     if order not in (1, 2, 3):
         raise ValueError("DPM-Solver++ order must be 1, 2 or 3")
+    if sde and order == 3:
+        raise ValueError("SDE-DPM-Solver++ has orders 1 and 2")
     off = _offset(mask, m)
     shift = (lambda w: w) if off is None else (lambda w: w + off)
     unshift = (lambda x: x) if off is None else (lambda x: x - off)
@@ -149,7 +184,17 @@ def dpm_solver_sample(denoise, ns, z, x_start, mask, m=None, steps=10, order=2,
         step_order = min(order, i)
         if steps < 10:
             step_order = min(step_order, steps + 1 - i)
-        w = _reimpose(_dpm_update(w, hist_t, ts[i], hist_x0, step_order, ns), w_start, mask)
+        if sde:
+            noise = torch.randn(w.shape, generator=generator, device=w.device, dtype=w.dtype)
+            w = _dpm_sde_update(w, hist_t, ts[i], hist_x0, step_order, ns, noise)
+        else:
+            w = _dpm_update(w, hist_t, ts[i], hist_x0, step_order, ns)
+        if absorb_rate > 0 and m is not None and i < steps:
+            # in coordinates w = z - m, the absorbing state is 0
+            p = absorb_rate * float(step_std(ns, hist_t[-1], ts[i]))
+            u = torch.rand(w.shape[:2], generator=generator, device=w.device)
+            w = absorb(w, mask, torch.zeros_like(m), torch.full((w.shape[0],), p, device=w.device), u)
+        w = _reimpose(w, w_start, mask)
         if i == steps and not final_call:
             break
         hist_t.append(ts[i])

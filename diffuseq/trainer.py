@@ -288,6 +288,7 @@ class Trainer:
             raise
 
     def _setup(self, args):
+        self.last_valid = (None, None)  # (step, validation loss) of the last validation
         self.proc = proc = dist.setup(args.device)
         resume_dir = None
         if args.resume_checkpoint:
@@ -368,8 +369,11 @@ class Trainer:
             path = ckpt.save_checkpoint(run, self.step, {
                 "model.safetensors": self.model.state_dict(), "ema.safetensors": self.ema.state_dict(self.model),
                 "training_state.state": state, "args.json": os.path.join(run, "args.json"),
-                "tokenizer.json": os.path.join(run, "tokenizer.json")}, keep=self.args.keep_checkpoints)
-            log.info("saved %s", path)
+                "tokenizer.json": os.path.join(run, "tokenizer.json")}, keep=self.args.keep_checkpoints,
+                valid_loss=self.last_valid[1] if self.last_valid[0] == self.step else None)
+            best = ckpt.best_checkpoint(run)
+            log.info("saved %s%s", path, " (the best so far by validation loss)"
+                     if best and best["checkpoint"] == os.path.basename(path) else "")
             try:
                 plot_curves(run)
             except Exception as e:  # a picture is never worth losing a run
@@ -535,6 +539,7 @@ class Trainer:
                     if a.eval_interval and self.step % a.eval_interval == 0 and proc.is_main:
                         val = self.validate()
                         if val:
+                            self.last_valid = (self.step, val["loss"])
                             log.info("step %d valid: %s", self.step, _fmt(val))
                             self._curve({"step": self.step, "valid": val})
                             self._wandb({f"valid/{k}": v for k, v in val.items()})

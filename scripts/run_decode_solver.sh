@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Decode with DPM-Solver++:  bash scripts/run_decode_solver.sh MODEL_DIR [--step 20] [--split test] ...
-#   MODEL_DIR is a checkpoint folder or a run folder (its latest checkpoint).
+#   MODEL_DIR is a checkpoint folder or a run folder (its best checkpoint by validation loss, else its latest).
 #   NPROC=2 shards the inputs over two processes; see `python run_decode_solver.py --help`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/_launch.sh
 [ $# -ge 1 ] || { echo "usage: bash scripts/run_decode_solver.sh MODEL_DIR [run_decode_solver.py arguments]" >&2; exit 2; }
 model_dir=$1; shift
-launch run_decode_solver.py --model_dir "$model_dir" --split test --step 10 --order 2 --bsz 64 \
+launch run_decode_solver.py --model_dir "$model_dir" --split test --bsz 64 \
   --seed 123 --out_dir generation_outputs "$@"

@@ -16,7 +16,8 @@ cd "$(dirname "$0")/.."
 TRAIN_ONLY=0
 if [ "${1:-}" = "--train-only" ]; then TRAIN_ONLY=1; shift; fi
 STEPS=${STEPS:-4000}
-DECODE_STEPS=${DECODE_STEPS:-50}
+TUNE_EXAMPLES=${TUNE_EXAMPLES:-200}
+GRID=${GRID:-quick}
 OUT=${OUT:-diffusion_models/default_bible}
 DATA=datasets/bible_kjv_web
 
@@ -31,11 +32,11 @@ python train.py --dataset bible_kjv_web --data_dir "$DATA" --checkpoint_path "$O
   --save_interval 1000 --eval_interval 1000 --log_interval 100 --keep_checkpoints 1 "$@"
 [ $TRAIN_ONLY = 1 ] && exit 0
 
-python run_decode.py --model_dir "$OUT" --split test --step "$DECODE_STEPS" --bsz 100 \
-  --out_dir generation_outputs ${MAX_EXAMPLES:+--max_examples "$MAX_EXAMPLES"}
-
-ckpt=$(cat "$OUT/latest")
-result="generation_outputs/$(basename "$OUT")_${ckpt}/test.seed123.step${DECODE_STEPS}.jsonl"
+# 3. choose the decoding on 200 valid verses (decoding.json beside the weights), decode the test split
+python tune_decode.py --model_dir "$OUT" --max_examples "$TUNE_EXAMPLES" --grid "$GRID"
+python run_decode_solver.py --model_dir "$OUT" --split test --bsz 100 --out_dir generation_outputs \
+  --progress false ${MAX_EXAMPLES:+--max_examples "$MAX_EXAMPLES"} | tee "$OUT/decode.log"
+result=$(sed -n 's/^wrote //p' "$OUT/decode.log")
 scores="${result%.jsonl}.scores.json"
 python scripts/eval_seq2seq.py "$result" --baseline --json "$scores"
 python - "$scores" "$result" <<'PY'

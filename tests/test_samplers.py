@@ -179,3 +179,91 @@ def test_solver_can_start_below_T():
     lam = ns.marginal_lambda(late)
     gaps = (lam[1:] - lam[:-1]).numpy()
     assert gaps == pytest.approx([gaps[0]] * 10, rel=1e-6)  # still uniform in log-SNR
+
+
+# ----------------------------------------------------------------------------- absorption and the SDE
+
+def test_step_std_is_the_posterior_std_of_the_chain():
+    """For one step of the discrete chain, (n + 1) / T -> n / T, the posterior std is sqrt(beta~_n);
+    over a gap of several steps it is sqrt(beta~) of the chain respaced to those two timesteps."""
+    from diffuseq.samplers import step_std
+    sched = DiscreteSchedule.from_name("sqrt", 2000)
+    ns = NoiseScheduleVP(sched.alphas_cumprod)
+    for n in (1, 7, 400, 1500, 1999):
+        s = torch.tensor([(n + 1) / 2000], dtype=torch.float64)
+        t = torch.tensor([n / 2000], dtype=torch.float64)
+        assert float(step_std(ns, s, t)) == pytest.approx(sched.posterior_variance[n] ** 0.5, rel=1e-6)
+    # a gap 600 -> 200: by hand, beta = 1 - abar_200 / abar_600 and beta~ = beta (1 - abar_200) / (1 - abar_600)
+    a_s, a_t = sched.alphas_cumprod[600], sched.alphas_cumprod[200]
+    by_hand = ((1 - a_s / a_t) * (1 - a_t) / (1 - a_s)) ** 0.5
+    got = step_std(ns, torch.tensor([601 / 2000], dtype=torch.float64), torch.tensor([201 / 2000], dtype=torch.float64))
+    assert float(got) == pytest.approx(by_hand, rel=1e-6)
+
+
+def test_solver_absorbs_at_the_rate_times_the_step_std():
+    """Two solver steps: after the first, each target token becomes m with probability
+    rate * step_std(t_0, t_1); the second model call sees exactly m at those tokens."""
+    from diffuseq.samplers import solver_timesteps, step_std
+    torch.manual_seed(0)
+    B, L, D = 400, 50, 4
+    sched = DiscreteSchedule.from_name("sqrt", 2000)
+    ns = NoiseScheduleVP(sched.alphas_cumprod)
+    m = torch.tensor([0.3, -1.0, 2.0, 0.5])
+    mask = torch.zeros(B, L)
+    mask[:, 10:] = 1
+    x_start = torch.randn(B, L, D) * (1 - mask).unsqueeze(-1)
+    seen = []
+
+    def denoise(z, t):
+        seen.append(z.clone())
+        return torch.randn_like(z)
+
+    rate = 0.5
+    dpm_solver_sample(denoise, ns, torch.randn(B, L, D) + m, x_start, mask, m=m, steps=2, order=1,
+                      skip="logSNR", absorb_rate=rate, generator=torch.Generator().manual_seed(1))
+    ts = solver_timesteps(ns, 2, "logSNR")
+    p = rate * float(step_std(ns, ts[0], ts[1]))
+    assert 0.1 < p < 0.5  # a rate the test can tell apart from 0 and 1
+    at_m = (seen[1] == m).all(-1)  # [B, L]
+    n = int(mask.sum())
+    share = at_m[mask.bool()].float().mean().item()
+    assert abs(share - p) < 4 * (p * (1 - p) / n) ** 0.5, (share, p)
+    assert not at_m[~mask.bool()].any()  # the source is never absorbed
+    # the last step absorbs nothing: the final prediction reads the solved state as it is
+    assert (seen[2] == m).all(-1)[mask.bool()].float().mean().item() < 0.01
+
+
+def test_solver_with_rate_zero_is_todays_solver_bit_for_bit():
+    emb, ids, mask, x_start, m, oracle, z = _oracle_setup(True)
+    ns = NoiseScheduleVP(DiscreteSchedule.from_name("sqrt", 2000).alphas_cumprod)
+    noisy = lambda z, t: oracle(z, t) + 0.3 * torch.sin(z)  # noqa: E731  (depends on z)
+    a = dpm_solver_sample(noisy, ns, z, x_start, mask, m=m, steps=10, order=2, skip="logSNR")
+    b = dpm_solver_sample(noisy, ns, z, x_start, mask, m=m, steps=10, order=2, skip="logSNR",
+                          absorb_rate=0.0, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    c = dpm_solver_sample(noisy, ns, z, x_start, mask, m=m, steps=10, order=2, skip="logSNR",
+                          absorb_rate=0.5, generator=torch.Generator().manual_seed(5))
+    assert not torch.equal(a[0], c[0])
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_sde_solver_samples_the_gaussian_closed_form(setup, order):
+    """SDE-DPM-Solver++ with the exact x0-predictor of N(MU, S^2) data ends, like the ODE, at the
+    distribution of the first timestep's prediction: mean MU, the closed-form variance. The first
+    order converges as O(h) (variance 0.111 / 0.195 / 0.224 at 10 / 50 / 800 steps against 0.228),
+    the second faster (0.189 / 0.229 at 10 / 50)."""
+    sched, ns, f = setup
+    shape = (4000, 4, 4)
+    zeros, mask = torch.zeros(shape), torch.ones(shape[:2])
+    closed = _closed_final_var(sched)
+    errs = []
+    for steps in ((10, 50, 800) if order == 1 else (10, 50)):
+        g = torch.Generator().manual_seed(3)
+        _, x = dpm_solver_sample(f, ns, torch.randn(shape, generator=g), zeros, mask, steps=steps,
+                                 order=order, skip="logSNR", sde=True, generator=g)
+        assert abs(x.mean().item() - MU) < 0.02
+        errs.append(abs(x.var().item() - closed))
+    assert all(a > b for a, b in zip(errs, errs[1:])), errs
+    assert errs[-1] < 0.03 * closed, errs
+    with pytest.raises(ValueError, match="orders 1 and 2"):
+        dpm_solver_sample(f, ns, torch.randn(shape), zeros, mask, steps=3, order=3, sde=True)

@@ -1,0 +1,241 @@
+"""Decoding settings chosen on validation and saved with the checkpoint.
+
+Which decoding is best depends on the task: a model that modernises verses or paraphrases
+questions does best as an editor of its source (init "source"), one that translates does not.
+`tune` decodes part of the valid split with each setting of a small grid, scores it, and
+`save_choice` writes the winners as `decoding.json` in the checkpoint folder:
+
+    {"metric": "sentence_bleu", "split": "valid", "examples": 200, "data_dir": ...,
+     "best": {settings}, "dpm": {settings}, "ancestral": {settings}, "grid": [rows]}
+
+"best" is what `DiffuSeqModel.generate` uses, "dpm" what `run_decode_solver.py` uses, "ancestral"
+what `run_decode.py` uses, each unless the caller sets an option itself (see `merge`).
+Settings are keyword arguments of `DiffuSeqModel.sample_ids`, restricted to SETTINGS.
+"""
+import json
+import os
+import time
+
+from .checkpoint import CheckpointError, write_atomic
+
+FILE = "decoding.json"
+# the keys a saved choice may hold, with their types
+SETTINGS = {"sampler": str, "steps": int, "init": str, "t_start": int, "absorb_rate": float,
+            "skip": str, "order": int, "sde": bool}
+SAMPLERS = ("dpm", "ancestral")
+
+
+def _noise(sampler, steps, **kw):
+    return dict(sampler=sampler, steps=steps, init="noise", **kw)
+
+
+def _source(t_start, steps, sampler="dpm"):
+    return dict(sampler=sampler, steps=steps, init="source", t_start=t_start)
+
+
+# Grids of settings, cheapest first. "quick" is what the default job tries (about a minute on 200
+# Bible verses, one core); "full" adds the ancestral chain, the SDE solver and more start points.
+GRIDS = {
+    "quick": [
+        _noise("dpm", 10),                      # DPM-Solver++ with absorption (the trained rate)
+        _noise("dpm", 10, absorb_rate=0.0),     # the paper's deterministic solver
+        _source(1, 1), _source(50, 1), _source(200, 1), _source(400, 1),
+        _source(400, 3), _source(800, 3), _source(1200, 10),
+    ],
+    "full": [
+        _noise("dpm", 5), _noise("dpm", 10), _noise("dpm", 20),
+        _noise("dpm", 10, absorb_rate=0.0), _noise("dpm", 10, absorb_rate=0.25),
+        _noise("dpm", 10, sde=True, absorb_rate=0.0), _noise("dpm", 10, sde=True),
+        _noise("dpm", 10, skip="time_uniform"),
+        _noise("ancestral", 20), _noise("ancestral", 50),
+        _source(1, 1), _source(50, 1), _source(200, 1), _source(400, 1), _source(800, 1),
+        _source(50, 3), _source(200, 3), _source(400, 3), _source(800, 3), _source(1200, 3),
+        _source(200, 10), _source(800, 10), _source(1200, 10), _source(1600, 10),
+        _source(400, 20, sampler="ancestral"),
+    ],
+}
+METRICS = ("sentence_bleu", "bleu", "rouge_l")
+GRID_T = 2000  # the grids' start times are for T = 2000 training timesteps
+
+
+def scaled(grid, T):
+    """The grid for a model of T training timesteps: each t_start scaled by T / GRID_T, at least
+    1 and below T, duplicates dropped."""
+    out = []
+    for s in grid:
+        if s.get("t_start") is not None:
+            s = dict(s, t_start=min(T - 1, max(1, round(s["t_start"] * T / GRID_T))))
+        if s not in out:
+            out.append(s)
+    return out
+
+
+def describe(s):
+    """A short name of a setting: "dpm 10, source t=400", "dpm 10, noise, absorb 0.0"."""
+    parts = [f"{s['sampler']} {s['steps']}",
+             f"source t={s['t_start']}" if s.get("init") == "source" else "noise"]
+    parts += [f"absorb {s['absorb_rate']}"] if s.get("absorb_rate") is not None else []
+    parts += [s["skip"]] if s.get("skip") else []
+    parts += ["sde"] if s.get("sde") else []
+    parts += [f"order {s['order']}"] if s.get("order") else []
+    return ", ".join(parts)
+
+
+def check_settings(s, where):
+    """A setting read from a file: only known keys, of the right types, else CheckpointError."""
+    if not isinstance(s, dict):
+        raise CheckpointError(f"{where}: a decoding setting must be an object")
+    for k, v in s.items():
+        want = SETTINGS.get(k)
+        if want is None:
+            raise CheckpointError(f"{where}: unknown decoding setting {k!r} (known: {', '.join(SETTINGS)})")
+        ok = v is None or (isinstance(v, want) and not (want is int and isinstance(v, bool))) \
+            or (want is float and isinstance(v, int) and not isinstance(v, bool))
+        if not ok:
+            raise CheckpointError(f"{where}: decoding setting {k} = {v!r} is not a {want.__name__}")
+    if s.get("sampler") not in (None, *SAMPLERS):
+        raise CheckpointError(f"{where}: unknown sampler {s['sampler']!r}")
+    return s
+
+
+def load_choice(ckpt_dir):
+    """The saved choice of a checkpoint folder ({"best": ..., "dpm": ..., ...}), or None."""
+    path = os.path.join(ckpt_dir, FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            choice = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not a readable JSON file ({e})") from None
+    if not isinstance(choice, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    for key in ("best", *SAMPLERS):
+        if choice.get(key) is not None:
+            check_settings(choice[key], f"{path}: {key}")
+    return choice
+
+
+def merge(saved, given, sampler=None):
+    """The settings to decode with: those the caller gave (not None) win over the saved ones, and
+    the saved ones over the defaults of sample_ids. A saved setting for another sampler than the
+    caller's is not used."""
+    out = {}
+    if saved and (sampler is None or saved.get("sampler") == sampler):
+        out.update({k: v for k, v in saved.items() if v is not None})
+    out.update({k: v for k, v in given.items() if v is not None})
+    if sampler is not None:
+        out["sampler"] = sampler
+    return out
+
+
+def tune(model, sources, references, grid, bsz=100, seed=0, metric="sentence_bleu", log=print):
+    """Decode `sources` with every setting of `grid` and score against `references`: one row per
+    setting {settings, sentence_bleu, bleu, rouge_l, avg_len, seconds, sent_per_s}, in grid
+    order."""
+    from .metrics import evaluate
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+    rows = []
+    for s in grid:
+        t0 = time.time()
+        out = model.generate(sources, seed=seed, bsz=bsz, use_saved=False, **s)
+        dt = time.time() - t0
+        scores = evaluate([[o] for o in out], references, mbr=False)
+        row = dict(settings=s, seconds=round(dt, 2), sent_per_s=round(len(sources) / max(dt, 1e-9), 1),
+                   **{k: round(scores[k], 2) for k in ("sentence_bleu", "bleu", "rouge_l", "avg_len")})
+        rows.append(row)
+        if log:
+            log(f"  {describe(s):<40} {metric} {row[metric]:6.2f}  ({dt:.1f} s)")
+    return rows
+
+
+def choose(rows, metric="sentence_bleu"):
+    """The best row overall and per sampler: {"best": settings, "dpm": ..., "ancestral": ...}
+    (a sampler absent from the grid is None). Ties go to the faster setting."""
+    def best(cands):
+        return max(cands, key=lambda r: (r[metric], -r["seconds"]))["settings"] if cands else None
+    out = {"best": best(rows)}
+    for sampler in SAMPLERS:
+        out[sampler] = best([r for r in rows if r["settings"]["sampler"] == sampler])
+    return out
+
+
+def table(rows, copy=None, metric="sentence_bleu"):
+    """The grid as a Markdown table, best first, with the copy-the-source line last."""
+    lines = ["| decoding | sentence BLEU | corpus BLEU | ROUGE-L | length | s | sent/s |",
+             "|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: -r[metric]):
+        lines.append(f"| {describe(r['settings'])} | {r['sentence_bleu']:.2f} | {r['bleu']:.2f} | "
+                     f"{r['rouge_l']:.2f} | {r['avg_len']:.1f} | {r['seconds']:.1f} | {r['sent_per_s']:.0f} |")
+    if copy:
+        lines.append(f"| copy the source | {copy['sentence_bleu']:.2f} | {copy['bleu']:.2f} | "
+                     f"{copy['rouge_l']:.2f} | {copy['avg_len']:.1f} | | |")
+    return "\n".join(lines)
+
+
+def save_choice(ckpt_dir, rows, metric, split, data_dir, examples, copy=None):
+    """Write decoding.json into the checkpoint folder (atomically); returns its path."""
+    path = os.path.join(ckpt_dir, FILE)
+    body = dict(metric=metric, split=split, data_dir=data_dir, examples=examples, **choose(rows, metric),
+                grid=rows, copy_source=copy)
+    write_atomic(path, json.dumps(body, indent=1) + "\n")
+    return path
+
+
+def tune_parser():
+    import argparse
+    from .config import HelpFormatter
+    p = argparse.ArgumentParser(
+        description="Choose the decoding settings of a checkpoint on validation data: decode the first "
+                    "--max_examples inputs of a split with each setting of a grid (init noise or source, "
+                    "start time, steps, absorption, sampler), print the table with scores and times, and "
+                    f"write the winners as {FILE} in the checkpoint folder. run_decode_solver.py, "
+                    "run_decode.py and generate() then decode with them unless told otherwise.",
+        formatter_class=HelpFormatter)
+    p.add_argument("--model_dir", required=True,
+                   help="a checkpoint folder, or a run folder (its checkpoint chosen by validation loss "
+                        "where recorded, else its latest)")
+    p.add_argument("--split", default="valid", help="which <split>.jsonl of the data folder to score on")
+    p.add_argument("--data_dir", default=None, help="data folder (default: the one the model was trained on)")
+    p.add_argument("--max_examples", type=int, default=200, help="inputs decoded per setting")
+    p.add_argument("--grid", choices=sorted(GRIDS), default="quick",
+                   help="quick: 9 settings, the default job's; full: 25, with the ancestral chain and the SDE solver")
+    p.add_argument("--metric", choices=METRICS, default="sentence_bleu", help="what the choice maximises")
+    p.add_argument("--bsz", type=int, default=100, help="sentences per batch")
+    p.add_argument("--seed", type=int, default=0, help="seed of the decodings")
+    p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, ...")
+    p.add_argument("--write", type=lambda v: v.lower() in ("1", "true", "yes"), default=True,
+                   help=f"write {FILE} (false: only print the table)")
+    return p
+
+
+def main(argv=None):
+    import sys
+    from .data.dataset import DataError, read_pairs
+    from .decoding import load_model
+    from .metrics import evaluate
+    from .tokenizer import TokenizerError
+    a = tune_parser().parse_args(argv)
+    try:
+        model = load_model(a.model_dir, a.device)
+        data_dir = a.data_dir or model.args.data_dir
+        pairs = list(read_pairs(os.path.join(data_dir, f"{a.split}.jsonl")))[:a.max_examples]
+        pairs = [p for p in pairs if p[1] is not None]
+        if not pairs:
+            raise DataError(f"{data_dir}/{a.split}.jsonl: no pairs with a reference to score against")
+        src, ref = [p[0] for p in pairs], [p[1] for p in pairs]
+        print(f"choosing the decoding of {model.path} on {len(pairs)} inputs of {a.split}.jsonl "
+              f"({a.grid} grid, {a.metric}):")
+        rows = tune(model, src, ref, scaled(GRIDS[a.grid], model.args.diffusion_steps), a.bsz, a.seed, a.metric)
+        copy = {k: round(v, 2) for k, v in evaluate([[s] for s in src], ref, mbr=False).items()}
+    except (CheckpointError, DataError, TokenizerError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print()
+    print(table(rows, copy, a.metric))
+    best = choose(rows, a.metric)
+    print(f"\nchosen: {describe(best['best'])}")
+    if a.write:
+        print(f"wrote {save_choice(model.path, rows, a.metric, a.split, data_dir, len(pairs), copy)}")
+    return 0
