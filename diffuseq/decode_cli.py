@@ -8,7 +8,7 @@ from . import dist
 from .checkpoint import CheckpointError
 from .config import HelpFormatter
 from .data.dataset import DataError
-from .decoding import INITS, decode_split, default_source_t, load_model
+from .decoding import INITS, LENGTHS, decode_split, default_source_t, load_model
 from .tokenizer import TokenizerError
 from .tuning import describe
 
@@ -66,10 +66,12 @@ def decode_parser(solver):
                         "one; with --clamp_first false, from this one down to 0 (the original's meaning)")
     p.add_argument("--clamp_first", type=lambda s: s.lower() in ("1", "true", "yes"), default=True,
                    help="see --clamp_step")
-    p.add_argument("--lengths", choices=["predicted", "full"], default="predicted",
+    p.add_argument("--lengths", choices=list(LENGTHS), default=None,
                    help="predicted: with a model trained with --length_head, give each input a target "
-                        "region of its predicted length plus --length_margin; full: the whole sequence "
-                        "(the original's way; always so for models without a length head)")
+                        "region of its predicted length plus --length_margin; source: of the source's "
+                        "length (any model); longer: the longer of the two; full: the whole sequence "
+                        "(the original's way; so for models without a length head, but with source) "
+                        "(default: the saved choice, else predicted)")
     p.add_argument("--length_margin", type=int, default=None,
                    help="positions past the predicted length where the model may still end its output "
                         "(default: the margin the model was trained with, or 4)")
@@ -98,9 +100,9 @@ def main(argv=None, solver=False):
         model = load_model(args.model_dir, proc.device, args.use_ema,
                            torch.bfloat16 if args.precision == "bf16" else None, args.compile)
         kw = dict(clamping=None if args.clamping == "auto" else args.clamping == "true",
-                  clamp_step=args.clamp_step, clamp_first=args.clamp_first, lengths=args.lengths,
-                  length_margin=args.length_margin)
-        given = dict(steps=args.step, init=args.init, t_start=args.t_start, absorb_rate=args.absorb_rate)
+                  clamp_step=args.clamp_step, clamp_first=args.clamp_first, length_margin=args.length_margin)
+        given = dict(steps=args.step, init=args.init, t_start=args.t_start, absorb_rate=args.absorb_rate,
+                     lengths=args.lengths)
         if solver:
             given.update(order=args.order, skip=args.skip_type, sde=args.sde)
             kw.update(final_call=args.final_call)

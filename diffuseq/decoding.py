@@ -26,6 +26,7 @@ from .tuning import load_choice, merge
 
 
 INITS = ("noise", "source")
+LENGTHS = ("predicted", "source", "longer", "full")
 # where a source start begins when nobody says, as a share of T: on the Bible's default model, one
 # solver step from t = 400 of 2000 scored as well as 3 (57.8 BLEU on 500 test verses)
 DEFAULT_SOURCE_SHARE = 0.2
@@ -148,6 +149,7 @@ class DiffuSeqModel:
         lengths: "predicted" (for a model with a length head) gives each example a target region
         of its predicted length + [SEP] + length_margin positions (None: the margin the model
         was trained with, or 4), and hides the rest from attention (it comes back as [PAD]);
+        "source" a region of the source's length (any model), "longer" of the longer of the two;
         "full" fills the whole sequence, as the original.
 
         init: "noise" starts from pure noise around m at t_start (the original's way); "source"
@@ -168,10 +170,8 @@ class DiffuSeqModel:
         ancestral steps."""
         ids, mask = ids.to(self.device), mask.to(self.device)
         full_ids, keep = ids, None
-        if lengths == "predicted" and self.model.cfg.length_head:
-            ids, mask, keep = self.target_regions(ids, mask, self.margin(length_margin))
-        elif lengths not in ("predicted", "full"):
-            raise ValueError(f"unknown lengths {lengths!r}; choose predicted or full")
+        if self.uses_regions(lengths):
+            ids, mask, keep = self.target_regions(ids, mask, self.margin(length_margin), lengths)
         if init not in INITS:
             raise ValueError(f"unknown init {init!r}; choose {' or '.join(INITS)}")
         a = self.args
@@ -230,8 +230,8 @@ class DiffuSeqModel:
         out = []
         for s in range(0, len(sources), chunk):
             ids, mask = self.inputs(sources[s:s + chunk], None if references is None else references[s:s + chunk])
-            if lengths == "predicted" and self.model.cfg.length_head:
-                n = self.region_end(ids.to(self.device), mask.to(self.device), self.margin(margin)).cpu()
+            if self.uses_regions(lengths):
+                n = self.region_end(ids.to(self.device), mask.to(self.device), self.margin(margin), lengths).cpu()
             else:
                 n = (1 - mask).sum(1)
             out += n.tolist()
@@ -250,15 +250,28 @@ class DiffuSeqModel:
         """Predicted number of target tokens [B] (the length head's most likely class)."""
         return self.model.length_logits(ids, mask).argmax(-1)
 
-    def region_end(self, ids, mask, margin):
-        """Where each input's target region ends [B]: its source ([CLS] x [SEP]) + predicted
-        length + [SEP] + margin (not bounded by the sequence)."""
-        return (1 - mask).sum(1) + self.predict_lengths(ids, mask) + 1 + margin
+    def uses_regions(self, lengths):
+        """Whether `lengths` cuts the target to a region: "predicted" and "longer" for a model
+        with a length head, "source" for any; "full" (and the others, without a head) fills the
+        whole sequence."""
+        if lengths not in LENGTHS:
+            raise ValueError(f"unknown lengths {lengths!r}; choose one of {', '.join(LENGTHS)}")
+        return lengths == "source" or (lengths != "full" and self.model.cfg.length_head)
 
-    def target_regions(self, ids, mask, margin):
-        """Cut a batch to its predicted target regions: (ids, mask, keep) with L the longest
-        region; keep [B, L] is False past each example's region_end."""
-        end = self.region_end(ids, mask, margin).clamp(max=ids.shape[1])
+    def region_end(self, ids, mask, margin, lengths="predicted"):
+        """Where each input's target region ends [B]: its source ([CLS] x [SEP]) + its target
+        length + [SEP] + margin (not bounded by the sequence). The target length is the predicted
+        one, the source's ("source", its tokens), or the longer of the two ("longer")."""
+        src = (1 - mask).sum(1)
+        n = src - 2 if lengths == "source" else self.predict_lengths(ids, mask)
+        if lengths == "longer":
+            n = torch.maximum(n, src - 2)
+        return src + n + 1 + margin
+
+    def target_regions(self, ids, mask, margin, lengths="predicted"):
+        """Cut a batch to its target regions: (ids, mask, keep) with L the longest region; keep
+        [B, L] is False past each example's region_end."""
+        end = self.region_end(ids, mask, margin, lengths).clamp(max=ids.shape[1])
         Lb = int(end.max())
         keep = torch.arange(Lb, device=ids.device)[None, :] < end[:, None]
         return ids[:, :Lb], mask[:, :Lb], keep

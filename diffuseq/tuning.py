@@ -21,7 +21,7 @@ from .checkpoint import CheckpointError, write_atomic
 FILE = "decoding.json"
 # the keys a saved choice may hold, with their types
 SETTINGS = {"sampler": str, "steps": int, "init": str, "t_start": int, "absorb_rate": float,
-            "skip": str, "order": int, "sde": bool}
+            "skip": str, "order": int, "sde": bool, "lengths": str}
 SAMPLERS = ("dpm", "ancestral")
 
 
@@ -29,29 +29,31 @@ def _noise(sampler, steps, **kw):
     return dict(sampler=sampler, steps=steps, init="noise", **kw)
 
 
-def _source(t_start, steps, sampler="dpm"):
-    return dict(sampler=sampler, steps=steps, init="source", t_start=t_start)
+def _source(t_start, steps, sampler="dpm", lengths=None):
+    s = dict(sampler=sampler, steps=steps, init="source", t_start=t_start)
+    return s if lengths is None else dict(s, lengths=lengths)
 
 
 # Grids of settings, cheapest first. "quick" is what the default job tries (about a minute on 200
 # Bible verses, one core); "full" adds the ancestral chain, the SDE solver and more start points.
+# A source start tries two length rules: the predicted length, and the source's.
 GRIDS = {
     "quick": [
         _noise("dpm", 10),                      # DPM-Solver++ with absorption (the trained rate)
         _noise("dpm", 10, absorb_rate=0.0),     # the paper's deterministic solver
-        _source(1, 1), _source(50, 1), _source(200, 1), _source(400, 1),
+        *[_source(t, 1, lengths=n) for t in (1, 50, 200, 400) for n in (None, "source")],
         _source(400, 3), _source(800, 3), _source(1200, 10),
     ],
     "full": [
         _noise("dpm", 5), _noise("dpm", 10), _noise("dpm", 20),
         _noise("dpm", 10, absorb_rate=0.0), _noise("dpm", 10, absorb_rate=0.25),
         _noise("dpm", 10, sde=True, absorb_rate=0.0), _noise("dpm", 10, sde=True),
-        _noise("dpm", 10, skip="time_uniform"),
+        _noise("dpm", 10, skip="time_uniform"), _noise("dpm", 10, lengths="source"),
         _noise("ancestral", 20), _noise("ancestral", 50),
-        _source(1, 1), _source(50, 1), _source(200, 1), _source(400, 1), _source(800, 1),
+        *[_source(t, 1, lengths=n) for t in (1, 50, 200, 400, 800) for n in (None, "source")],
         _source(50, 3), _source(200, 3), _source(400, 3), _source(800, 3), _source(1200, 3),
-        _source(200, 10), _source(800, 10), _source(1200, 10), _source(1600, 10),
-        _source(400, 20, sampler="ancestral"),
+        _source(200, 3, lengths="source"), _source(200, 10), _source(800, 10), _source(1200, 10),
+        _source(1600, 10), _source(400, 20, sampler="ancestral"),
     ],
 }
 METRICS = ("sentence_bleu", "bleu", "rouge_l")
@@ -77,6 +79,7 @@ def describe(s):
     parts += [f"absorb {s['absorb_rate']}"] if s.get("absorb_rate") is not None else []
     parts += [s["skip"]] if s.get("skip") else []
     parts += ["sde"] if s.get("sde") else []
+    parts += [f"{s['lengths']} length"] if s.get("lengths") else []
     parts += [f"order {s['order']}"] if s.get("order") else []
     return ", ".join(parts)
 
@@ -200,7 +203,7 @@ def tune_parser():
     p.add_argument("--data_dir", default=None, help="data folder (default: the one the model was trained on)")
     p.add_argument("--max_examples", type=int, default=200, help="inputs decoded per setting")
     p.add_argument("--grid", choices=sorted(GRIDS), default="quick",
-                   help="quick: 9 settings, the default job's; full: 25, with the ancestral chain and the SDE solver")
+                   help="quick: 13 settings, the default job's; full: 32, with the ancestral chain and the SDE solver")
     p.add_argument("--metric", choices=METRICS, default="sentence_bleu", help="what the choice maximises")
     p.add_argument("--bsz", type=int, default=100, help="sentences per batch")
     p.add_argument("--seed", type=int, default=0, help="seed of the decodings")

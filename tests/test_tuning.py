@@ -194,8 +194,8 @@ def test_tune_writes_the_choice_and_the_decoders_use_it(run, tmp_path):
     assert "| copy the source |" in r.stdout and "chosen: " in r.stdout
     choice = load_choice(best)
     rows = choice["grid"]
-    # the quick grid at T = 50: start times 1, 50, 200, 400, 800, 1200 of 2000 become 1, 1, 5, 10, 20, 30
-    assert len(rows) == 8 and choice["examples"] == 12 and choice["split"] == "valid"
+    # the quick grid at T = 50: start times 1, 50, 200, 400, 800, 1200 of 2000 become 1, 1, 5, 10, 20, 30 (11 settings of 13)
+    assert len(rows) == 11 and choice["examples"] == 12 and choice["split"] == "valid"
     top = max(r["sentence_bleu"] for r in rows)
     assert max(rows, key=lambda r: (r["sentence_bleu"], -r["seconds"]))["settings"] == choice["best"]
     assert any(r["sentence_bleu"] == top for r in rows if r["settings"] == choice["best"])
@@ -231,3 +231,25 @@ def test_generate_uses_the_saved_best(run):
     assert m.generate(src, seed=1) == m.generate(src, seed=1, sampler="dpm", steps=1, init="source",
                                                  use_saved=False)
     assert m.generate(src, seed=1, use_saved=False) == plain
+
+
+def test_length_rules_give_the_regions_they_name(run):
+    _, out = run
+    m = load_model(str(out), "cpu")
+    ids, mask = m.inputs(["w1 w2 w3 w4 w5 w6", "w7"])
+    src = (1 - mask).sum(1)  # [CLS] x [SEP]: 8 and 3
+    pred = m.predict_lengths(ids, mask)
+    margin = 2
+    assert m.region_end(ids, mask, margin, "source").tolist() == (2 * src - 2 + 1 + margin).tolist()
+    assert m.region_end(ids, mask, margin, "predicted").tolist() == (src + pred + 1 + margin).tolist()
+    assert m.region_end(ids, mask, margin, "longer").tolist() == (
+        src + torch.maximum(pred, src - 2) + 1 + margin).tolist()
+    _, _, keep = m.target_regions(ids, mask, margin, "source")
+    assert keep.sum(1).tolist() == (2 * src - 2 + 1 + margin).tolist()
+    out_ids = m.sample_ids(ids, mask, "dpm", 2, init="source", t_start=3, lengths="source", length_margin=margin)
+    pad = m.tokenizer.pad_id
+    # past each region the output is [PAD]
+    for row, end in zip(out_ids, (2 * src - 2 + 1 + margin).tolist()):
+        assert (row[end:] == pad).all()
+    with pytest.raises(ValueError, match="lengths"):
+        m.sample_ids(ids, mask, "dpm", 2, lengths="shortest")
