@@ -158,7 +158,11 @@ def train_parser():
     g.add_argument("--log_interval", type=int, default=100, help="steps between log lines")
     g.add_argument("--eval_interval", type=int, default=2000, help="steps between validation losses (0: off)")
     g.add_argument("--eval_batches", type=int, default=8, help="batches of valid.jsonl per validation")
-    g.add_argument("--keep_checkpoints", type=int, default=0, help="keep only the newest N checkpoints (0: all)")
+    g.add_argument("--keep_checkpoints", type=int, default=0,
+                   help="keep only the newest N checkpoints, and the best by validation loss (0: all)")
+    g.add_argument("--tune_decoding", type=_bool, default=False,
+                   help="at the end, choose the decoding of the best checkpoint on valid.jsonl (tune_decode.py "
+                        "with its defaults) and save it as that checkpoint's decoding.json")
     g.add_argument("--device", default="auto", help="where to train: auto (a GPU if there is one), cpu, cuda, cuda:1, ...")
     g.add_argument("--wandb", choices=["online", "offline", "disabled"], default="disabled",
                    help="log to Weights & Biases (needs the wandb package)")

@@ -39,7 +39,7 @@ log = logging.getLogger("diffuseq")
 # again comes from the checkpoint
 RESUMABLE = {"learning_steps", "max_minutes", "save_interval", "log_interval", "eval_interval", "eval_batches",
              "keep_checkpoints", "device", "wandb", "progress", "resume_checkpoint", "compile", "pack",
-             "explicit", "checkpoint_path"}
+             "explicit", "checkpoint_path", "tune_decoding"}
 
 
 # arguments newer than some saved runs: the value that keeps such a run's old behaviour on resume
@@ -620,6 +620,11 @@ def main(args):
     try:
         trainer = Trainer(args)
         trainer.train()
+        if getattr(trainer.args, "tune_decoding", False) and trainer.proc.is_main:
+            from .tuning import main as tune_main
+            dist.cleanup()  # decoding runs in this process alone
+            if tune_main(["--model_dir", trainer.args.checkpoint_path, "--device", str(trainer.proc.device)]):
+                return 2
     except (DataError, TokenizerError, ckpt.CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

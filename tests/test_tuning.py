@@ -253,3 +253,17 @@ def test_length_rules_give_the_regions_they_name(run):
         assert (row[end:] == pad).all()
     with pytest.raises(ValueError, match="lengths"):
         m.sample_ids(ids, mask, "dpm", 2, lengths="shortest")
+
+
+def test_training_can_end_by_choosing_its_decoding(run, tmp_path):
+    from diffuseq.trainer import main
+    d, _ = run
+    out = tmp_path / "r"
+    args = parse_train_args([
+        "--data_dir", str(d), "--checkpoint_path", str(out), "--width", "32", "--layers", "1",
+        "--heads", "2", "--ffn", "64", "--hidden_dim", "16", "--seq_len", "24", "--bsz", "8",
+        "--learning_steps", "2", "--warmup_steps", "1", "--diffusion_steps", "50", "--vocab_size", "100",
+        "--eval_interval", "2", "--save_interval", "2", "--progress", "false", "--tune_decoding", "true"])
+    assert main(args) == 0
+    choice = load_choice(os.path.join(str(out), ckpt.ckpt_name(2)))
+    assert choice is not None and choice["split"] == "valid" and len(choice["grid"]) == 11
