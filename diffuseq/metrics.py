@@ -17,7 +17,6 @@ sentence BLEU, with the other candidates of the same input.
 import json
 import os
 import warnings
-from collections import Counter
 from pathlib import Path
 
 import sacrebleu

@@ -8,7 +8,6 @@ batch.
 import contextlib
 import json
 import logging
-import math
 import os
 import queue
 import random

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from diffuseq import checkpoint as ckpt
 from diffuseq.config import parse_train_args
@@ -14,31 +13,17 @@ from diffuseq.decoding import decode_split, load_model
 from diffuseq.dist import ProcessInfo
 from diffuseq.metrics import rouge_l
 from diffuseq.trainer import Trainer
+from toy import tiny_args, toy_data, write_pairs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _write(path, pairs):
-    with open(path, "w") as f:
-        for s, t in pairs:
-            f.write(json.dumps({"src": s, "trg": t}) + "\n")
 
 
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory):
     """A 2-step model on a made-up dataset: enough to test the plumbing, not quality."""
-    d = tmp_path_factory.mktemp("data")
-    words = [f"w{i}" for i in range(20)]
-    pairs = [(" ".join(words[i % 7:i % 7 + 5]), " ".join(words[i % 5:i % 5 + 4])) for i in range(40)]
-    for split in ("train", "valid", "test"):
-        _write(d / f"{split}.jsonl", pairs[:23] if split == "test" else pairs)
+    d = toy_data(tmp_path_factory.mktemp("data"), test_size=23)
     run = tmp_path_factory.mktemp("run")
-    args = parse_train_args([
-        "--data_dir", str(d), "--checkpoint_path", str(run), "--width", "32", "--layers", "1",
-        "--heads", "2", "--ffn", "64", "--hidden_dim", "16", "--seq_len", "24", "--bsz", "8",
-        "--learning_steps", "2", "--warmup_steps", "1", "--diffusion_steps", "50",
-        "--vocab_size", "100", "--eval_interval", "0", "--progress", "false", "--learned_mean_embed"])
-    Trainer(args).train()
+    Trainer(tiny_args(d, run, "--learning_steps", "2", "--eval_interval", "0", "--learned_mean_embed")).train()
     return d, run
 
 
@@ -87,7 +72,7 @@ def test_decoding_batches_inputs_by_length_and_keeps_their_order(small_run, tmp_
     pairs = [(" ".join(rng.choice(words) for _ in range(rng.randint(1, 12))), "w1 w2") for _ in range(30)]
     data = tmp_path / "data"
     data.mkdir()
-    _write(data / "test.jsonl", pairs)
+    write_pairs(data / "test.jsonl", pairs)
     seen, real = [], m.sample_ids
 
     def spy(ids, mask, *args, **kw):
@@ -195,7 +180,7 @@ def test_all_options_decode_and_outputs_keep_the_users_strings(tmp_path):
     pairs = [("Three days' journey, O LORD!", "A three-day journey, Yahweh!"),
              ("How do I learn Python?", "What's the best way to learn Python?")] * 10
     for split in ("train", "valid", "test"):
-        _write(d / f"{split}.jsonl", pairs)
+        write_pairs(d / f"{split}.jsonl", pairs)
     run = tmp_path / "run"
     args = parse_train_args([
         "--data_dir", str(d), "--checkpoint_path", str(run), "--width", "32", "--layers", "1",

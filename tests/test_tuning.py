@@ -9,37 +9,23 @@ import pytest
 import torch
 
 from diffuseq import checkpoint as ckpt
-from diffuseq.config import parse_train_args
 from diffuseq.decoding import default_source_t, load_model
 from diffuseq.diffusion import q_sample
 from diffuseq.trainer import Trainer
 from diffuseq.tuning import CheckpointError, choose, describe, load_choice, merge, save_choice
+from toy import tiny_args, toy_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _write(path, pairs):
-    with open(path, "w") as f:
-        for s, t in pairs:
-            f.write(json.dumps({"src": s, "trg": t}) + "\n")
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A 6-step model saved at steps 2, 4 and 6, each validated, keeping 1 checkpoint."""
-    d = tmp_path_factory.mktemp("data")
-    words = [f"w{i}" for i in range(20)]
-    pairs = [(" ".join(words[i % 7:i % 7 + 5]), " ".join(words[i % 5:i % 5 + 4])) for i in range(40)]
-    for split in ("train", "valid", "test"):
-        _write(d / f"{split}.jsonl", pairs)
+    d = toy_data(tmp_path_factory.mktemp("data"))
     out = tmp_path_factory.mktemp("run")
-    args = parse_train_args([
-        "--data_dir", str(d), "--checkpoint_path", str(out), "--width", "32", "--layers", "1",
-        "--heads", "2", "--ffn", "64", "--hidden_dim", "16", "--seq_len", "24", "--bsz", "8",
-        "--learning_steps", "6", "--warmup_steps", "1", "--diffusion_steps", "50", "--lr", "3e-3",
-        "--vocab_size", "100", "--eval_interval", "2", "--save_interval", "2", "--keep_checkpoints", "1",
-        "--progress", "false", "--learned_mean_embed", "--denoise", "--segment_positions", "true"])
-    Trainer(args).train()
+    Trainer(tiny_args(d, out, "--learning_steps", "6", "--lr", "3e-3", "--eval_interval", "2",
+                      "--save_interval", "2", "--keep_checkpoints", "1", "--learned_mean_embed", "--denoise",
+                      "--segment_positions", "true")).train()
     return d, out
 
 
@@ -259,11 +245,8 @@ def test_training_can_end_by_choosing_its_decoding(run, tmp_path):
     from diffuseq.trainer import main
     d, _ = run
     out = tmp_path / "r"
-    args = parse_train_args([
-        "--data_dir", str(d), "--checkpoint_path", str(out), "--width", "32", "--layers", "1",
-        "--heads", "2", "--ffn", "64", "--hidden_dim", "16", "--seq_len", "24", "--bsz", "8",
-        "--learning_steps", "2", "--warmup_steps", "1", "--diffusion_steps", "50", "--vocab_size", "100",
-        "--eval_interval", "2", "--save_interval", "2", "--progress", "false", "--tune_decoding", "true"])
+    args = tiny_args(d, out, "--learning_steps", "2", "--eval_interval", "2", "--save_interval", "2",
+                     "--tune_decoding", "true")
     assert main(args) == 0
     choice = load_choice(os.path.join(str(out), ckpt.ckpt_name(2)))
     assert choice is not None and choice["split"] == "valid" and len(choice["grid"]) == 11
