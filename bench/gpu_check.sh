@@ -80,13 +80,16 @@ part train_big_batch 120 python3 bench/bench_train.py --device $DEV --presets $P
   --seq_len $SEQ --bsz $BIG_BSZ --repeats $REPS --no_baseline --profile "$OUT/profile_train_big.txt" \
   --json "$OUT/train_big_batch.json"
 
-# 5. quality: the default recipe on the Bible data for a fixed time, decoded with the solver
+# 5. quality: the default recipe on the Bible data for a fixed time, decoded with the solver and the
+#    decoding chosen on valid (as the default job does)
 RUN="$OUT/quality_run"
 rm -rf "$RUN"
 part quality_train $((QUALITY_MINUTES * 60 + 90)) bash scripts/run_default.sh --train-only \
   --checkpoint_path "$RUN" --learning_steps $QUALITY_STEPS --max_minutes $QUALITY_MINUTES \
   --device $DEV --save_interval 100000 --progress false
-part quality_decode 90 python3 run_decode_solver.py --model_dir "$RUN" --split test --step 10 --bsz 512 \
+part quality_tune 90 python3 tune_decode.py --model_dir "$RUN" --device $DEV --bsz 512 \
+  $([ "$EXAMPLES" -gt 0 ] && echo --max_examples $EXAMPLES)
+part quality_decode 90 python3 run_decode_solver.py --model_dir "$RUN" --split test --bsz 512 \
   --device $DEV --out_dir "$OUT/quality_outputs" --progress false \
   $([ "$EXAMPLES" -gt 0 ] && echo --max_examples $EXAMPLES)
 part quality_score 60 bash -c "python3 scripts/eval_seq2seq.py \"\$(ls $OUT/quality_outputs/*/*.jsonl | head -1)\" \

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# The built-in default, end to end on CPU (12 minutes on one core of the CI machine):
+# The built-in default, end to end on CPU (about 14 minutes on one core of the CI machine):
 #   1. build King James -> World English Bible verse pairs from the installed pythonbible packages,
 #   2. train the default recipe for STEPS steps: DiffuSeq-v2 (soft absorbing state + discrete
 #      noise) with positions counted per segment, a 16-dimensional embedding space, a noise floor,
 #      a length head and a constant learning rate (the README's Quality section says why),
-#   3. decode the test split: ancestral sampling in DECODE_STEPS respaced steps, each verse in a
-#      target region of its predicted length,
-#   4. score it next to the copy-the-source baseline.
-# Environment: STEPS (default 4000), DECODE_STEPS (default 50), OUT (run folder, default
-# diffusion_models/default_bible), MAX_EXAMPLES (test inputs to decode, default all).
+#   3. choose the decoding on TUNE_EXAMPLES valid verses (tune_decode.py, GRID grid; it writes
+#      decoding.json beside the weights of the checkpoint with the lowest validation loss),
+#   4. decode the test split with DPM-Solver++ and that choice, and score it next to the
+#      copy-the-source baseline.
+# Environment: STEPS (default 4000), OUT (run folder, default diffusion_models/default_bible),
+# TUNE_EXAMPLES (default 200), GRID (quick or full, default quick), MAX_EXAMPLES (test inputs to
+# decode, default all).
 # With --train-only, only steps 1-2 run, and the arguments after it go to train.py (the GPU check
 # uses this to train the same recipe for a fixed time).
 set -euo pipefail
@@ -52,9 +54,8 @@ print(f"model: mean sentence BLEU {model['sentence_bleu']:.1f}, ROUGE-L {model['
       f"copying the source: {base['sentence_bleu']:.1f}, {base['rouge_l']:.1f} "
       f"({'above' if gap > 0 else 'below'} it by {abs(gap):.1f} BLEU).")
 if gap <= 0:
-    print("The model rewrites verses, but a few CPU minutes leave it below copying the source, which "
-          "already shares most words with the modern text. Train longer (STEPS=20000; see the "
-          "learning curve in the README) or on a GPU to close the gap.")
+    print("The model rewrites verses, but these CPU minutes leave it below copying the source, which "
+          "already shares most words with the modern text. Train longer (STEPS=20000) or on a GPU.")
 PY
 echo "outputs: $result"
 echo "scores:  $scores"

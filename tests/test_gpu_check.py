@@ -19,7 +19,7 @@ def test_gpu_check_cpu_smoke(tmp_path):
     parts = [json.loads(line) for line in (out / "parts.jsonl").read_text().splitlines()]
     names = [p["part"] for p in parts]
     assert names == ["env", "train_presets", "decode_tiny_eager", "train_big_batch", "quality_train",
-                     "quality_decode", "quality_score", "gpu_tests", "decode_tiny_compiled",
+                     "quality_tune", "quality_decode", "quality_score", "gpu_tests", "decode_tiny_compiled",
                      "train_compiled"]
     failed = {p["part"]: (out / f"{p['part']}.log").read_text()[-2000:] for p in parts if p["status"] != "ok"}
     assert not failed, failed
