@@ -85,3 +85,29 @@ def test_bench_peer_report_reads_the_saved_comparison():
     rows = {r["flags"] == ["--pack", "false"]: r["s_per_step"] for r in rec["ablation_base"]}
     assert len(rows) == 2 and rows[True] > rows[False]
     assert f"{rows[True]:.3g}" in p.stdout and "ours, base, batch 64" in p.stdout
+
+
+def test_convergence_reads_steps_to_a_score_between_checkpoints():
+    sys.path.insert(0, str(ROOT / "bench"))
+    from bench_convergence import steps_to_reach
+    curve = [(1000, 10.0), (2000, 20.0), (4000, 30.0)]
+    assert steps_to_reach(curve, 25.0) == pytest.approx(3000.0)  # halfway from 2,000 to 4,000
+    assert steps_to_reach(curve, 5.0) == 1000 and steps_to_reach(curve, 31.0) is None
+
+
+def test_decoding_frontier_runs_named_settings(tmp_path):
+    """bench_decoding on a tiny trained model: one row per named setting, and the copy line."""
+    from toy import tiny_args, toy_data
+    from diffuseq.trainer import Trainer
+    d = toy_data(tmp_path)
+    run_dir = tmp_path / "run"
+    Trainer(tiny_args(d, run_dir, "--learning_steps", "2", "--eval_interval", "0", "--learned_mean_embed",
+                      "--denoise", "--diffusion_steps", "2000")).train()
+    out = tmp_path / "f.json"
+    p = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_decoding.py"), "--model_dir", str(run_dir),
+                        "--max_examples", "6", "--only", "dpm10", "source50_1", "--mbr", "1", "2", "--out", str(out)],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-3000:]
+    rec = json.loads(out.read_text())
+    assert [r["settings"]["init"] for r in rec["rows"]] == ["noise", "source"]
+    assert rec["examples"] == 6 and "sentence_bleu" in rec["copy"] and [m["candidates"] for m in rec["mbr"]] == [1, 2]
