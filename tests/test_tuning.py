@@ -250,3 +250,17 @@ def test_training_can_end_by_choosing_its_decoding(run, tmp_path):
     assert main(args) == 0
     choice = load_choice(os.path.join(str(out), ckpt.ckpt_name(2)))
     assert choice is not None and choice["split"] == "valid" and len(choice["grid"]) == 11
+
+
+def test_tune_without_writing_and_on_another_metric(run, tmp_path):
+    _, out = run
+    best = ckpt.resolve(str(out), "best")
+    if os.path.exists(os.path.join(best, "decoding.json")):
+        os.remove(os.path.join(best, "decoding.json"))
+    r = _cli("tune_decode.py", "--model_dir", str(out), "--max_examples", "6", "--metric", "rouge_l",
+             "--write", "false")
+    assert r.returncode == 0, r.stderr
+    assert "rouge_l" in r.stdout and "chosen: " in r.stdout and "wrote" not in r.stdout
+    assert not os.path.exists(os.path.join(best, "decoding.json"))
+    r = _cli("tune_decode.py", "--model_dir", str(out), "--split", "nosuch")
+    assert r.returncode == 2 and "nosuch.jsonl" in r.stderr and "Traceback" not in r.stderr
