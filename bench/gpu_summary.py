@@ -60,10 +60,19 @@ def main(out):
     q = load(os.path.join(out, "quality_scores.json"))
     if q:
         summary["quality"] = q
-        md += ["## Quality (Bible test split, DPM-Solver++ 10 steps)", "",
+        md += ["## Quality (Bible test split, the decoding chosen on valid)", "",
                md_table(["", "mean sentence BLEU", "corpus BLEU", "ROUGE-L", "avg len"],
                         [[k, v.get("sentence_bleu"), v.get("bleu"), v.get("rouge_l"), v.get("avg_len")]
                          for k, v in q.items() if isinstance(v, dict)]), ""]
+    for proto, title in (("chosen", "the decoding chosen on valid"),
+                         ("paper", "the paper's protocol: noise start, DPM-Solver++ 10 without absorption")):
+        q = load(os.path.join(out, f"quality_big_{proto}_scores.json"))
+        if q:
+            summary[f"quality_big_{proto}"] = q
+            md += [f"## Quality of the larger model (Bible test split, {title})", "",
+                   md_table(["", "mean sentence BLEU", "corpus BLEU", "ROUGE-L", "avg len"],
+                            [[k, v.get("sentence_bleu"), v.get("bleu"), v.get("rouge_l"), v.get("avg_len")]
+                             for k, v in q.items() if isinstance(v, dict)]), ""]
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     with open(os.path.join(out, "summary.md"), "w") as f:

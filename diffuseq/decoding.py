@@ -154,7 +154,7 @@ class DiffuSeqModel:
 
         init: "noise" starts from pure noise around m at t_start (the original's way); "source"
         starts from the source laid over the target region (source_start), noised by
-        q(z_t | z_0) to training timestep t_start (default 400): the model edits the source
+        q(z_t | z_0) to training timestep t_start (default 0.2 T): the model edits the source
         instead of writing from nothing. t_start: the training timestep the decoding starts from
         (None: T - 1 for noise, 0.2 T for source; both samplers take it).
 
