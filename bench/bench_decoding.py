@@ -39,6 +39,7 @@ EXTRA = {  # name -> settings, for --only and the paper's protocol rows
     "dpm10_uniform": dict(sampler="dpm", steps=10, init="noise", skip="time_uniform"),
     "dpm10_uniform_paper": dict(sampler="dpm", steps=10, init="noise", skip="time_uniform", absorb_rate=0.0),
     "source50_1": dict(sampler="dpm", steps=1, init="source", t_start=50, lengths="source"),
+    "source1_1": dict(sampler="dpm", steps=1, init="source", t_start=1, lengths="source"),
 }
 
 
