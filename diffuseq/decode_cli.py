@@ -6,7 +6,7 @@ import torch
 
 from . import dist
 from .checkpoint import CheckpointError
-from .config import HelpFormatter
+from .config import HelpFormatter, _bool
 from .data.dataset import DataError
 from .decoding import INITS, LENGTHS, decode_split, default_source_t, load_model
 from .tokenizer import TokenizerError
@@ -40,7 +40,7 @@ def decode_parser(solver):
                         "the absorbing state m with probability absorb_rate x the step's noise std "
                         "(default: the saved choice, else the trained --denoise_rate for noise starts of "
                         "models trained with --denoise, 0 otherwise)")
-    p.add_argument("--use_saved", type=lambda s: s.lower() in ("1", "true", "yes"), default=True,
+    p.add_argument("--use_saved", type=_bool, default=True,
                    help="take the settings not given here from the checkpoint's decoding.json, written by "
                         "tune_decode.py (false: the built-in defaults)")
     p.add_argument("--bsz", type=int, default=64, help="sentences per batch")
@@ -79,7 +79,7 @@ def decode_parser(solver):
         p.add_argument("--order", type=int, choices=[1, 2, 3], default=None, help="DPM-Solver++ order (default 2)")
         p.add_argument("--skip_type", choices=["logSNR", "time_uniform"], default=None,
                        help="step spacing: uniform in log signal-to-noise ratio (the default), or in time")
-        p.add_argument("--sde", type=lambda s: s.lower() in ("1", "true", "yes"), default=None,
+        p.add_argument("--sde", type=_bool, default=None,
                        help="solve the reverse SDE (SDE-DPM-Solver++, order 1 or 2, fresh noise each step) "
                             "instead of the probability-flow ODE (default false)")
         p.add_argument("--final_call", type=lambda s: s.lower() in ("1", "true", "yes"), default=True,

@@ -188,7 +188,7 @@ def save_choice(ckpt_dir, rows, metric, split, data_dir, examples, copy=None):
 
 def tune_parser():
     import argparse
-    from .config import HelpFormatter
+    from .config import HelpFormatter, _bool
     p = argparse.ArgumentParser(
         description="Choose the decoding settings of a checkpoint on validation data: decode the first "
                     "--max_examples inputs of a split with each setting of a grid (init noise or source, "
@@ -208,7 +208,7 @@ def tune_parser():
     p.add_argument("--bsz", type=int, default=100, help="sentences per batch")
     p.add_argument("--seed", type=int, default=0, help="seed of the decodings")
     p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, ...")
-    p.add_argument("--write", type=lambda v: v.lower() in ("1", "true", "yes"), default=True,
+    p.add_argument("--write", type=_bool, default=True,
                    help=f"write {FILE} (false: only print the table)")
     return p
 

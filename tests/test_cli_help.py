@@ -3,10 +3,11 @@ import pytest
 
 from diffuseq.config import HelpFormatter, train_parser
 from diffuseq.decode_cli import decode_parser
+from diffuseq.tuning import tune_parser
 
 
-@pytest.mark.parametrize("parser", [train_parser(), decode_parser(True), decode_parser(False)],
-                         ids=["train", "decode_solver", "decode"])
+@pytest.mark.parametrize("parser", [train_parser(), decode_parser(True), decode_parser(False), tune_parser()],
+                         ids=["train", "decode_solver", "decode", "tune"])
 def test_every_argument_is_explained_once(parser):
     fmt = HelpFormatter(parser.prog)
     for a in parser._actions:

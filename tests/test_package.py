@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ("diffuseq-train", "diffuseq-decode", "diffuseq-decode-solver", "diffuseq-eval",
+SCRIPTS = ("diffuseq-train", "diffuseq-decode", "diffuseq-decode-solver", "diffuseq-tune", "diffuseq-eval",
            "diffuseq-data", "diffuseq-checkpoint")
 
 
