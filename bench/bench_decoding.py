@@ -24,7 +24,7 @@ import torch
 from diffuseq.data.dataset import read_pairs
 from diffuseq.decoding import load_model
 from diffuseq.metrics import evaluate
-from diffuseq.tuning import GRIDS, describe, scaled, table, tune
+from diffuseq.tuning import GRIDS, copy_line, describe, scaled, table, tune
 
 EXTRA = {  # name -> settings, for --only and the paper's protocol rows
     "anc10": dict(sampler="ancestral", steps=10, init="noise"),
@@ -78,7 +78,7 @@ def main(argv=None):
     head = header_lines("bench_decoding", model.device,
                         f"{model.path}, {len(pairs)} inputs of {a.split}.jsonl")
     print(head, flush=True)
-    copy = {k: round(v, 2) for k, v in evaluate([[s] for s in src], ref, mbr=False).items()}
+    copy = copy_line(src, ref)
     rows = tune(model, src, ref, grid, a.bsz, seed=0)
     print(table(rows, copy))
     mbr = []

@@ -167,8 +167,7 @@ def save_checkpoint(run_dir, step, files, keep=0, valid_loss=None):
     write_atomic(os.path.join(run_dir, "latest"), ckpt_name(step) + "\n")
     best = best_checkpoint(run_dir)
     if valid_loss is not None and (best is None or valid_loss < best["valid_loss"]):
-        write_best(run_dir, step, valid_loss)
-        best = best_checkpoint(run_dir)
+        best = write_best(run_dir, step, valid_loss)
     if keep > 0:
         for old in list_checkpoints(run_dir)[:-keep]:
             if best is None or os.path.basename(old) != best["checkpoint"]:
@@ -180,9 +179,10 @@ BEST = "best.json"
 
 
 def write_best(run_dir, step, valid_loss):
-    """Record ckpt_<step> as the run's best checkpoint by validation loss."""
-    write_atomic(os.path.join(run_dir, BEST),
-                 json.dumps({"checkpoint": ckpt_name(step), "valid_loss": valid_loss}) + "\n")
+    """Record ckpt_<step> as the run's best checkpoint by validation loss; returns the record."""
+    best = {"checkpoint": ckpt_name(step), "valid_loss": valid_loss}
+    write_atomic(os.path.join(run_dir, BEST), json.dumps(best) + "\n")
+    return best
 
 
 def best_checkpoint(run_dir):

@@ -8,7 +8,7 @@ from . import dist
 from .checkpoint import CheckpointError
 from .config import HelpFormatter, _bool
 from .data.dataset import DataError
-from .decoding import INITS, LENGTHS, decode_split, default_source_t, load_model
+from .decoding import INITS, LENGTHS, decode_split, load_model
 from .tokenizer import TokenizerError
 from .tuning import describe
 
@@ -111,8 +111,6 @@ def main(argv=None, solver=False):
         sampler = "dpm" if solver else "ancestral"
         settings = model.settings(sampler, args.use_saved, **given)
         settings.setdefault("steps", 10 if solver else 50)
-        if settings.get("init") == "source" and settings.get("t_start") is None:
-            settings["t_start"] = default_source_t(model.args.diffusion_steps)
         if proc.is_main:
             saved = " (saved choice: decoding.json)" if args.use_saved and model.saved else ""
             print(f"decoding with {describe(settings)}{saved}")

@@ -284,12 +284,15 @@ class DiffuSeqModel:
     def settings(self, sampler=None, use_saved=True, **given):
         """The keyword arguments to decode with: `given` (those not None) over the settings saved
         with the checkpoint (decoding.json: those of `sampler`, or the best of all when sampler is
-        None) over the defaults of sample_ids, whose sampler is "dpm"."""
+        None) over the defaults of sample_ids, whose sampler is "dpm"; a source start gets its
+        default t_start here."""
         saved = None
         if use_saved and self.saved:
             saved = self.saved.get(sampler or "best")
         out = merge(saved, given, sampler)
         out.setdefault("sampler", "dpm")
+        if out.get("init") == "source" and out.get("t_start") is None:
+            out["t_start"] = default_source_t(self.args.diffusion_steps)  # named where it is shown
         return out
 
     def length_batches(self, sources, references=None, bsz=64, length_margin=None, lengths="predicted"):

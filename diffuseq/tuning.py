@@ -153,6 +153,12 @@ def tune(model, sources, references, grid, bsz=100, seed=0, metric="sentence_ble
     return rows
 
 
+def copy_line(sources, references):
+    """The scores of copying each source as its output (rounded as the grid's rows)."""
+    from .metrics import evaluate
+    return {k: round(v, 2) for k, v in evaluate([[s] for s in sources], references, mbr=False).items()}
+
+
 def choose(rows, metric="sentence_bleu"):
     """The best row overall and per sampler: {"best": settings, "dpm": ..., "ancestral": ...}
     (a sampler absent from the grid is None). Ties go to the faster setting."""
@@ -217,21 +223,19 @@ def main(argv=None):
     import sys
     from .data.dataset import DataError, read_pairs
     from .decoding import load_model
-    from .metrics import evaluate
     from .tokenizer import TokenizerError
     a = tune_parser().parse_args(argv)
     try:
         model = load_model(a.model_dir, a.device)
         data_dir = a.data_dir or model.args.data_dir
         pairs = list(read_pairs(os.path.join(data_dir, f"{a.split}.jsonl")))[:a.max_examples]
-        pairs = [p for p in pairs if p[1] is not None]
         if not pairs:
-            raise DataError(f"{data_dir}/{a.split}.jsonl: no pairs with a reference to score against")
+            raise DataError(f"{data_dir}/{a.split}.jsonl: no pairs to score against")
         src, ref = [p[0] for p in pairs], [p[1] for p in pairs]
         print(f"choosing the decoding of {model.path} on {len(pairs)} inputs of {a.split}.jsonl "
               f"({a.grid} grid, {a.metric}):")
         rows = tune(model, src, ref, scaled(GRIDS[a.grid], model.args.diffusion_steps), a.bsz, a.seed, a.metric)
-        copy = {k: round(v, 2) for k, v in evaluate([[s] for s in src], ref, mbr=False).items()}
+        copy = copy_line(src, ref)
     except (CheckpointError, DataError, TokenizerError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
