@@ -35,6 +35,7 @@ import time
 
 import common
 from common import header_lines, table
+from diffuseq import recipes
 from diffuseq.metrics import evaluate
 
 PEER = os.path.join(common.ROOT, "..", "shared", "peer")
@@ -47,12 +48,11 @@ LOG_LINE = re.compile(r"(\d\d):(\d\d):(\d\d) step (\d+) \|")
 
 
 def ours_config(data_dir, vocab, preset):
-    return ["--dataset", "qqp", "--data_dir", data_dir, "--vocab", "bert", "--vocab_path", vocab,
-            *SHAPES[preset], "--hidden_dim", "128", "--seq_len", "128", "--bsz", "64",
-            "--diffusion_steps", "2000", "--noise_schedule", "sqrt", "--schedule_sampler", "lossaware",
-            "--lr", "1e-4", "--warmup_steps", "0", "--ema_rate", "0.9999", "--dropout", "0.1",
-            "--seed", "102", "--learned_mean_embed", "--denoise", "--denoise_rate", "0.5",
-            "--precision", "fp32", "--progress", "false", "--eval_interval", "0"]
+    """The original-v2 recipe at the peer's batch (64), shape and precision, with ours' default
+    layout (length head, padding-free) and gradient clipping."""
+    return recipes.get("original-v2").flags(
+        dataset="qqp", data_dir=data_dir, vocab_path=vocab, bsz=64, microbatch=64, precision="fp32",
+        progress=False, eval_interval=0, length_head=True, length_margin=None, grad_clip=1.0) + SHAPES[preset]
 
 
 def time_v(path):

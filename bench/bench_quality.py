@@ -1,9 +1,10 @@
-"""Quality per unit of compute: train each recipe for the same number of steps (same batch, so the
-same target tokens), decode a fixed slice with each decoder, score it next to copying the source.
+"""Quality per unit of compute: train each recipe of diffuseq/recipes.py for the same number of steps
+(same batch, so the same target tokens), decode a fixed slice with each decoder, score it next to
+copying the source.
 
-    python bench/bench_quality.py --data bible --recipes v2,seg --steps 3000     # train + score
-    taskset -c 0 python bench/bench_quality.py --data bible --recipes seg --threads 1 &
-    taskset -c 1 python bench/bench_quality.py --data bible --recipes seg_floor --threads 1 &
+    python bench/bench_quality.py --data bible --recipes ladder-v2,ladder-seg --steps 3000   # train + score
+    taskset -c 0 python bench/bench_quality.py --data bible --recipes ladder-seg --threads 1 &
+    taskset -c 1 python bench/bench_quality.py --data bible --recipes ladder-seg-floor --threads 1 &
     python bench/bench_quality.py --data bible --report                          # the table
 
 Each (data, recipe, steps) result is one JSON file under --out (bench/quality by default), so
@@ -21,43 +22,10 @@ import time
 
 from common import ROOT, table
 
+from diffuseq import recipes as named
+
 import torch
 
-# every recipe starts from BASE; a recipe's flags override it
-BASE = dict(preset="tiny", width=128, layers=2, heads=4, ffn=512, hidden_dim=64, vocab_size=4000,
-            bsz=32, lr=1e-3, warmup_steps=50, ema_rate=0.99, schedule_sampler="uniform", dropout=0.0,
-            bucket="true", length_head="false", length_margin=-1)
-V2 = dict(learned_mean_embed=True, denoise=True)
-RECIPES = {
-    # the default job before this benchmark existed: DiffuSeq-v2, absolute positions, D = 64
-    "v2": dict(V2),
-    "v1": dict(),
-    "seg": dict(V2, segment_positions="true", hidden_dim=16),
-    "seg_floor": dict(V2, segment_positions="true", hidden_dim=16, t_min=600),
-    "seg_floor_sc": dict(V2, segment_positions="true", hidden_dim=16, t_min=600, self_cond="true"),
-    "seg_floor_bias": dict(V2, segment_positions="true", hidden_dim=16, t_min=600, lm_bias="true"),
-    "seg_floor_sc_bias": dict(V2, segment_positions="true", hidden_dim=16, t_min=600, self_cond="true",
-                              lm_bias="true"),
-    "v1_seg_floor_sc_bias": dict(segment_positions="true", hidden_dim=16, t_min=600, self_cond="true",
-                                 lm_bias="true"),
-    # the length head, trained on each target + N [PAD]s (padding-free training; 8 is the default)
-    "seg_floor_len_m4": dict(V2, segment_positions="true", hidden_dim=16, t_min=600, length_head="true",
-                             length_margin=4),
-    "seg_floor_len_m8": dict(V2, segment_positions="true", hidden_dim=16, t_min=600, length_head="true",
-                             length_margin=8),
-    "seg_floor_len_m8_nobucket": dict(V2, segment_positions="true", hidden_dim=16, t_min=600, length_head="true",
-                                      length_margin=8, bucket="false"),
-    "seg_floor_len_m12": dict(V2, segment_positions="true", hidden_dim=16, t_min=600, length_head="true",
-                              length_margin=12),
-    "seg_floor_len_m16": dict(V2, segment_positions="true", hidden_dim=16, t_min=600, length_head="true",
-                              length_margin=16),
-    # the same, trained as before it: every position up to the batch's (bucketed) length is target
-    "seg_floor_len_batchpad": dict(V2, segment_positions="true", hidden_dim=16, t_min=600, length_head="true"),
-    "seg_floor_sc_bias_len": dict(V2, segment_positions="true", hidden_dim=16, t_min=600, self_cond="true",
-                                  lm_bias="true", length_head="true"),
-    "v1_seg_floor_sc_bias_len": dict(segment_positions="true", hidden_dim=16, t_min=600, self_cond="true",
-                                     lm_bias="true", length_head="true"),
-}
 # name -> keyword arguments of DiffuSeqModel.sample_ids
 DECODERS = {
     "dpm10": dict(sampler="dpm", steps=10),
@@ -83,16 +51,6 @@ DATA = {  # name -> (data folder, split scored, seq_len)
 }
 
 
-def flags(d):
-    out = []
-    for k, v in d.items():
-        if v is True:
-            out.append(f"--{k}")
-        elif v is not False and v is not None:
-            out += [f"--{k}", str(v)]
-    return out
-
-
 def ensure_data(name):
     folder = os.path.join(ROOT, DATA[name][0])
     if name == "bible" and not os.path.isfile(os.path.join(folder, "test.jsonl")):
@@ -105,14 +63,14 @@ def ensure_data(name):
 
 def train(data, recipe, steps, out, threads, seq_len, reuse=False, save_every=0):
     run = os.path.join(out, "runs", f"{data}_{recipe}_{steps}")
-    cfg = dict(BASE, seq_len=seq_len, **RECIPES[recipe])
+    given = ["--recipe", recipe, "--seq_len", str(seq_len)]
     if reuse and os.path.isdir(os.path.join(run, f"ckpt_{steps:07d}")):
-        return run, logged_seconds(run), "(reused) " + " ".join(flags(cfg))
+        return run, logged_seconds(run), "(reused) " + " ".join(given)
     cmd = [sys.executable, "train.py", "--data_dir", ensure_data(data), "--dataset", data,
            "--checkpoint_path", run, "--learning_steps", str(steps), "--save_interval", str(save_every or steps),
            "--eval_interval", "0", "--log_interval", str(max(1, min(save_every or steps, steps // 10))),
            "--keep_checkpoints", "0" if save_every else "1",
-           "--progress", "false", *flags(cfg)]
+           "--progress", "false", *given]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     t0 = time.time()
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -202,7 +160,8 @@ def report(out, data, markdown=False):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", choices=sorted(DATA), default="bible")
-    p.add_argument("--recipes", default="v2,seg_floor_sc_bias", help="comma-separated: " + ", ".join(RECIPES))
+    p.add_argument("--recipes", default="ladder-v2,ladder-seg-floor-len-m8",
+                   help="comma-separated names of diffuseq/recipes.py (python -m diffuseq.recipes lists them)")
     p.add_argument("--decoders", default="dpm10", help="comma-separated: " + ", ".join(DECODERS))
     p.add_argument("--steps", type=int, default=3000, help="training steps of every recipe (batch 32)")
     p.add_argument("--examples", type=int, default=500, help="inputs decoded and scored (the first N of the split)")
@@ -230,7 +189,7 @@ def main(argv=None):
     seq_len = a.seq_len or DATA[a.data][2]
     recipes, decoders = a.recipes.split(","), a.decoders.split(",")
     for name in recipes + decoders:
-        if name not in RECIPES and name not in DECODERS:
+        if name not in named.RECIPES and name not in DECODERS:
             raise SystemExit(f"error: unknown recipe or decoder {name!r}")
     os.makedirs(a.out, exist_ok=True)
     records = []
@@ -246,7 +205,7 @@ def main(argv=None):
                 s = score(c, a.data, decoders[:1], a.examples, reuse=a.reuse)[decoders[0]]
                 curve.append(dict(step=step, train_min=logged_seconds(run, step) / 60, **{
                     k: s[k] for k in ("sentence_bleu", "bleu", "rouge_l", "avg_len")}))
-        record = dict(data=a.data, recipe=recipe, flags=dict(BASE, seq_len=seq_len, **RECIPES[recipe]),
+        record = dict(data=a.data, recipe=recipe, flags=dict(named.get(recipe).args, seq_len=seq_len),
                       steps=a.steps, train_min=secs / 60, threads=threads, command=cmd,
                       target_tokens=target_tokens(run, a.steps), examples=a.examples, scores=scores,
                       curve=curve)

@@ -1,7 +1,8 @@
-"""DiffuSeq v1 against DiffuSeq-v2 on the same code: two tiny models trained on qqp_small with
-equal steps and settings except v2's flags (--learned_mean_embed --denoise), their training loss at
-equal steps, then decoding speed and BLEU of the first N valid inputs with DPM-Solver++ and the
-ancestral sampler, against the copy-the-source baseline.
+"""DiffuSeq v1 against DiffuSeq-v2 on the same code: two tiny models trained on qqp_small with equal
+steps and settings but v2's (the original-v1 and original-v2 recipes at a tiny size, with this
+benchmark's batch, rate and EMA), their training loss at equal steps, then decoding speed and BLEU
+of the first N valid inputs with DPM-Solver++ and the ancestral sampler, against the copy-the-
+source baseline.
 
     python bench/bench_v2.py                 # trains both through train.py, then decodes
     python bench/bench_v2.py --quick         # a handful of steps and inputs (CI)
@@ -21,20 +22,20 @@ from diffuseq.data.dataset import read_pairs
 from diffuseq.decoding import load_model
 from diffuseq.metrics import corpus_bleu, sentence_bleu_avg
 
-VARIANTS = {"v1": [], "v2": ["--learned_mean_embed", "--denoise"]}
+VARIANTS = {"v1": "original-v1", "v2": "original-v2"}  # the recipes, at this benchmark's size
 LOG_LINE = re.compile(r"step (\d+) \| (.*?) \| ([\d.]+) steps/s")
 
 
 def train(variant, a, run_dir):
     """Train one variant through train.py; returns (last logged step, its loss terms, steps/s)."""
-    cmd = [sys.executable, os.path.join(common.ROOT, "train.py"), "--dataset", "qqp_small",
-           "--data_dir", a.data_dir, "--checkpoint_path", run_dir, "--preset", "tiny",
-           "--seq_len", str(a.seq_len), "--vocab_size", str(a.vocab_size), "--bsz", str(a.bsz),
-           "--lr", str(a.lr), "--warmup_steps", str(max(1, a.steps // 10)),
+    cmd = [sys.executable, os.path.join(common.ROOT, "train.py"), "--recipe", VARIANTS[variant],
+           "--dataset", "qqp_small", "--data_dir", a.data_dir, "--checkpoint_path", run_dir, "--preset", "tiny",
+           "--vocab", "own", "--seq_len", str(a.seq_len), "--vocab_size", str(a.vocab_size), "--bsz", str(a.bsz),
+           "--microbatch", str(a.bsz), "--lr", str(a.lr), "--warmup_steps", str(max(1, a.steps // 10)),
            "--learning_steps", str(a.steps), "--ema_rate", str(a.ema_rate),
            "--log_interval", str(max(1, a.steps // 10)), "--eval_interval", "0",
            "--save_interval", str(a.steps), "--keep_checkpoints", "1", "--precision", "fp32",
-           "--seed", str(a.seed), "--progress", "false", "--device", a.device, *VARIANTS[variant]]
+           "--seed", str(a.seed), "--progress", "false", "--device", a.device]
     t0 = time.time()
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:

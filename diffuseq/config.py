@@ -1,12 +1,20 @@
-"""Command-line arguments of training, and the model configuration derived from them.
+"""The training configuration: one typed record of every train.py argument, the parser built
+from it, and the model configuration derived from it.
 
-The saved `args.json` of a run holds every argument below, so a checkpoint folder describes
-itself and decoding needs nothing else.
+Layers, bottom to top: the defaults of TrainConfig (the base layer: what an argument left out of
+an older run's args.json means), then the named recipe (`--recipe`, default bible-tiny, see
+recipes.py), then the flags given on the command line. A run saves its TrainConfig as
+`args.json`, so a checkpoint folder describes itself and decoding needs nothing else.
 """
 import argparse
+import dataclasses
 import json
 import sys
+import typing
+from dataclasses import dataclass, field
+from typing import Optional
 
+from . import recipes
 from .model import PRESETS, DenoiserConfig
 from .schedule import SCHEDULES
 
@@ -19,155 +27,205 @@ def _bool(s):
     raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
 
 
+def arg(default, group, help, **kw):
+    """A field of TrainConfig that is also a command-line argument of `group`."""
+    return field(default=default, metadata=dict(group=group, help=help, **kw))
+
+
+SHAPES = "; ".join(f"{k}: {v['layers']} layers, width {v['width']}, {v['heads']} heads, FFN {v['ffn']}"
+                   for k, v in PRESETS.items())
+
+
+@dataclass
+class TrainConfig:
+    """Every argument of train.py, typed, with its base-layer default."""
+    recipe: Optional[str] = arg(None, "recipe", "start from this named configuration (python -m diffuseq.recipes "
+                                "lists them); flags given on the command line still win")
+    dataset: str = arg('bible_kjv_web', 'data', "name of the dataset, used in the run folder's name")
+    data_dir: str = arg('datasets/bible_kjv_web', 'data',
+        'folder with train.jsonl and valid.jsonl (test.jsonl for decoding)')
+    seq_len: int = arg(128, 'data',
+        'length of [CLS] x [SEP] y [SEP]; the source is truncated first when a pair is longer')
+    skip_bad_lines: bool = arg(False, 'data',
+        'skip malformed jsonl lines (and report how many) instead of stopping at the first')
+    bucket: bool = arg(False, 'data',
+        'length bucketing: batches of similar lengths instead of random ones. With --length_margin >= 0 every '
+        'batch is padded only to its longest row + the margin, so bucketing makes steps shorter (1.6x on the '
+        'Bible data) but learns less per step: at equal minutes the two tied (README, Quality)')
+    length_margin: Optional[int] = arg(None, 'data',
+        "[PAD]s after each target's [SEP] that the model learns to produce; the positions after them are out "
+        'of the loss and hidden from attention, so training costs only real tokens and decoding at a '
+        'predicted length (+ this margin) sees what training saw. -1: every position up to the padded length '
+        'is target, as the original trains (default: 8 with a length head, -1 without)')
+    vocab: str = arg('own', 'data',
+        'own: train a tokenizer on the training split; bert: a local BERT vocab.txt (--vocab_path)',
+        choices=['own', 'bert'])
+    vocab_path: Optional[str] = arg(None, 'data',
+        'folder or vocab.txt of a BERT WordPiece vocabulary (--vocab bert)')
+    vocab_size: int = arg(8000, 'data', 'vocabulary size of the trained tokenizer (--vocab own)')
+    tokenizer_algo: str = arg('wordpiece', 'data',
+        'algorithm of the trained tokenizer (--vocab own)', choices=['wordpiece', 'bpe'])
+    lowercase: bool = arg(True, 'data',
+        'lowercase text before tokenizing; false keeps case (a cased vocabulary, e.g. for translation into '
+        'English; see the README for its cost in vocabulary)')
+    preset: str = arg("tiny", "model", "transformer shape: " + SHAPES, choices=sorted(PRESETS))
+    width: Optional[int] = arg(None, 'model', "override the preset's transformer width")
+    layers: Optional[int] = arg(None, 'model', "override the preset's number of layers")
+    heads: Optional[int] = arg(None, 'model', "override the preset's attention heads")
+    ffn: Optional[int] = arg(None, 'model', "override the preset's feed-forward size")
+    hidden_dim: int = arg(128, 'model', 'word-embedding size D (the space that is noised)')
+    dropout: float = arg(0.1, 'model', 'dropout rate of the transformer layers')
+    init_from: Optional[str] = arg(None, 'model',
+        'initialise the encoder from local BERT weights (a folder with model.safetensors or '
+        'pytorch_model.bin); the shape must match, e.g. --preset base for bert-base')
+    segment_positions: bool = arg(False, 'model',
+        "restart the target's position ids at 0 and add a segment embedding, so y_i and x_i share a position "
+        '(copying and monotone rewrites become a position match)')
+    self_cond: bool = arg(False, 'model',
+        'self-conditioning: the model also sees its previous estimate of z_0 (in training, half the examples '
+        'get one from a first pass without gradient)')
+    lm_bias: bool = arg(False, 'model', "a learned bias on the tied output head (the original's lm_head has one)")
+    length_head: bool = arg(False, 'model',
+        "learn to predict the target's length from the source; decoding then gives each example a target "
+        'region of the predicted length (plus --length_margin), and training needs no padding (false: the '
+        "original's model, which learns the length from trailing [PAD]s up to seq_len)")
+    grad_checkpoint: bool = arg(False, 'model',
+        'recompute layer activations in the backward pass: less memory, ~30%% more compute')
+    diffusion_steps: int = arg(2000, 'diffusion', 'T, the number of training timesteps')
+    noise_schedule: str = arg('sqrt', 'diffusion',
+        "how abar_t falls with t: sqrt (Diffusion-LM's, fast early noise, suits embeddings), cosine or linear",
+        choices=list(SCHEDULES))
+    schedule_sampler: str = arg('lossaware', 'diffusion',
+        "timestep sampler: uniform, or importance sampling by each timestep's recent losses",
+        choices=['uniform', 'lossaware'])
+    t_min: int = arg(0, 'diffusion',
+        'noise floor: train only on timesteps >= t_min, where the target cannot be read off z_t without the '
+        'source; decoding then gives the model a time input of at least t_min (0: off)')
+    learned_mean_embed: bool = arg(False, 'diffusion',
+        'DiffuSeq-v2: noise the target toward a learned soft absorbing state m instead of 0 (the flag alone '
+        'means true)')
+    reg_rate: float = arg(0.01, 'diffusion', 'L2 penalty on m (with --learned_mean_embed)')
+    denoise: bool = arg(False, 'diffusion',
+        'DiffuSeq-v2 discrete noise: absorb target tokens into m with probability denoise_rate * sqrt(1 - '
+        'abar_t) (needs --learned_mean_embed; the flag alone means true)')
+    denoise_rate: float = arg(0.5, 'diffusion',
+        'r of --denoise: the largest share of target tokens absorbed into m (at t = T)')
+    bsz: int = arg(64, 'optimisation', 'global batch size (over all processes)')
+    microbatch: Optional[int] = arg(None, 'optimisation',
+        'examples per forward pass on each process; gradients are accumulated (default: all)')
+    lr: float = arg(0.0001, 'optimisation', 'peak learning rate of AdamW')
+    warmup_steps: int = arg(500, 'optimisation', 'linear warm-up, then linear decay to 0')
+    lr_schedule: str = arg('linear', 'optimisation',
+        "after the warm-up: linear decay to 0 at learning_steps (the original's), or the peak rate to the end",
+        choices=['linear', 'constant'])
+    learning_steps: int = arg(50000, 'optimisation', 'total optimisation steps')
+    max_minutes: float = arg(0, 'optimisation',
+        'stop (and save) after this many minutes of training, even before learning_steps; the learning-rate '
+        'schedule still follows learning_steps (0: no limit)')
+    weight_decay: float = arg(0.0, 'optimisation',
+        'AdamW weight decay of the matrices (not of biases, norms or embeddings)')
+    grad_clip: float = arg(1.0, 'optimisation', 'max gradient norm (0: off)')
+    ema_rate: float = arg(0.9999, 'optimisation', 'decay of the exponential moving average of weights')
+    precision: str = arg('auto', 'optimisation',
+        'auto: bf16 autocast on GPUs that support it, fp32 on CPU (bf16 on a CPU pays only with AVX512-BF16 '
+        'or AMX instructions; elsewhere it is many times slower); fp16 uses a grad scaler',
+        choices=['auto', 'fp32', 'bf16', 'fp16'])
+    use_fp16: bool = arg(False, 'optimisation', 'alias of --precision fp16')
+    compile: bool = arg(False, 'optimisation', 'torch.compile the denoiser')
+    pack: str = arg('auto', 'optimisation',
+        'pack the kept positions of several examples into one row (each attending to its own) when target '
+        'regions leave much of a batch out: the same losses for fewer positions. auto: on CPU; off on GPUs, '
+        'where it would wait on the host each call and break CUDA graphs', choices=['auto', 'true', 'false'])
+    seed: int = arg(102, 'optimisation',
+        'seed of every random draw (initialisation, batch order, timesteps, noise, dropout)')
+    checkpoint_path: Optional[str] = arg(None, 'run',
+        "the run's folder (default: diffusion_models/diffuseq_<dataset>_<preset>[_<notes>])")
+    notes: str = arg('', 'run', 'free text kept in args.json and appended to the default run name')
+    resume_checkpoint: Optional[str] = arg(None, 'run',
+        'checkpoint folder, or run folder (its latest checkpoint), to continue exactly from')
+    save_interval: int = arg(10000, 'run', 'steps between checkpoints')
+    log_interval: int = arg(100, 'run', 'steps between log lines')
+    eval_interval: int = arg(2000, 'run', 'steps between validation losses (0: off)')
+    eval_batches: int = arg(8, 'run', 'batches of valid.jsonl per validation')
+    keep_checkpoints: int = arg(0, 'run',
+        'keep only the newest N checkpoints, and the best by validation loss (0: all)')
+    tune_decoding: bool = arg(False, 'run',
+        'at the end, choose the decoding of the best checkpoint on valid.jsonl (tune_decode.py with its '
+        "defaults) and save it as that checkpoint's decoding.json")
+    device: str = arg('auto', 'run', 'where to train: auto (a GPU if there is one), cpu, cuda, cuda:1, ...')
+    wandb: str = arg('disabled', 'run',
+        'log to Weights & Biases (needs the wandb package)', choices=['online', 'offline', 'disabled'])
+    progress: bool = arg(True, 'run', 'show a progress bar (only on a terminal: logs never get one)')
+    explicit: list = field(default_factory=list)  # the arguments given on the command line
+
+    @classmethod
+    def from_dict(cls, d):
+        """A config from a saved args.json's dict. Arguments newer than the run take the
+        base-layer default, which keeps such a run's behaviour; unknown keys (from a newer
+        version) are left out."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in d.items() if k in known}
+        values.setdefault("length_margin", -1)  # runs before margins trained every position up to seq_len
+        return cls(**values)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+
+def _arg_fields():
+    return [f for f in dataclasses.fields(TrainConfig) if "group" in f.metadata]
+
+
+def _arg_type(f):
+    """(argparse type, whether the argument is a true/false switch) of a field."""
+    hints = typing.get_type_hints(TrainConfig)
+    t = hints[f.name]
+    if typing.get_origin(t) is typing.Union:  # Optional[X]
+        t = next(a for a in typing.get_args(t) if a is not type(None))
+    if t is bool:
+        return _bool, True
+    return (None if t is str else t), False
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each argument's default once: not for required arguments, flags that default to off,
-    defaults of None, or help texts that already say what the default is."""
+    """Shows each argument's default once: not for required arguments, defaults of None, or help
+    texts that already say what the default is."""
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if (action.required or action.default in (None, False, argparse.SUPPRESS)
-                or "default" in text.lower()):
+        if action.required or action.default in (None, argparse.SUPPRESS) or "default" in text.lower():
             return text
         return super()._get_help_string(action)
 
 
-def train_parser():
+def train_parser(recipe=recipes.DEFAULT):
+    """The parser of train.py, its defaults those of `recipe` over the base layer (so --help shows
+    the values a run would get)."""
     p = argparse.ArgumentParser(
         description="Train a DiffuSeq / DiffuSeq-v2 sequence-to-sequence diffusion model on a folder "
-                    "of train/valid/test.jsonl files ({\"src\": ..., \"trg\": ...} per line).",
+                    "of train/valid/test.jsonl files ({\"src\": ..., \"trg\": ...} per line). "
+                    "True/false arguments take a value (--denoise false) or stand alone for true.",
         formatter_class=HelpFormatter)
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="bible_kjv_web", help="name of the dataset, used in the run folder's name")
-    g.add_argument("--data_dir", default="datasets/bible_kjv_web",
-                   help="folder with train.jsonl and valid.jsonl (test.jsonl for decoding)")
-    g.add_argument("--seq_len", type=int, default=128,
-                   help="length of [CLS] x [SEP] y [SEP]; the source is truncated first when a pair is longer")
-    g.add_argument("--skip_bad_lines", action="store_true",
-                   help="skip malformed jsonl lines (and report how many) instead of stopping at the first")
-    g.add_argument("--bucket", type=_bool, default=False,
-                   help="length bucketing: batches of similar lengths instead of random ones. With "
-                        "--length_margin >= 0 every batch is padded only to its longest row + the margin, "
-                        "so bucketing makes steps shorter (1.6x on the Bible data) but learns less per "
-                        "step: at equal minutes the two tied (README, Quality)")
-    g.add_argument("--length_margin", type=int, default=None,
-                   help="[PAD]s after each target's [SEP] that the model learns to produce; the positions "
-                        "after them are out of the loss and hidden from attention, so training costs "
-                        "only real tokens and decoding at a predicted length (+ this margin) sees what "
-                        "training saw. -1: every position up to the padded length is target, as the "
-                        "original trains (default: 8 with a length head, -1 without)")
-    g.add_argument("--vocab", choices=["own", "bert"], default="own",
-                   help="own: train a tokenizer on the training split; bert: a local BERT vocab.txt (--vocab_path)")
-    g.add_argument("--vocab_path", default=None, help="folder or vocab.txt of a BERT WordPiece vocabulary (--vocab bert)")
-    g.add_argument("--vocab_size", type=int, default=8000, help="vocabulary size of the trained tokenizer (--vocab own)")
-    g.add_argument("--tokenizer_algo", choices=["wordpiece", "bpe"], default="wordpiece",
-                   help="algorithm of the trained tokenizer (--vocab own)")
-    g.add_argument("--lowercase", type=_bool, default=True,
-                   help="lowercase text before tokenizing; false keeps case (a cased vocabulary, e.g. for "
-                        "translation into English; see the README for its cost in vocabulary)")
-
-    g = p.add_argument_group("model")
-    g.add_argument("--preset", choices=sorted(PRESETS), default="tiny",
-                   help="transformer shape: " + "; ".join(
-                       f"{k}: {v['layers']} layers, width {v['width']}, {v['heads']} heads, FFN {v['ffn']}"
-                       for k, v in PRESETS.items()))
-    g.add_argument("--width", type=int, default=None, help="override the preset's transformer width")
-    g.add_argument("--layers", type=int, default=None, help="override the preset's number of layers")
-    g.add_argument("--heads", type=int, default=None, help="override the preset's attention heads")
-    g.add_argument("--ffn", type=int, default=None, help="override the preset's feed-forward size")
-    g.add_argument("--hidden_dim", type=int, default=128, help="word-embedding size D (the space that is noised)")
-    g.add_argument("--dropout", type=float, default=0.1, help="dropout rate of the transformer layers")
-    g.add_argument("--init_from", default=None,
-                   help="initialise the encoder from local BERT weights (a folder with model.safetensors or "
-                        "pytorch_model.bin); the shape must match, e.g. --preset base for bert-base")
-    g.add_argument("--segment_positions", type=_bool, default=False,
-                   help="restart the target's position ids at 0 and add a segment embedding, so y_i and "
-                        "x_i share a position (copying and monotone rewrites become a position match)")
-    g.add_argument("--self_cond", type=_bool, default=False,
-                   help="self-conditioning: the model also sees its previous estimate of z_0 (in training, "
-                        "half the examples get one from a first pass without gradient)")
-    g.add_argument("--lm_bias", type=_bool, default=False,
-                   help="a learned bias on the tied output head (the original's lm_head has one)")
-    g.add_argument("--length_head", type=_bool, default=True,
-                   help="learn to predict the target's length from the source; decoding then gives each "
-                        "example a target region of the predicted length (plus --length_margin), and "
-                        "training needs no padding (false: the original's model, which learns the length "
-                        "from trailing [PAD]s up to seq_len)")
-    g.add_argument("--grad_checkpoint", action="store_true",
-                   help="recompute layer activations in the backward pass: less memory, ~30%% more compute")
-
-    g = p.add_argument_group("diffusion")
-    g.add_argument("--diffusion_steps", type=int, default=2000, help="T, the number of training timesteps")
-    g.add_argument("--noise_schedule", choices=SCHEDULES, default="sqrt",
-                   help="how abar_t falls with t: sqrt (Diffusion-LM's, fast early noise, suits embeddings), "
-                        "cosine or linear")
-    g.add_argument("--schedule_sampler", choices=["uniform", "lossaware"], default="lossaware",
-                   help="timestep sampler: uniform, or importance sampling by each timestep's recent losses")
-    g.add_argument("--t_min", type=int, default=0,
-                   help="noise floor: train only on timesteps >= t_min, where the target cannot be read "
-                        "off z_t without the source; decoding then gives the model a time input of at "
-                        "least t_min (0: off)")
-    g.add_argument("--learned_mean_embed", type=_bool, nargs="?", const=True, default=False,
-                   help="DiffuSeq-v2: noise the target toward a learned soft absorbing state m instead of 0 "
-                        "(the flag alone means true)")
-    g.add_argument("--reg_rate", type=float, default=0.01, help="L2 penalty on m (with --learned_mean_embed)")
-    g.add_argument("--denoise", type=_bool, nargs="?", const=True, default=False,
-                   help="DiffuSeq-v2 discrete noise: absorb target tokens into m with probability "
-                        "denoise_rate * sqrt(1 - abar_t) (needs --learned_mean_embed; the flag alone "
-                        "means true)")
-    g.add_argument("--denoise_rate", type=float, default=0.5,
-                   help="r of --denoise: the largest share of target tokens absorbed into m (at t = T)")
-
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--bsz", type=int, default=64, help="global batch size (over all processes)")
-    g.add_argument("--microbatch", type=int, default=None,
-                   help="examples per forward pass on each process; gradients are accumulated (default: all)")
-    g.add_argument("--lr", type=float, default=1e-4, help="peak learning rate of AdamW")
-    g.add_argument("--warmup_steps", type=int, default=500, help="linear warm-up, then linear decay to 0")
-    g.add_argument("--lr_schedule", choices=["linear", "constant"], default="linear",
-                   help="after the warm-up: linear decay to 0 at learning_steps (the original's), or the "
-                        "peak rate to the end")
-    g.add_argument("--learning_steps", type=int, default=50000, help="total optimisation steps")
-    g.add_argument("--max_minutes", type=float, default=0,
-                   help="stop (and save) after this many minutes of training, even before learning_steps; "
-                        "the learning-rate schedule still follows learning_steps (0: no limit)")
-    g.add_argument("--weight_decay", type=float, default=0.0,
-                   help="AdamW weight decay of the matrices (not of biases, norms or embeddings)")
-    g.add_argument("--grad_clip", type=float, default=1.0, help="max gradient norm (0: off)")
-    g.add_argument("--ema_rate", type=float, default=0.9999, help="decay of the exponential moving average of weights")
-    g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
-                   help="auto: bf16 autocast on GPUs that support it, fp32 on CPU (bf16 on a CPU pays only "
-                        "with AVX512-BF16 or AMX instructions; elsewhere it is many times slower); "
-                        "fp16 uses a grad scaler")
-    g.add_argument("--use_fp16", action="store_true", help="alias of --precision fp16")
-    g.add_argument("--compile", action="store_true", help="torch.compile the denoiser")
-    g.add_argument("--pack", choices=["auto", "true", "false"], default="auto",
-                   help="pack the kept positions of several examples into one row (each attending to its "
-                        "own) when target regions leave much of a batch out: the same losses for fewer "
-                        "positions. auto: on CPU; off on GPUs, where it would wait on the host each call "
-                        "and break CUDA graphs")
-    g.add_argument("--seed", type=int, default=102,
-                   help="seed of every random draw (initialisation, batch order, timesteps, noise, dropout)")
-
-    g = p.add_argument_group("run")
-    g.add_argument("--checkpoint_path", default=None,
-                   help="the run's folder (default: diffusion_models/diffuseq_<dataset>_<preset>[_<notes>])")
-    g.add_argument("--notes", default="", help="free text kept in args.json and appended to the default run name")
-    g.add_argument("--resume_checkpoint", default=None,
-                   help="checkpoint folder, or run folder (its latest checkpoint), to continue exactly from")
-    g.add_argument("--save_interval", type=int, default=10000, help="steps between checkpoints")
-    g.add_argument("--log_interval", type=int, default=100, help="steps between log lines")
-    g.add_argument("--eval_interval", type=int, default=2000, help="steps between validation losses (0: off)")
-    g.add_argument("--eval_batches", type=int, default=8, help="batches of valid.jsonl per validation")
-    g.add_argument("--keep_checkpoints", type=int, default=0,
-                   help="keep only the newest N checkpoints, and the best by validation loss (0: all)")
-    g.add_argument("--tune_decoding", type=_bool, default=False,
-                   help="at the end, choose the decoding of the best checkpoint on valid.jsonl (tune_decode.py "
-                        "with its defaults) and save it as that checkpoint's decoding.json")
-    g.add_argument("--device", default="auto", help="where to train: auto (a GPU if there is one), cpu, cuda, cuda:1, ...")
-    g.add_argument("--wandb", choices=["online", "offline", "disabled"], default="disabled",
-                   help="log to Weights & Biases (needs the wandb package)")
-    g.add_argument("--progress", type=_bool, default=True,
-                   help="show a progress bar (only on a terminal: logs never get one)")
+    groups = {}
+    for f in _arg_fields():
+        g = f.metadata["group"]
+        if g not in groups:
+            groups[g] = p.add_argument_group(g)
+        typ, switch = _arg_type(f)
+        kw = dict(default=f.default, help=f.metadata["help"])
+        if switch:
+            kw.update(type=_bool, nargs="?", const=True, metavar="true|false")
+        elif typ is not None:
+            kw["type"] = typ
+        if "choices" in f.metadata:
+            kw["choices"] = f.metadata["choices"]
+        groups[g].add_argument(f"--{f.name}", **kw)
+    p.set_defaults(recipe=recipe)
+    if recipe is not None:
+        p.set_defaults(**recipes.get(recipe).args)
     return p
 
 
@@ -177,59 +235,99 @@ def explicit_keys(parser, argv):
     for a in parser._actions:
         if a.option_strings and a.dest != "help":
             kw = {"nargs": a.nargs} if a.nargs is not None else {}
-            if isinstance(a, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
-                probe.add_argument(*a.option_strings, dest=a.dest, action="store_const", const=True,
-                                   default=argparse.SUPPRESS)
-            else:
-                probe.add_argument(*a.option_strings, dest=a.dest, default=argparse.SUPPRESS, **kw)
+            probe.add_argument(*a.option_strings, dest=a.dest, default=argparse.SUPPRESS, **kw)
     ns, _ = probe.parse_known_args(argv)
     return set(vars(ns))
 
 
+def _recipe_of(argv):
+    """The --recipe named in argv (the default one when none is)."""
+    probe = argparse.ArgumentParser(add_help=False)
+    probe.add_argument("--recipe", default=recipes.DEFAULT)
+    ns, _ = probe.parse_known_args(argv)
+    return ns.recipe
+
+
 def parse_train_args(argv=None):
-    parser = train_parser()
-    argv = sys.argv[1:] if argv is None else argv
-    args = parser.parse_args(argv)
-    args.explicit = sorted(explicit_keys(parser, argv))
-    if args.use_fp16:
-        args.precision = "fp16"
-    if args.denoise and not args.learned_mean_embed:
+    """argv -> TrainConfig (exits with a usage message on bad arguments)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    name = _recipe_of(argv)
+    if name not in recipes.RECIPES:
+        train_parser().error(f"argument --recipe: unknown recipe {name!r}; choose from {', '.join(recipes.RECIPES)}")
+    parser = train_parser(name)
+    args = vars(parser.parse_args(argv))
+    args["explicit"] = sorted(explicit_keys(parser, argv))
+    if args["use_fp16"]:
+        args["precision"] = "fp16"
+    if args["denoise"] and not args["learned_mean_embed"]:
         parser.error("--denoise absorbs tokens into the learned state m: add --learned_mean_embed")
-    if args.microbatch is None:
-        args.microbatch = args.bsz
-    if args.length_margin is None:
-        args.length_margin = 8 if args.length_head else -1
-    elif args.length_margin >= 0 and not args.length_head:
+    if args["microbatch"] is None:
+        args["microbatch"] = args["bsz"]
+    if args["length_margin"] is None:
+        args["length_margin"] = 8 if args["length_head"] else -1
+    elif args["length_margin"] >= 0 and not args["length_head"]:
         parser.error("--length_margin >= 0 trains on a few [PAD]s only, but a model without a length head "
                      "decodes the whole sequence: use --length_margin -1, or --length_head true")
-    if args.checkpoint_path is None:
-        name = f"diffuseq_{args.dataset}_{args.preset}" + (f"_{args.notes}" if args.notes else "")
-        args.checkpoint_path = f"diffusion_models/{name.replace(' ', '_')}"
-    return args
+    if not 0 <= args["t_min"] < args["diffusion_steps"]:
+        parser.error(f"--t_min {args['t_min']} must lie in [0, --diffusion_steps {args['diffusion_steps']})")
+    if args["checkpoint_path"] is None:
+        name = f"diffuseq_{args['dataset']}_{args['preset']}" + (f"_{args['notes']}" if args["notes"] else "")
+        args["checkpoint_path"] = f"diffusion_models/{name.replace(' ', '_')}"
+    return TrainConfig(**args)
 
 
 def model_config(args, vocab_size):
     shape = dict(PRESETS[args.preset])
     for k in ("width", "layers", "heads", "ffn"):
-        if getattr(args, k, None) is not None:
+        if getattr(args, k) is not None:
             shape[k] = getattr(args, k)
     if shape["width"] % shape["heads"]:
         raise ValueError(f"width {shape['width']} is not divisible by {shape['heads']} heads")
     return DenoiserConfig(vocab_size=vocab_size, seq_len=args.seq_len, hidden_dim=args.hidden_dim,
                           dropout=args.dropout, diffusion_steps=args.diffusion_steps,
-                          learned_mean_embed=args.learned_mean_embed,
-                          grad_checkpoint=getattr(args, "grad_checkpoint", False),
-                          segment_positions=getattr(args, "segment_positions", False),
-                          self_cond=getattr(args, "self_cond", False),
-                          lm_bias=getattr(args, "lm_bias", False),
-                          length_head=getattr(args, "length_head", False), **shape)
+                          learned_mean_embed=args.learned_mean_embed, grad_checkpoint=args.grad_checkpoint,
+                          segment_positions=args.segment_positions, self_cond=args.self_cond,
+                          lm_bias=args.lm_bias, length_head=args.length_head, **shape)
 
 
 def save_args(args, path):
     with open(path, "w") as f:
-        json.dump(vars(args), f, indent=2, sort_keys=True)
+        json.dump(args.to_dict(), f, indent=2, sort_keys=True)
 
 
 def load_args(path):
-    with open(path) as f:
-        return argparse.Namespace(**json.load(f))
+    """A run's args.json -> TrainConfig; a ValueError naming the file when it is not one."""
+    try:
+        with open(path) as f:
+            d = json.load(f)
+        if not isinstance(d, dict):
+            raise ValueError("not a JSON object")
+        return TrainConfig.from_dict(d)
+    except FileNotFoundError:
+        raise
+    except (ValueError, TypeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a run's arguments ({e})") from None
+
+
+def argument_table(parser=None):
+    """The arguments of train.py as markdown tables, one per group, with the defaults --help
+    shows (docs/training.md holds this; a test keeps the two equal)."""
+    parser = parser or train_parser()
+    out = []
+    for g in parser._action_groups:
+        rows = [a for a in g._group_actions if a.option_strings and a.dest != "help"]
+        if not rows:
+            continue
+        out += [f"**{g.title}**", "", "| argument | default | meaning |", "|---|---|---|"]
+        for a in rows:
+            choices = f" ({'/'.join(map(str, a.choices))})" if a.choices else ""
+            default = "" if a.default is None else str(a.default).lower() if isinstance(a.default, bool) \
+                else str(a.default)
+            text = (a.help or "").replace("%%", "%").replace("|", "\\|")
+            out.append(f"| `--{a.dest}`{choices} | {default} | {text} |")
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
+if __name__ == "__main__":
+    print(argument_table(), end="")

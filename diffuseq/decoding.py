@@ -95,7 +95,7 @@ class DiffuSeqModel:
         """The model as the samplers see it, for one batch: (z, t) -> predicted z_0. It knows the
         batch's target mask, raises the time input to the run's noise floor t_min, and, for a
         self-conditioned model, feeds each call the previous call's prediction."""
-        t_min = float(getattr(self.args, "t_min", 0) or 0)
+        t_min = float(self.args.t_min)
         state = {"prev": None}
         use_prev = self.model.cfg.self_cond
 
@@ -181,7 +181,7 @@ class DiffuSeqModel:
         if t_start is not None and not 0 <= t_start < T:
             raise ValueError(f"t_start {t_start} is outside the training timesteps 0..{T - 1}")
         if absorb_rate is None:
-            absorb_rate = a.denoise_rate if getattr(a, "denoise", False) and init == "noise" else 0.0
+            absorb_rate = a.denoise_rate if a.denoise and init == "noise" else 0.0
         g = torch.Generator(device=self.device).manual_seed(seed)
         x_start = self.model.get_embeds(ids)
         m = self.model.mean_embed
@@ -242,8 +242,8 @@ class DiffuSeqModel:
         the margin the model was trained with (4 for models trained before margins existed)."""
         if length_margin is not None:
             return length_margin
-        trained = getattr(self.args, "length_margin", None)
-        return trained if trained is not None and trained >= 0 else 4
+        trained = self.args.length_margin
+        return trained if trained >= 0 else 4
 
     @torch.no_grad()
     def predict_lengths(self, ids, mask):

@@ -41,10 +41,6 @@ RESUMABLE = {"learning_steps", "max_minutes", "save_interval", "log_interval", "
              "explicit", "checkpoint_path", "tune_decoding"}
 
 
-# arguments newer than some saved runs: the value that keeps such a run's old behaviour on resume
-LEGACY = {"length_margin": -1, "t_min": 0}
-
-
 def autocast_dtype(precision, device):
     if precision == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
@@ -58,7 +54,7 @@ def lr_at(step, args):
     --lr_schedule constant, args.lr to the end)."""
     if step < args.warmup_steps:
         return args.lr * (step + 1) / args.warmup_steps
-    if getattr(args, "lr_schedule", "linear") == "constant":
+    if args.lr_schedule == "constant":
         return args.lr
     left = args.learning_steps - step
     return args.lr * max(0.0, left / max(1, args.learning_steps - args.warmup_steps))
@@ -78,25 +74,13 @@ def draw_noise(args, sampler, step, global_bsz, L, device):
     noise floor."""
     g_cpu = step_generator(args.seed, step, "cpu")
     t, w = sampler.sample(global_bsz, g_cpu)
-    t = t + t_floor(args)
+    t = t + args.t_min
     g = g_cpu if device.type == "cpu" else step_generator(args.seed, step, device)
     # drawn at full seq_len and cut, so a shorter padded batch sees the same noise per position
     noise = torch.randn(2, global_bsz, args.seq_len, args.hidden_dim, generator=g, device=device)
     u = torch.rand(global_bsz, args.seq_len, generator=g, device=device)
     sc = torch.rand(global_bsz, generator=g, device=device)
     return t.to(device), w.to(device), noise[:, :, :L], u[:, :L], sc
-
-
-def t_floor(args):
-    """The noise floor in training timesteps (0: none); runs saved before it existed have none."""
-    return getattr(args, "t_min", 0) or 0
-
-
-def pad_margin(args):
-    """The [PAD]s after each target that training learns (-1: all, up to the batch's length, as
-    runs saved before --length_margin existed did)."""
-    m = getattr(args, "length_margin", None)
-    return -1 if m is None else m
 
 
 def gather_steps(parts):
@@ -188,7 +172,7 @@ def prepare_tokenizer(args, proc, resume_dir):
         return Tokenizer.load(os.path.join(resume_dir, "tokenizer.json"))
     if proc.is_main:
         tok = build_tokenizer(args.vocab, args.data_dir, args.vocab_size, args.vocab_path, args.tokenizer_algo,
-                              skip_bad_lines=args.skip_bad_lines, lowercase=getattr(args, "lowercase", True))
+                              skip_bad_lines=args.skip_bad_lines, lowercase=args.lowercase)
         tok.save(path)
     dist.barrier()
     return Tokenizer.load(path)
@@ -199,20 +183,15 @@ def resume_args(args):
     not count: a bare --resume_checkpoint continues with the run's own learning_steps and
     intervals). Returns (args, checkpoint folder)."""
     path = ckpt.resolve(args.resume_checkpoint)
-    saved = vars(load_args(os.path.join(path, "args.json")))
-    now = vars(args)
-    merged = dict(saved)
-    for k, v in now.items():
-        if k in args.explicit or k not in saved or k in ("resume_checkpoint", "explicit"):
-            merged[k] = v
-        if k not in saved and k not in args.explicit and k in LEGACY:
-            merged[k] = LEGACY[k]
-    changed = sorted(k for k in args.explicit if k not in RESUMABLE and saved.get(k) != now[k])
+    saved = load_args(os.path.join(path, "args.json"))
+    given = {k: getattr(args, k) for k in args.explicit}
+    changed = sorted(k for k, v in given.items() if k not in RESUMABLE and getattr(saved, k) != v)
     if changed:
         log.warning("resuming with changed arguments: %s", ", ".join(changed))
+    merged = saved.replace(**given, resume_checkpoint=args.resume_checkpoint, explicit=args.explicit)
     if "checkpoint_path" not in args.explicit:
-        merged["checkpoint_path"] = os.path.dirname(os.path.normpath(path))
-    return type(args)(**merged), path
+        merged = merged.replace(checkpoint_path=os.path.dirname(os.path.normpath(path)))
+    return merged, path
 
 
 class NetView:
@@ -312,9 +291,9 @@ class Trainer:
             loaded = load_bert_encoder(self.model, args.init_from)
             log.info("initialised %d tensors from %s", len(loaded), args.init_from)
         self.sched = DiscreteSchedule.from_name(args.noise_schedule, args.diffusion_steps)
-        if not 0 <= t_floor(args) < args.diffusion_steps:
+        if not 0 <= args.t_min < args.diffusion_steps:
             raise ValueError(f"--t_min {args.t_min} must lie in [0, --diffusion_steps {args.diffusion_steps})")
-        self.sampler = create_sampler(args.schedule_sampler, args.diffusion_steps - t_floor(args))
+        self.sampler = create_sampler(args.schedule_sampler, args.diffusion_steps - args.t_min)
         self.amp_dtype = autocast_dtype(args.precision, proc.device)
         self.scaler = torch.amp.GradScaler(proc.device.type, enabled=self.amp_dtype == torch.float16)
         fused = proc.device.type in ("cuda", "cpu")  # one kernel for the whole update
@@ -328,14 +307,13 @@ class Trainer:
         self.step = 0
         if resume_dir:
             self._restore(resume_dir)
-        self.model.pack = {"auto": None, "true": True, "false": False}[getattr(args, "pack", "auto")]
+        self.model.pack = {"auto": None, "true": True, "false": False}[args.pack]
         self.net = self.model
         if args.compile:
             self.net = torch.compile(self.net)
         if proc.world_size > 1:
             self.net = DDP(self.net, device_ids=[proc.device] if proc.device.type == "cuda" else None)
-        self.local_bsz = args.bsz // proc.world_size
-        self.margin = pad_margin(args)
+        self.margin = args.length_margin
         self.loader = BatchLoader(self.train_set, args.bsz, proc.rank, proc.world_size, args.seed,
                                   args.seq_len, self.tokenizer.pad_id, bucket=args.bucket,
                                   pin_memory=proc.device.type == "cuda", margin=self.margin)
@@ -401,7 +379,7 @@ class Trainer:
             return
         t = gather_steps([p[0] for p in self.pending])
         losses = gather_steps([p[1] for p in self.pending])
-        self.sampler.update(t.cpu().numpy() - t_floor(self.args), losses.cpu().numpy())
+        self.sampler.update(t.cpu().numpy() - self.args.t_min, losses.cpu().numpy())
         self.pending = []
 
     def _losses(self, net, ids, mask, t, noise, u, sc, keep=None, monitor=True):
@@ -451,7 +429,7 @@ class Trainer:
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0) + v.detach().sum()
             if "acc" in terms:  # accuracy per quarter of the trained noise levels, for the curves
-                q = ((t[sl] - t_floor(a)) * 4 // (a.diffusion_steps - t_floor(a))).clamp(0, 3)
+                q = ((t[sl] - a.t_min) * 4 // (a.diffusion_steps - a.t_min)).clamp(0, 3)
                 sums["_acc_q"] = sums.get("_acc_q", 0) + torch.zeros(4, device=dev).index_add_(
                     0, q, terms["acc"].detach().float())
                 sums["_n_q"] = sums.get("_n_q", 0) + torch.bincount(q, minlength=4).float()
@@ -483,7 +461,7 @@ class Trainer:
             keep = target_region(b["length"].to(dev), margin, ids.shape[1])
             B = ids.shape[0]
             g = step_generator(a.seed + 1, i, dev)
-            t = torch.randint(t_floor(a), a.diffusion_steps, (B,), generator=g, device=dev)
+            t = torch.randint(a.t_min, a.diffusion_steps, (B,), generator=g, device=dev)
             L = ids.shape[1]  # drawn at seq_len and cut, as in training: the same whatever the padding
             noise = torch.randn(2, B, a.seq_len, a.hidden_dim, generator=g, device=dev)[:, :, :L]
             u = torch.rand(B, a.seq_len, generator=g, device=dev)[:, :L]
@@ -511,7 +489,7 @@ class Trainer:
                        disable=None)
         fetch = Prefetcher(self.loader, self.step, proc.device)
         window, t0, last_logged = {}, time.time(), self.step
-        deadline = time.time() + 60 * a.max_minutes if getattr(a, "max_minutes", 0) else None
+        deadline = time.time() + 60 * a.max_minutes if a.max_minutes else None
         try:
             with StopRequest() as stop:
                 while self.step < a.learning_steps:
@@ -610,7 +588,7 @@ def _init_wandb(args):
     except ImportError:
         raise SystemExit("error: --wandb needs the wandb package: pip install wandb") from None
     return wandb.init(project="diffuseq", name=os.path.basename(args.checkpoint_path), mode=args.wandb,
-                      config=vars(args), dir=args.checkpoint_path)
+                      config=args.to_dict(), dir=args.checkpoint_path)
 
 
 def main(args):
@@ -619,7 +597,7 @@ def main(args):
     try:
         trainer = Trainer(args)
         trainer.train()
-        if getattr(trainer.args, "tune_decoding", False) and trainer.proc.is_main:
+        if trainer.args.tune_decoding and trainer.proc.is_main:
             from .tuning import main as tune_main
             dist.cleanup()  # decoding runs in this process alone
             if tune_main(["--model_dir", trainer.args.checkpoint_path, "--device", str(trainer.proc.device)]):

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The built-in default, end to end on CPU (about 14 minutes on one core of the CI machine):
 #   1. build King James -> World English Bible verse pairs from the installed pythonbible packages,
-#   2. train the default recipe for STEPS steps: DiffuSeq-v2 (soft absorbing state + discrete
-#      noise) with positions counted per segment, a 16-dimensional embedding space, a noise floor,
-#      a length head and a constant learning rate (the README's Quality section says why),
+#   2. train the default recipe, bible-tiny, for STEPS steps: DiffuSeq-v2 (soft absorbing state +
+#      discrete noise) with positions counted per segment, a 16-dimensional embedding space, a
+#      noise floor, a length head and a constant learning rate (docs/recipes.md says why),
 #   3. choose the decoding on TUNE_EXAMPLES valid verses (tune_decode.py, GRID grid; it writes
 #      decoding.json beside the weights of the checkpoint with the lowest validation loss),
 #   4. decode the test split with DPM-Solver++ and that choice, and score it next to the
@@ -25,13 +25,7 @@ DATA=datasets/bible_kjv_web
 
 [ -f "$DATA/test.jsonl" ] || python -m diffuseq.data.bible --src kjv --trg web --out "$DATA"
 
-python train.py --dataset bible_kjv_web --data_dir "$DATA" --checkpoint_path "$OUT" \
-  --preset tiny --width 128 --layers 2 --heads 4 --ffn 512 --hidden_dim 16 \
-  --seq_len 160 --vocab_size 4000 \
-  --learned_mean_embed --denoise --segment_positions true --t_min 600 --length_head true \
-  --bsz 32 --lr 1e-3 --lr_schedule constant --warmup_steps 50 --learning_steps "$STEPS" --ema_rate 0.99 \
-  --schedule_sampler uniform --dropout 0.0 \
-  --save_interval 1000 --eval_interval 1000 --log_interval 100 --keep_checkpoints 1 "$@"
+python train.py --recipe bible-tiny --checkpoint_path "$OUT" --learning_steps "$STEPS" --keep_checkpoints 1 "$@"
 [ $TRAIN_ONLY = 1 ] && exit 0
 
 # 3. choose the decoding on 200 valid verses (decoding.json beside the weights), decode the test split

@@ -29,7 +29,8 @@ def _data(tmp_path, n=64):
 def _args(d, run, *extra):
     return ["--data_dir", str(d), "--checkpoint_path", str(run), "--width", "64", "--layers", "2",
             "--heads", "4", "--ffn", "128", "--hidden_dim", "16", "--seq_len", "32", "--bsz", "16",
-            "--learning_steps", "20", "--warmup_steps", "2", "--diffusion_steps", "100", "--vocab_size", "100",
+            "--learning_steps", "20", "--warmup_steps", "2", "--diffusion_steps", "100",
+            "--t_min", "0", "--vocab_size", "100",
             "--eval_interval", "0", "--progress", "false", "--device", "cuda", "--dropout", "0.0",
             "--segment_positions", "true", "--self_cond", "true", "--length_head", "true", *extra]
 

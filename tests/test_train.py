@@ -55,7 +55,7 @@ def cli_args(data, run, **over):
              preset="tiny", width=64, layers=2, heads=4, ffn=128, hidden_dim=16, seq_len=32, bsz=8,
              lr=1e-3, warmup_steps=3, diffusion_steps=50, schedule_sampler="uniform", dropout=0.0,
              ema_rate=0.9, learning_steps=12, save_interval=1000, log_interval=1, eval_interval=0,
-             progress="false", device="cpu", seed=3)
+             progress="false", device="cpu", seed=3, t_min=0)
     a.update(over)
     return [x for k, v in a.items() if v is not None for x in (f"--{k}", str(v))]
 

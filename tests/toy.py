@@ -24,4 +24,5 @@ def tiny_args(data, run, *extra):
     return parse_train_args([
         "--data_dir", str(data), "--checkpoint_path", str(run), "--width", "32", "--layers", "1",
         "--heads", "2", "--ffn", "64", "--hidden_dim", "16", "--seq_len", "24", "--bsz", "8",
-        "--warmup_steps", "1", "--diffusion_steps", "50", "--vocab_size", "100", "--progress", "false", *extra])
+        "--warmup_steps", "1", "--diffusion_steps", "50", "--t_min", "0", "--vocab_size", "100", "--progress", "false",
+        *extra])
