@@ -11,30 +11,23 @@ K steps (the table says so). DPM-Solver++ makes K + 1 model calls for K steps.
 import argparse
 import sys
 import time
-from argparse import Namespace
 
 import torch
 
 import common  # noqa: F401  (puts the repository on sys.path)
 from common import header_lines, median, pick_device, sync, table, write_json
-from diffuseq.decoding import DiffuSeqModel
+from diffuseq.config import TrainConfig
+from diffuseq.pipeline import DiffuSeq
 from diffuseq.model import PRESETS, Denoiser, DenoiserConfig
-from diffuseq.schedule import DiscreteSchedule
 
 VOCAB = 8000
 
 
 def random_model(preset, seq_len, device, dtype=None):
-    """A DiffuSeqModel around a randomly initialised denoiser: no checkpoint, no tokenizer."""
+    """The decoding pipeline around a randomly initialised denoiser: no checkpoint, no tokenizer."""
     cfg = DenoiserConfig(vocab_size=VOCAB, seq_len=seq_len, **PRESETS[preset])
-    m = DiffuSeqModel.__new__(DiffuSeqModel)
-    m.path, m.device, m.dtype, m.seq_len, m.tokenizer = None, device, dtype, seq_len, None
-    m.args = Namespace(diffusion_steps=cfg.diffusion_steps, noise_schedule="sqrt", denoise=False,
-                       denoise_rate=0.0)
-    m.model = Denoiser(cfg).to(device).eval()
-    m.net = m.model  # what the sampler calls (a compiled model when decoding asks for one)
-    m.sched = DiscreteSchedule.from_name("sqrt", cfg.diffusion_steps)
-    return m
+    args = TrainConfig(diffusion_steps=cfg.diffusion_steps, noise_schedule="sqrt", denoise=False, length_head=False)
+    return DiffuSeq(Denoiser(cfg), None, args, device, dtype)
 
 
 def step_timer(limit, times, device):

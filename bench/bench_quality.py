@@ -26,7 +26,7 @@ from diffuseq import recipes as named
 
 import torch
 
-# name -> keyword arguments of DiffuSeqModel.sample_ids
+# name -> keyword arguments of DiffuSeq.sample_ids
 DECODERS = {
     "dpm10": dict(sampler="dpm", steps=10),
     "dpm10_clamp": dict(sampler="dpm", steps=10, clamping=True),

@@ -287,6 +287,28 @@ def load(path, name, device="cpu"):
     raise CheckpointError(f"{path}: missing {name}.safetensors")
 
 
+def load_into(module, state, where):
+    """module.load_state_dict(state), with a mismatch (a missing or unexpected tensor, a wrong
+    shape: weights of another model or configuration) as one CheckpointError naming `where`."""
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{where}: not a table of tensors")
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    problems = []
+    if missing:
+        problems.append(f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+    if extra:
+        problems.append(f"unexpected {', '.join(extra[:3])}{' ...' if len(extra) > 3 else ''}")
+    if shapes:
+        k = shapes[0]
+        problems.append(f"{k} has shape {tuple(state[k].shape)}, the configuration needs {tuple(own[k].shape)}")
+    if problems:
+        raise CheckpointError(f"{where}: weights do not fit the saved configuration ({'; '.join(problems)})")
+    module.load_state_dict(state)
+
+
 def convert(path):
     """Rewrite an older checkpoint folder's .pt files as safetensors + JSON (the .pt files are
     removed once the new ones are written). Returns the names written."""

@@ -1,6 +1,8 @@
 """Command line shared by run_decode.py (ancestral sampling) and run_decode_solver.py (DPM-Solver++)."""
 import argparse
+import os
 import sys
+import time
 
 import torch
 
@@ -8,22 +10,30 @@ from . import dist
 from .checkpoint import CheckpointError
 from .config import HelpFormatter, _bool
 from .data.dataset import DataError
-from .decoding import INITS, LENGTHS, decode_split, load_model
+from .data.dataset import read_inputs
+from .decoding import decode_file, decode_stream, load_model
+from .pipeline import INITS, LENGTHS
 from .tokenizer import TokenizerError
 from .tuning import describe
 
 
 def decode_parser(solver):
     p = argparse.ArgumentParser(
-        description=("Decode a split with multistep DPM-Solver++ in a few steps."
-                     if solver else "Decode a split with ancestral sampling over respaced timesteps.")
-        + " Writes <out_dir>/<run>_<checkpoint>/<split>.seed<S>.step<K>.jsonl with one "
-          "{source, reference, recover} object per input, in input order.",
+        description=("Decode with multistep DPM-Solver++ in a few steps."
+                     if solver else "Decode with ancestral sampling over respaced timesteps.")
+        + " Inputs: a split of the data folder (--split), or any file (--input): jsonl with \"src\" "
+          "(and \"trg\", the reference, if there is one), or plain text, one source per line. Writes "
+          "<out_dir>/<run>_<checkpoint>/<name>.seed<S>.step<K>.jsonl with one {source, reference, recover} "
+          "object per input, in input order (no reference where the input has none). --input - reads "
+          "sources from standard input and prints one output line per input.",
         formatter_class=HelpFormatter)
     p.add_argument("--model_dir", required=True,
                    help="a checkpoint folder (ckpt_NNNNNNN) or a run folder (its best checkpoint by validation loss, else its latest)")
     p.add_argument("--split", default="test", help="which <split>.jsonl of the data folder to decode")
     p.add_argument("--data_dir", default=None, help="data folder (default: the one the model was trained on)")
+    p.add_argument("--input", default=None,
+                   help="decode this file instead of a split: .jsonl ({\"src\": ...} per line, \"trg\" optional) "
+                        "or plain text (one source per line); -: standard input to standard output")
     p.add_argument("--step", type=int, default=None,
                    help="solver steps (model calls = step + 1; default: the checkpoint's saved choice, "
                         "else 10)" if solver
@@ -48,14 +58,14 @@ def decode_parser(solver):
     p.add_argument("--num_samples", type=int, default=1, help="candidates per input, one output file each")
     p.add_argument("--out_dir", default="generation_outputs",
                    help="where the output folder <run>_<checkpoint>/ is written")
-    p.add_argument("--use_ema", type=lambda s: s.lower() in ("1", "true", "yes"), default=True,
+    p.add_argument("--use_ema", type=_bool, default=True,
                    help="decode with the EMA weights (true) or the raw weights (false)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="autocast of the denoiser")
     p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:1, ...")
-    p.add_argument("--compile", action="store_true",
+    p.add_argument("--compile", type=_bool, nargs="?", const=True, default=False,
                    help="torch.compile the denoiser (with CUDA graphs on GPU); pays off on long decodes")
     p.add_argument("--max_examples", type=int, default=None, help="decode only the first N inputs")
-    p.add_argument("--progress", type=lambda s: s.lower() in ("1", "true", "yes"), default=True,
+    p.add_argument("--progress", type=_bool, default=True,
                    help="show a progress bar (only on a terminal)")
     p.add_argument("--clamping", choices=["auto", "true", "false"], default="auto",
                    help="round each predicted z_0 to its nearest word embedding (the original's "
@@ -64,7 +74,7 @@ def decode_parser(solver):
     p.add_argument("--clamp_step", type=int, default=0,
                    help="with --clamp_first true, round from the last training timestep down to this "
                         "one; with --clamp_first false, from this one down to 0 (the original's meaning)")
-    p.add_argument("--clamp_first", type=lambda s: s.lower() in ("1", "true", "yes"), default=True,
+    p.add_argument("--clamp_first", type=_bool, default=True,
                    help="see --clamp_step")
     p.add_argument("--lengths", choices=list(LENGTHS), default=None,
                    help="predicted: with a model trained with --length_head, give each input a target "
@@ -82,7 +92,7 @@ def decode_parser(solver):
         p.add_argument("--sde", type=_bool, default=None,
                        help="solve the reverse SDE (SDE-DPM-Solver++, order 1 or 2, fresh noise each step) "
                             "instead of the probability-flow ODE (default false)")
-        p.add_argument("--final_call", type=lambda s: s.lower() in ("1", "true", "yes"), default=True,
+        p.add_argument("--final_call", type=_bool, default=True,
                        help="one more model call after the last step predicts z_0 from where the solve ends "
                             "(t = 1/T); false reads z there: --step calls instead of --step + 1, as the "
                             "original's solver (0.6 BLEU less on the Bible with 10 steps)")
@@ -95,8 +105,13 @@ def decode_parser(solver):
 
 def main(argv=None, solver=False):
     args = decode_parser(solver).parse_args(argv)
+    stream = args.input == "-"
+    say = (lambda *a: print(*a, file=sys.stderr)) if stream else print
     proc = dist.setup(args.device)
     try:
+        if stream and proc.world_size > 1:
+            raise ValueError("--input - decodes in one process: run it without torchrun")
+        inputs = read_inputs("-") if stream else None  # read before the model: nothing to wait on if bad
         model = load_model(args.model_dir, proc.device, args.use_ema,
                            torch.bfloat16 if args.precision == "bf16" else None, args.compile)
         kw = dict(clamping=None if args.clamping == "auto" else args.clamping == "true",
@@ -113,11 +128,19 @@ def main(argv=None, solver=False):
         settings.setdefault("steps", 10 if solver else 50)
         if proc.is_main:
             saved = " (saved choice: decoding.json)" if args.use_saved and model.saved else ""
-            print(f"decoding with {describe(settings)}{saved}")
-        paths, speed = decode_split(
-            model, args.data_dir or model.args.data_dir, args.split, args.out_dir,
-            seeds=[args.seed + k for k in range(args.num_samples)], bsz=args.bsz, proc=proc,
-            progress=args.progress, max_examples=args.max_examples, **settings, **kw)
+            say(f"decoding with {describe(settings)}{saved}")
+        if stream:
+            if args.max_examples:
+                inputs = inputs[:args.max_examples]
+            t0 = time.time()
+            decode_stream(model, inputs, lambda line: print(line, flush=True), seed=args.seed, bsz=args.bsz,
+                          **settings, **kw)
+            speed, paths = len(inputs) / max(time.time() - t0, 1e-9), []
+        else:
+            path = args.input or os.path.join(args.data_dir or model.args.data_dir, f"{args.split}.jsonl")
+            paths, speed = decode_file(
+                model, path, args.out_dir, seeds=[args.seed + k for k in range(args.num_samples)], bsz=args.bsz,
+                proc=proc, progress=args.progress, max_examples=args.max_examples, **settings, **kw)
     except (CheckpointError, DataError, TokenizerError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -125,6 +148,6 @@ def main(argv=None, solver=False):
         dist.cleanup()
     if proc.is_main:
         for p in paths:
-            print(f"wrote {p}")
-        print(f"{speed * proc.world_size:.3g} sentences/s ({model.weights}, {proc.world_size} process(es))")
+            say(f"wrote {p}")
+        say(f"{speed * proc.world_size:.3g} sentences/s ({model.weights}, {proc.world_size} process(es))")
     return 0

@@ -72,6 +72,16 @@ def main(argv=None):
     path = args.path or args.folder
     try:
         sources, refs, candidates = load_outputs(path)
+        scored = [i for i, r in enumerate(refs) if r is not None]
+        if not scored:
+            print(f"{path}: none of its {len(refs)} outputs has a reference (the inputs had no \"trg\"): "
+                  "nothing to score", file=sys.stderr)
+            return 0
+        left_out = len(refs) - len(scored)
+        if left_out:
+            print(f"note: {left_out} of {len(refs)} outputs have no reference and are left out of the scores",
+                  file=sys.stderr)
+            sources, refs, candidates = ([x[i] for i in scored] for x in (sources, refs, candidates))
         m = len(candidates[0])
         mbr = args.mbr and m > 1
         columns = {"model": evaluate(candidates, refs, mbr=mbr,
@@ -87,7 +97,8 @@ def main(argv=None):
     print(f"{path}: {len(refs)} inputs x {m} candidate(s), scored: {selection}\n")
     print(format_table(columns))
     if args.json:
-        report = {"path": str(path), "num_inputs": len(refs), "num_candidates": m,
+        report = {"path": str(path), "num_inputs": len(refs), "num_without_reference": left_out,
+                  "num_candidates": m,
                   "selection": "mbr" if mbr else "first", **columns}
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return 0

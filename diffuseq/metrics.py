@@ -289,29 +289,14 @@ def evaluate(candidates, refs, mbr=True, bertscore_model=None, normalise=True):
 
 # ----------------------------------------------------------------------------- loading
 
-_FIELDS = ("source", "reference", "recover")
-
-
 def _read_jsonl(path):
-    """Records of one decoding file, each with the number of the line it came from."""
+    """Records of one decoding file, each with the number of the line it came from: "source" and
+    "recover" strings, "reference" a string or None (inputs decoded without one)."""
+    from .data.dataset import DataError, JsonlReader
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise MetricsError(f"{path}: not UTF-8 text ({e})") from None
-    records = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise MetricsError(f"{path}, line {lineno}: not valid JSON ({e.msg})") from None
-        if not isinstance(obj, dict):
-            raise MetricsError(f"{path}, line {lineno}: expected a JSON object")
-        for key in _FIELDS:
-            if not isinstance(obj.get(key), str):
-                raise MetricsError(f"{path}, line {lineno}: needs a string field '{key}'")
-        records.append((lineno, obj))
+        records = list(JsonlReader(str(path), ("source", "recover"), ("reference",), error=MetricsError))
+    except DataError as e:  # a missing file
+        raise MetricsError(str(e)) from None
     if not records:
         raise MetricsError(f"{path}: file is empty")
     return records
@@ -321,7 +306,8 @@ def load_outputs(path):
     """Read decoding outputs: a `.jsonl` file, or a folder whose `*.jsonl` files (sorted by name)
     are candidates for the same inputs, e.g. one file per decoding seed.
 
-    Each line is {"source": str, "reference": str, "recover": str}. Files of one folder must list
+    Each line is {"source": str, "reference": str, "recover": str}; "reference" may be absent
+    (an input decoded without one: None in the list returned). Files of one folder must list
     the same inputs in the same order. Returns (sources, references, candidates), candidates[i]
     holding input i's `recover` from every file. Raises MetricsError naming file and line.
     """

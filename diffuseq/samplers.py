@@ -6,9 +6,12 @@ training timesteps [B], possibly fractional), the starting z [B, L, D], the clea
 part is re-imposed from x_start after every step. Each returns (z, z0_hat): the final state and
 the last prediction of z_0, from which tokens are read.
 """
+from dataclasses import dataclass
+
 import torch
 
 from .diffusion import _offset, absorb, q_posterior_mean
+from .schedule import DiscreteSchedule, NoiseScheduleVP
 
 
 def _reimpose(z, x_start, mask):
@@ -202,3 +205,60 @@ def dpm_solver_sample(denoise, ns, z, x_start, mask, m=None, steps=10, order=2,
         hist_t, hist_x0 = hist_t[-3:], hist_x0[-3:]
     z0 = hist_x0[-1] if final_call else w
     return shift(w), _reimpose(shift(z0), x_start, mask)
+
+
+# ---------------------------------------------------------------------------- the registry
+# Each sampler has an options dataclass (what only it reads) and a runner that turns the training
+# schedule and a start timestep into the sampler's own schedule. What every sampler reads (steps,
+# start, absorption, clamping) is passed to the runner directly.
+
+@dataclass
+class AncestralOptions:
+    variance: str = "small"  # noise of each step: "small" (beta~_t) or "large" (beta_t, the original's)
+
+
+@dataclass
+class DPMOptions:
+    order: int = 2  # 1, 2 or 3 (the SDE solver: 1 or 2)
+    skip: str = "logSNR"  # step spacing: uniform in "logSNR" or in time ("time_uniform")
+    sde: bool = False  # solve the reverse SDE (SDE-DPM-Solver++) instead of the ODE
+    final_call: bool = True  # read tokens from one more prediction of z_0 where the solve ends
+
+
+def run_ancestral(denoise, sched, z, x_start, mask, *, steps, t_start, options, **common):
+    """Ancestral sampling over `steps` evenly spaced timesteps of the training schedule `sched`
+    up to t_start (None: T - 1)."""
+    if t_start is not None:
+        sched = DiscreteSchedule(sched.betas[:t_start + 1])
+    sched = sched.respace(min(steps, sched.num_steps))
+    absorb_rate = common.pop("absorb_rate")
+    return ancestral_sample(denoise, sched, z, x_start, mask, variance=options.variance,
+                            denoise_rate=absorb_rate, **common)
+
+
+def run_dpm(denoise, sched, z, x_start, mask, *, steps, t_start, options, **common):
+    """DPM-Solver++ on the continuous-time view of the training schedule `sched`, from training
+    timestep t_start (None: T - 1)."""
+    ns = NoiseScheduleVP(sched.alphas_cumprod)
+    ts = None if t_start is None else (t_start + 1.0) / sched.num_steps
+    return dpm_solver_sample(denoise, ns, z, x_start, mask, steps=steps, order=options.order, skip=options.skip,
+                             t_start=ts, final_call=options.final_call, sde=options.sde, **common)
+
+
+@dataclass(frozen=True)
+class Sampler:
+    name: str
+    options: type
+    default_steps: int
+    run: object
+
+
+SAMPLERS = {s.name: s for s in (Sampler("ancestral", AncestralOptions, 50, run_ancestral),
+                                  Sampler("dpm", DPMOptions, 10, run_dpm))}
+
+
+def get_sampler(name):
+    try:
+        return SAMPLERS[name]
+    except KeyError:
+        raise ValueError(f"unknown sampler {name!r}; choose {' or '.join(SAMPLERS)}") from None

@@ -8,9 +8,9 @@ questions does best as an editor of its source (init "source"), one that transla
     {"metric": "sentence_bleu", "split": "valid", "examples": 200, "data_dir": ...,
      "best": {settings}, "dpm": {settings}, "ancestral": {settings}, "grid": [rows]}
 
-"best" is what `DiffuSeqModel.generate` uses, "dpm" what `run_decode_solver.py` uses, "ancestral"
+"best" is what `DiffuSeq.generate` uses, "dpm" what `run_decode_solver.py` uses, "ancestral"
 what `run_decode.py` uses, each unless the caller sets an option itself (see `merge`).
-Settings are keyword arguments of `DiffuSeqModel.sample_ids`, restricted to SETTINGS.
+Settings are keyword arguments of `DiffuSeq.sample_ids`, restricted to SETTINGS.
 """
 import json
 import os

@@ -161,12 +161,12 @@ def test_load_bad_json_names_file_and_line(tmp_path):
     f.write_text(json.dumps(rows(["a"])[0]) + "\n{not json\n")
     with pytest.raises(MetricsError) as e:
         metrics.load_outputs(f)
-    assert "out.jsonl" in str(e.value) and "line 2" in str(e.value)
+    assert "out.jsonl" in str(e.value) and "out.jsonl:2: not valid JSON" in str(e.value)
 
 
 def test_load_missing_field_names_file_and_line(tmp_path):
     f = write_jsonl(tmp_path / "out.jsonl", [{"source": "s", "reference": "r"}])
-    with pytest.raises(MetricsError, match=r"out\.jsonl, line 1.*recover"):
+    with pytest.raises(MetricsError, match=r"out\.jsonl:1: missing \"recover\""):
         metrics.load_outputs(f)
 
 

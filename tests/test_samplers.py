@@ -122,7 +122,7 @@ def test_dpm_solver_with_oracle_returns_reference(with_m, order, final_call):
 
 
 def test_clamping_returns_rows_of_the_embedding_matrix():
-    from diffuseq.decoding import nearest_embedding
+    from diffuseq.adapters import nearest_embedding
     torch.manual_seed(0)
     emb = torch.randn(40, 8)
     z = torch.randn(3, 7, 8)

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from diffuseq import checkpoint as ckpt
-from diffuseq.decoding import default_source_t, load_model
+from diffuseq.decoding import load_model
+from diffuseq.pipeline import default_source_t
 from diffuseq.diffusion import q_sample
 from diffuseq.trainer import Trainer
 from diffuseq.tuning import CheckpointError, choose, describe, load_choice, merge, save_choice

@@ -45,8 +45,9 @@ def _check_file(path):
         raise DataError(f"{path}: no such file (the folder {folder} has: {has})")
 
 
-def _parse(raw, lineno):
-    """bytes of one line -> (src, trg); raises ValueError with the problem."""
+def parse_line(raw, lineno, required, optional=(), nonempty=()):
+    """bytes of one jsonl line -> {key: str, or None for an optional key that is absent or null};
+    raises ValueError with the problem."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -57,51 +58,103 @@ def _parse(raw, lineno):
         obj = json.loads(text)
     except json.JSONDecodeError as e:
         raise ValueError(f"not valid JSON ({e.msg}, column {e.colno})") from None
+    except RecursionError:
+        raise ValueError("not valid JSON (nested too deeply)") from None
     if not isinstance(obj, dict):
-        raise ValueError(f'expected a JSON object with "src" and "trg", got {type(obj).__name__}')
-    for key in ("src", "trg"):
-        if key not in obj:
+        keys = " and ".join(f'"{k}"' for k in required)
+        raise ValueError(f"expected a JSON object with {keys}, got {type(obj).__name__}")
+    out = {}
+    for key in (*required, *optional):
+        value = obj.get(key)
+        if key not in obj and key in required:
             raise ValueError(f'missing "{key}"')
-        if not isinstance(obj[key], str):
-            raise ValueError(f'"{key}" must be a string, got {type(obj[key]).__name__}')
-        if not obj[key].strip():
+        if value is None and key not in required:
+            out[key] = None
+            continue
+        if not isinstance(value, str):
+            raise ValueError(f'"{key}" must be a string, got {type(value).__name__}')
+        if key in nonempty and not value.strip():
             raise ValueError(f'"{key}" is empty')
-    return obj["src"], obj["trg"]
+        out[key] = value
+    return out
 
 
-class PairReader:
-    """Iterate (src, trg) over a jsonl file; a bad line raises DataError "path:LINE: problem".
+class JsonlReader:
+    """Iterate (line number, record) over a jsonl file, each record {key: str or None} (see
+    parse_line); a bad line raises `error` "path:LINE: problem", or with skip_bad_lines is
+    skipped and counted (`n_skipped`; `n_read` the records read). Blank lines are ignored. Each
+    iteration re-reads the file."""
 
-    With skip_bad_lines, bad lines are skipped instead; after a pass, `n_pairs` and `n_skipped`
-    hold the counts. Blank lines are ignored. Each iteration re-reads the file.
-    """
-
-    def __init__(self, path, skip_bad_lines=False):
+    def __init__(self, path, required, optional=(), nonempty=(), skip_bad_lines=False, error=DataError):
         _check_file(path)
-        self.path, self.skip_bad_lines = path, skip_bad_lines
-        self.n_pairs = self.n_skipped = 0
+        self.path, self.skip_bad_lines, self.error = path, skip_bad_lines, error
+        self.fields = (tuple(required), tuple(optional), tuple(nonempty))
+        self.n_read = self.n_skipped = 0
 
     def __iter__(self):
-        self.n_pairs = self.n_skipped = 0
+        self.n_read = self.n_skipped = 0
         with open(self.path, "rb") as f:  # binary, so bad UTF-8 is caught with its line number
             for lineno, raw in enumerate(f, 1):
                 raw = raw.strip()
                 if not raw:
                     continue
                 try:
-                    pair = _parse(raw, lineno)
+                    record = parse_line(raw, lineno, *self.fields)
                 except ValueError as e:
                     if not self.skip_bad_lines:
-                        raise DataError(f"{self.path}:{lineno}: {e}") from None
+                        raise self.error(f"{self.path}:{lineno}: {e}") from None
                     self.n_skipped += 1
                     continue
-                self.n_pairs += 1
-                yield pair
+                self.n_read += 1
+                yield lineno, record
+
+
+class PairReader(JsonlReader):
+    """Iterate (src, trg) over a jsonl file of training pairs (both non-empty strings)."""
+
+    def __init__(self, path, skip_bad_lines=False):
+        super().__init__(path, ("src", "trg"), nonempty=("src", "trg"), skip_bad_lines=skip_bad_lines)
+
+    @property
+    def n_pairs(self):
+        return self.n_read
+
+    def __iter__(self):
+        for _, r in super().__iter__():
+            yield r["src"], r["trg"]
 
 
 def read_pairs(path, skip_bad_lines=False):
     """A PairReader over `path`: raises DataError at once if the folder or file is missing."""
     return PairReader(path, skip_bad_lines)
+
+
+def read_inputs(path):
+    """Inputs to decode: a list of (source, reference or None).
+
+    A `.jsonl` file holds one {"src": ...} object per line, with an optional "trg" (the
+    reference); any other file (or "-", standard input) one source per line, as plain text."""
+    if path != "-" and path.endswith(".jsonl"):
+        return [(r["src"], r["trg"]) for _, r in JsonlReader(path, ("src",), ("trg",), nonempty=("src",))]
+    if path == "-":
+        data, name = sys.stdin.buffer.read(), "<stdin>"
+    else:
+        if not os.path.isfile(path):
+            raise DataError(f"{path}: no such file")
+        with open(path, "rb") as f:
+            data, name = f.read(), path
+    out = []
+    for lineno, raw in enumerate(data.split(b"\n"), 1):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{name}:{lineno}: invalid UTF-8 (byte {e.start} of the line)") from None
+        text = text.lstrip("\ufeff") if lineno == 1 else text
+        if text.strip():
+            out.append((text.strip(), None))
+    if not out:
+        raise DataError(f"{name}: no input lines")
+    return out
 
 
 # -----------------------------------------------------------------------------
