@@ -36,6 +36,7 @@ import time
 import common
 from common import header_lines, table
 from diffuseq import recipes
+from diffuseq.logs import read_curves
 from diffuseq.metrics import evaluate
 
 PEER = os.path.join(common.ROOT, "..", "shared", "peer")
@@ -44,7 +45,6 @@ SHAPES = {"tiny": ["--width", "128", "--layers", "2", "--heads", "2", "--ffn", "
           "base": ["--width", "768", "--layers", "12", "--heads", "12", "--ffn", "3072"]}
 # (steps run, warm-up steps left out) of each training measurement; ours logs every `log` steps
 TRAIN_STEPS = {"tiny": dict(peer=(60, 5), ours=100, log=20), "base": dict(peer=(5, 2), ours=8, log=2)}
-LOG_LINE = re.compile(r"(\d\d):(\d\d):(\d\d) step (\d+) \|")
 
 
 def ours_config(data_dir, vocab, preset):
@@ -141,8 +141,8 @@ class Runner:
                "--learning_steps", str(steps), "--log_interval", str(log_every),
                "--save_interval", str(save or 10 * steps), *extra]
         subprocess.run(["rm", "-rf", run])
-        out, tv = self.run(name or f"ours_train_{preset}_{steps}", cmd)
-        return {**log_timing(out), "steps_per_window": log_every, **tv, "command": "python " + shlex.join(cmd[1:])}
+        _, tv = self.run(name or f"ours_train_{preset}_{steps}", cmd)
+        return {**log_timing(run), "steps_per_window": log_every, **tv, "command": "python " + shlex.join(cmd[1:])}
 
     def ours_decode(self, run, steps, variant="ours", extra=()):
         name = f"{variant}_decode_dpm{steps}"
@@ -205,12 +205,12 @@ CODE_NAMES = {"peer": "original", "ours": "ours", "ours_padded": "ours, original
               "ours_bf16": "ours, --precision bf16"}
 
 
-def log_timing(out):
-    """Seconds per step from the training log's time stamps, from the first log line (the
-    warm-up before it left out) to the last."""
-    marks = [(int(h) * 3600 + int(m) * 60 + int(sec), int(step)) for h, m, sec, step in LOG_LINE.findall(out)]
+def log_timing(run):
+    """Seconds per step from the run's curves.jsonl, from the first training record (the warm-up
+    before it left out) to the last."""
+    marks = [(r["time"], r["step"]) for r in read_curves(run) if "train" in r]
     (t0, s0), (t1, s1) = marks[0], marks[-1]
-    return {"s_per_step": ((t1 - t0) % 86400) / (s1 - s0), "steps_timed": s1 - s0}
+    return {"s_per_step": (t1 - t0) / (s1 - s0), "steps_timed": s1 - s0}
 
 
 def expand_cpus(spec):

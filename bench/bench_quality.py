@@ -23,6 +23,7 @@ import time
 from common import ROOT, table
 
 from diffuseq import recipes as named
+from diffuseq.logs import read_curves
 
 import torch
 
@@ -80,13 +81,9 @@ def train(data, recipe, steps, out, threads, seq_len, reuse=False, save_every=0)
 
 
 def logged_seconds(run, step=None):
-    """Training time of a run (up to the log line of `step`), from the clock times of its log."""
-    import datetime
-    lines = [line for line in open(os.path.join(run, "log.txt")) if line[:2].isdigit()]
-    last = lines[-1] if step is None else next(x for x in lines if "saved " in x and x.rstrip().endswith(
-        f"ckpt_{step:07d}"))
-    t0, t1 = (datetime.datetime.strptime(x[:8], "%H:%M:%S") for x in (lines[0], last))
-    return (t1 - t0).total_seconds() % 86400
+    """Training time of a run (up to the record of `step`), from its curves.jsonl."""
+    records = [r for r in read_curves(run) if "train" in r and (step is None or r["step"] <= step)]
+    return records[-1]["elapsed"]
 
 
 def target_tokens(run, steps):

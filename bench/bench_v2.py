@@ -9,7 +9,6 @@ source baseline.
 """
 import argparse
 import os
-import re
 import subprocess
 import sys
 import time
@@ -20,10 +19,10 @@ import common
 from common import header_lines, table, write_json
 from diffuseq.data.dataset import read_pairs
 from diffuseq.decoding import load_model
+from diffuseq.logs import read_curves
 from diffuseq.metrics import corpus_bleu, sentence_bleu_avg
 
 VARIANTS = {"v1": "original-v1", "v2": "original-v2"}  # the recipes, at this benchmark's size
-LOG_LINE = re.compile(r"step (\d+) \| (.*?) \| ([\d.]+) steps/s")
 
 
 def train(variant, a, run_dir):
@@ -40,16 +39,16 @@ def train(variant, a, run_dir):
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
         raise RuntimeError(f"training {variant} failed:\n{p.stdout[-2000:]}\n{p.stderr[-3000:]}")
-    wall = time.time() - t0
-    last = None
-    for line in p.stdout.splitlines():
-        m = LOG_LINE.search(line)
-        if m:
-            terms = dict(zip(m.group(2).split()[0::2], map(float, m.group(2).split()[1::2])))
-            last = (int(m.group(1)), terms, float(m.group(3)))
-    if last is None:
-        raise RuntimeError(f"training {variant}: no log line found in\n{p.stdout[-2000:]}")
-    return last, wall, " ".join(cmd[1:])
+    return last_record(run_dir), time.time() - t0, " ".join(cmd[1:])
+
+
+def last_record(run_dir):
+    """(step, loss terms, steps/s) of the run's last training record in curves.jsonl."""
+    train = [r for r in read_curves(run_dir) if "train" in r]
+    if not train:
+        raise RuntimeError(f"{run_dir}: no training record in curves.jsonl")
+    r = train[-1]
+    return r["step"], r["train"], r["steps_per_s"]
 
 
 def decode(model, pairs, sampler, steps, bsz, seed):
@@ -103,15 +102,8 @@ def main(argv=None):
     runs = {}
     for v in VARIANTS:
         run_dir = os.path.join(a.out, v)
-        log = os.path.join(run_dir, "log.txt")
-        if a.reuse and os.path.isfile(log):
-            last = None
-            for line in open(log):
-                m = LOG_LINE.search(line)
-                if m:
-                    terms = dict(zip(m.group(2).split()[0::2], map(float, m.group(2).split()[1::2])))
-                    last = (int(m.group(1)), terms, float(m.group(3)))
-            wall, cmd = None, "(reused)"
+        if a.reuse and os.path.isfile(os.path.join(run_dir, "curves.jsonl")):
+            last, wall, cmd = last_record(run_dir), None, "(reused)"
         else:
             (last), wall, cmd = train(v, a, run_dir)
         runs[v] = run_dir

@@ -12,14 +12,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from diffuseq.dist import pick_device  # noqa: E402,F401  (the benchmarks' one way to name a device)
+
 # dense bf16 tensor-core peaks (FLOP/s) for model FLOPs utilisation; matched against the GPU name
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
-
-
-def pick_device(name="auto"):
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
 
 
 def device_name(device):

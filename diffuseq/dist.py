@@ -93,14 +93,6 @@ def host_flag_max(flag):
     return bool(t.item())
 
 
-def all_gather_objects(obj):
-    if not dist.is_initialized():
-        return [obj]
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
 def cleanup():
     if dist.is_initialized():
         dist.destroy_process_group()

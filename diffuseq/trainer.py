@@ -1,86 +1,39 @@
 """The training loop: set up, loop, log, checkpoint.
 
 Every random draw of a step (batch order, timesteps, noise, dropout) is a function of
-(seed, step), and the noise is drawn for the whole global batch and sliced per process, so a run
-resumed from a checkpoint continues exactly, and N processes train as one with the same global
-batch.
+(seed, step), and the noise is drawn for the whole global batch and sliced per process (noise.py),
+so a run resumed from a checkpoint continues exactly (run.py), and N processes train as one with
+the same global batch. The optimizer, its schedule and the EMA are in optim.py; what a run logs
+in logs.py.
 """
 import contextlib
 import json
 import logging
 import os
-import queue
-import random
-import shutil
 import signal
+import queue
 import sys
 import threading
 import time
 
-import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from . import checkpoint as ckpt
 from . import dist
-from .config import load_args, model_config, save_args
+from . import run as run_folder
+from .config import model_config
 from .data.dataset import BatchLoader, DataError, default_pad_to, load_split, make_eval_batches
 from .diffusion import target_region, training_losses
+from .logs import COLUMNS, RunLog
 from .model import Denoiser, load_bert_encoder
-from .plots import plot_curves
+from .noise import draw_noise
+from .optim import EMA, autocast_dtype, build_optimizer, lr_at
 from .resample import create_sampler
 from .schedule import DiscreteSchedule
-from .tokenizer import Tokenizer, TokenizerError, build_tokenizer
+from .tokenizer import TokenizerError
 
 log = logging.getLogger("diffuseq")
-
-# arguments that may be changed when a run is resumed (without a warning); any argument not given
-# again comes from the checkpoint
-RESUMABLE = {"learning_steps", "max_minutes", "save_interval", "log_interval", "eval_interval", "eval_batches",
-             "keep_checkpoints", "device", "wandb", "progress", "resume_checkpoint", "compile", "pack",
-             "explicit", "checkpoint_path", "tune_decoding"}
-
-
-def autocast_dtype(precision, device):
-    if precision == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return None
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-def lr_at(step, args):
-    """Linear warm-up to args.lr, then linear decay to 0 at learning_steps (or, with
-    --lr_schedule constant, args.lr to the end)."""
-    if step < args.warmup_steps:
-        return args.lr * (step + 1) / args.warmup_steps
-    if args.lr_schedule == "constant":
-        return args.lr
-    left = args.learning_steps - step
-    return args.lr * max(0.0, left / max(1, args.learning_steps - args.warmup_steps))
-
-
-def step_generator(seed, step, device):
-    """The generator every process uses for the global batch's timesteps and noise at `step`."""
-    g = torch.Generator(device=device)
-    g.manual_seed((seed * 1_000_003 + step) % (2 ** 63))
-    return g
-
-
-def draw_noise(args, sampler, step, global_bsz, L, device):
-    """Timesteps, importance weights, Gaussian noise [2, G, L, D], uniforms [G, L] (discrete
-    noise) and [G] (self-conditioning) of the global batch at `step` (identical on every
-    process). Timesteps lie in [t_min, T): the sampler draws over the T - t_min levels above the
-    noise floor."""
-    g_cpu = step_generator(args.seed, step, "cpu")
-    t, w = sampler.sample(global_bsz, g_cpu)
-    t = t + args.t_min
-    g = g_cpu if device.type == "cpu" else step_generator(args.seed, step, device)
-    # drawn at full seq_len and cut, so a shorter padded batch sees the same noise per position
-    noise = torch.randn(2, global_bsz, args.seq_len, args.hidden_dim, generator=g, device=device)
-    u = torch.rand(global_bsz, args.seq_len, generator=g, device=device)
-    sc = torch.rand(global_bsz, generator=g, device=device)
-    return t.to(device), w.to(device), noise[:, :, :L], u[:, :L], sc
 
 
 def gather_steps(parts):
@@ -151,49 +104,6 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
-def setup_logging(run_dir, is_main):
-    log.handlers.clear()
-    log.setLevel(logging.INFO if is_main else logging.WARNING)
-    log.propagate = False
-    fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
-    h = logging.StreamHandler(sys.stdout)
-    h.setFormatter(fmt)
-    log.addHandler(h)
-    if is_main:
-        fh = logging.FileHandler(os.path.join(run_dir, "log.txt"))
-        fh.setFormatter(fmt)
-        log.addHandler(fh)
-
-
-def prepare_tokenizer(args, proc, resume_dir):
-    """Tokenizer of a resumed run, or built once by rank 0 and read by the others."""
-    path = os.path.join(args.checkpoint_path, "tokenizer.json")
-    if resume_dir:
-        return Tokenizer.load(os.path.join(resume_dir, "tokenizer.json"))
-    if proc.is_main:
-        tok = build_tokenizer(args.vocab, args.data_dir, args.vocab_size, args.vocab_path, args.tokenizer_algo,
-                              skip_bad_lines=args.skip_bad_lines, lowercase=args.lowercase)
-        tok.save(path)
-    dist.barrier()
-    return Tokenizer.load(path)
-
-
-def resume_args(args):
-    """The checkpoint's saved arguments, overridden by those given explicitly now (defaults do
-    not count: a bare --resume_checkpoint continues with the run's own learning_steps and
-    intervals). Returns (args, checkpoint folder)."""
-    path = ckpt.resolve(args.resume_checkpoint)
-    saved = load_args(os.path.join(path, "args.json"))
-    given = {k: getattr(args, k) for k in args.explicit}
-    changed = sorted(k for k, v in given.items() if k not in RESUMABLE and getattr(saved, k) != v)
-    if changed:
-        log.warning("resuming with changed arguments: %s", ", ".join(changed))
-    merged = saved.replace(**given, resume_checkpoint=args.resume_checkpoint, explicit=args.explicit)
-    if "checkpoint_path" not in args.explicit:
-        merged = merged.replace(checkpoint_path=os.path.dirname(os.path.normpath(path)))
-    return merged, path
-
-
 class NetView:
     """The denoiser as training_losses sees it: the forward pass through the wrapped net (DDP,
     so gradients are synchronised; or the compiled module), and the embeddings, logits and
@@ -209,78 +119,22 @@ class NetView:
         return getattr(self.model, name)
 
 
-class EMA:
-    """Exponential moving average of parameters, kept in fp32."""
-
-    def __init__(self, params, rate):
-        self.params = list(params)
-        self.rate = rate
-        self.shadow = [p.detach().clone().float() for p in self.params]
-
-    @torch.no_grad()
-    def update(self):
-        torch._foreach_lerp_(self.shadow, [p.detach().float() for p in self.params], 1.0 - self.rate)
-
-    def state_dict(self, model):
-        sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        names = [n for n, _ in model.named_parameters()]
-        for n, s in zip(names, self.shadow):
-            sd[n] = s.to(sd[n].dtype).clone()
-        return sd
-
-    def load_state_dict(self, model, sd):
-        names = [n for n, _ in model.named_parameters()]
-        for n, s in zip(names, self.shadow):
-            s.copy_(sd[n])
-
-
-def rng_state():
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state):
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 class Trainer:
     def __init__(self, args):
         """Set up a run. If setting up fails (bad data, a bad argument), a run folder that this call
         created is removed again: a failed command leaves nothing behind."""
-        run = args.checkpoint_path
-        created = bool(run) and not args.resume_checkpoint and not os.path.exists(run)
-        try:
+        with run_folder.new_run(args):
             self._setup(args)
-        except BaseException:
-            if created and int(os.environ.get("RANK", "0")) == 0 and not ckpt.list_checkpoints(run):
-                for h in list(log.handlers):
-                    h.close()
-                    log.removeHandler(h)
-                shutil.rmtree(run, ignore_errors=True)
-            raise
 
     def _setup(self, args):
         self.last_valid = (None, None)  # (step, validation loss) of the last validation
         self.proc = proc = dist.setup(args.device)
         resume_dir = None
         if args.resume_checkpoint:
-            args, resume_dir = resume_args(args)
+            args, resume_dir = run_folder.resume_args(args)
         self.args = args
-        if proc.is_main:
-            os.makedirs(args.checkpoint_path, exist_ok=True)
-        dist.barrier()
-        setup_logging(args.checkpoint_path, proc.is_main)
         torch.manual_seed(args.seed)
-
-        self.tokenizer = prepare_tokenizer(args, proc, resume_dir)
-        if proc.is_main:
-            save_args(args, os.path.join(args.checkpoint_path, "args.json"))
+        self.tokenizer = run_folder.prepare(args, proc, resume_dir)
         self.train_set = self._load("train")
         self.valid_set = self._load("valid") if os.path.isfile(
             os.path.join(args.data_dir, "valid.jsonl")) else None
@@ -296,17 +150,12 @@ class Trainer:
         self.sampler = create_sampler(args.schedule_sampler, args.diffusion_steps - args.t_min)
         self.amp_dtype = autocast_dtype(args.precision, proc.device)
         self.scaler = torch.amp.GradScaler(proc.device.type, enabled=self.amp_dtype == torch.float16)
-        fused = proc.device.type in ("cuda", "cpu")  # one kernel for the whole update
-        decay, no_decay = [], []
-        for n, p in self.model.named_parameters():
-            (no_decay if p.ndim < 2 or "embedding" in n else decay).append(p)
-        self.opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=args.lr, betas=(0.9, 0.999), fused=fused or None)
+        self.opt = build_optimizer(self.model, args, proc.device)
         self.ema = EMA(self.model.parameters(), args.ema_rate)
         self.step = 0
         if resume_dir:
-            self._restore(resume_dir)
+            self.step = run_folder.restore(resume_dir, self.model, self.ema, self.opt, self.scaler, self.sampler,
+                                           proc.device)
         self.model.pack = {"auto": None, "true": True, "false": False}[args.pack]
         self.net = self.model
         if args.compile:
@@ -318,9 +167,7 @@ class Trainer:
                                   args.seq_len, self.tokenizer.pad_id, bucket=args.bucket,
                                   pin_memory=proc.device.type == "cuda", margin=self.margin)
         self.pending = []  # (t, losses) not yet given to the timestep sampler
-        self.wandb = None
-        if args.wandb != "disabled" and proc.is_main:
-            self.wandb = _init_wandb(args)
+        self.runlog = RunLog(args.checkpoint_path, proc.is_main, args.to_dict(), args.wandb)
 
     def _load(self, split):
         a = self.args
@@ -331,45 +178,18 @@ class Trainer:
             dist.barrier()
             log.info("%s: %d pairs, %d truncated to seq_len %d%s%s", split, stats.n_pairs, stats.n_truncated,
                      a.seq_len, f", {stats.n_skipped} bad lines skipped" if stats.n_skipped else "",
-                     " (cached)" if getattr(stats, "from_cache", False) else "")
+                     " (cached)" if stats.from_cache else "")
         if stats.n_pairs == 0:
             raise DataError(f"{os.path.join(a.data_dir, split + '.jsonl')}: no usable pairs")
         return ds
 
-    # ------------------------------------------------------------------ checkpoints
     def save(self):
+        self._flush_sampler()
         if self.proc.is_main:
-            self._flush_sampler()
-            run = self.args.checkpoint_path
-            state = {"optimizer": self.opt.state_dict(), "scaler": self.scaler.state_dict(),
-                     "sampler": self.sampler.state_dict(), "step": self.step, "rng": rng_state()}
-            path = ckpt.save_checkpoint(run, self.step, {
-                "model.safetensors": self.model.state_dict(), "ema.safetensors": self.ema.state_dict(self.model),
-                "training_state.state": state, "args.json": os.path.join(run, "args.json"),
-                "tokenizer.json": os.path.join(run, "tokenizer.json")}, keep=self.args.keep_checkpoints,
-                valid_loss=self.last_valid[1] if self.last_valid[0] == self.step else None)
-            best = ckpt.best_checkpoint(run)
-            log.info("saved %s%s", path, " (the best so far by validation loss)"
-                     if best and best["checkpoint"] == os.path.basename(path) else "")
-            try:
-                plot_curves(run)
-            except Exception as e:  # a picture is never worth losing a run
-                log.warning("could not draw loss.png: %s", e)
-        else:
-            self._flush_sampler()
+            valid = self.last_valid[1] if self.last_valid[0] == self.step else None
+            run_folder.save(self.args.checkpoint_path, self.step, self.model, self.ema, self.opt, self.scaler,
+                            self.sampler, self.args.keep_checkpoints, valid)
         dist.barrier()
-
-    def _restore(self, path):
-        dev = self.proc.device
-        self.model.load_state_dict(ckpt.load(path, "model", dev))
-        self.ema.load_state_dict(self.model, ckpt.load(path, "ema", dev))
-        state = ckpt.load(path, "training_state", "cpu")
-        self.opt.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.sampler.load_state_dict(state["sampler"])
-        set_rng_state(state["rng"])
-        self.step = state["step"]
-        log.info("resumed from %s at step %d", path, self.step)
 
     # ------------------------------------------------------------------ one step
     def _flush_sampler(self):
@@ -447,29 +267,23 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self):
-        """Mean loss terms over the first eval_batches batches of valid.jsonl, fixed noise."""
+        """Mean loss terms over the first eval_batches batches of valid.jsonl, with the noise of
+        noise.draw_noise (uniform timesteps) from a stream of its own: the same at every call."""
         if self.valid_set is None:
             return None
         a, dev = self.args, self.proc.device
         self.model.eval()
         sums, count = {}, 0
-        margin = self.margin
         batches = make_eval_batches(self.valid_set, a.microbatch, a.seq_len, self.tokenizer.pad_id,
-                                    pad_to=default_pad_to(margin), margin=margin)
+                                    pad_to=default_pad_to(self.margin), margin=self.margin)
         for i, b in zip(range(a.eval_batches), batches):
             ids, mask = b["input_ids"].to(dev), b["input_mask"].to(dev)
-            keep = target_region(b["length"].to(dev), margin, ids.shape[1])
-            B = ids.shape[0]
-            g = step_generator(a.seed + 1, i, dev)
-            t = torch.randint(a.t_min, a.diffusion_steps, (B,), generator=g, device=dev)
-            L = ids.shape[1]  # drawn at seq_len and cut, as in training: the same whatever the padding
-            noise = torch.randn(2, B, a.seq_len, a.hidden_dim, generator=g, device=dev)[:, :, :L]
-            u = torch.rand(B, a.seq_len, generator=g, device=dev)[:, :L]
-            sc = torch.rand(B, generator=g, device=dev)
+            keep = target_region(b["length"].to(dev), self.margin, ids.shape[1])
+            t, _, noise, u, sc = draw_noise(a, None, i, ids.shape[0], ids.shape[1], dev, seed=a.seed + 1)
             terms = self._losses(self.model, ids, mask, t, noise, u, sc, keep)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0) + v.sum()
-            count += B
+            count += ids.shape[0]
         self.model.train()
         return {k: float(v) / count for k, v in sums.items()}
 
@@ -485,15 +299,16 @@ class Trainer:
         bar = None
         if a.progress and proc.is_main:
             from tqdm.auto import tqdm
-            bar = tqdm(total=a.learning_steps, initial=self.step, desc="train", dynamic_ncols=True,
-                       disable=None)
+            bar = tqdm(total=a.learning_steps, initial=self.step, desc="train", dynamic_ncols=True, disable=None)
         fetch = Prefetcher(self.loader, self.step, proc.device)
-        window, t0, last_logged = {}, time.time(), self.step
+        window, tokens, t0, last_logged = {}, 0, time.time(), self.step
         deadline = time.time() + 60 * a.max_minutes if a.max_minutes else None
+        self.runlog.start()
         try:
             with StopRequest() as stop:
                 while self.step < a.learning_steps:
                     _, batch = fetch.get()
+                    tokens += batch["length"].sum() - (1 - batch["input_mask"]).sum()  # target tokens
                     stats = self.train_step(batch)
                     for k, v in stats.items():  # (sum, steps): nll and acc come on some steps only
                         s, c = window.get(k, (0, 0))
@@ -502,24 +317,19 @@ class Trainer:
                         bar.update(1)
                     if self._logs_after(self.step):
                         self._flush_sampler()
-                        means = {k: dist.all_reduce_mean(s) / c for k, (s, c) in window.items()}
-                        acc_q, n_q = means.pop("_acc_q", None), means.pop("_n_q", None)
-                        means = {k: float(v) for k, v in means.items()}
-                        if acc_q is not None:
-                            for i, (s_, c_) in enumerate(zip(acc_q.tolist(), n_q.tolist())):
-                                if c_:  # a quarter no example fell in this window is left out
-                                    means[f"acc_q{i + 1}"] = s_ / c_
-                        n = self.step - last_logged
-                        rate = n / (time.time() - t0)
-                        self._log(means, rate, bar)
-                        window, t0, last_logged = {}, time.time(), self.step
+                        means = window_means(window)
+                        seconds = time.time() - t0
+                        n_tokens = float(dist.all_reduce_mean(tokens.float())) * proc.world_size
+                        if bar is not None:
+                            bar.set_postfix(loss=f"{means['loss']:.4f}", acc=f"{means['acc']:.3f}", refresh=False)
+                        self.runlog.train(self.step, means, (self.step - last_logged) / seconds, n_tokens / seconds,
+                                          lr_at(self.step - 1, a))
+                        window, tokens, t0, last_logged = {}, 0, time.time(), self.step
                     if a.eval_interval and self.step % a.eval_interval == 0 and proc.is_main:
                         val = self.validate()
                         if val:
                             self.last_valid = (self.step, val["loss"])
-                            log.info("step %d valid: %s", self.step, _fmt(val))
-                            self._curve({"step": self.step, "valid": val})
-                            self._wandb({f"valid/{k}": v for k, v in val.items()})
+                            self.runlog.valid(self.step, val)
                     stopping = self._agree(stop.requested) and self.step < a.learning_steps
                     if stopping and proc.is_main:
                         log.warning("interrupted at step %d: saving a checkpoint to resume from", self.step)
@@ -537,8 +347,7 @@ class Trainer:
             fetch.close()
             if bar is not None:
                 bar.close()
-        if self.wandb is not None:
-            self.wandb.finish()
+        self.runlog.finish()
         return self.step
 
     STOP_CHECK = 10  # steps between the processes' agreement on a stop request
@@ -551,44 +360,19 @@ class Trainer:
             return flag
         return dist.host_flag_max(flag) if self.step % self.STOP_CHECK == 0 else False
 
-    def _log(self, means, rate, bar):
-        if bar is not None:
-            bar.set_postfix(loss=f"{means['loss']:.4f}", acc=f"{means['acc']:.3f}", refresh=False)
-        log.info("step %d | %s | %s steps/s | lr %.2e", self.step, _fmt(means),
-                 f"{rate:.3g}" if rate < 100 else f"{rate:.0f}", lr_at(self.step - 1, self.args))
-        self._curve({"step": self.step, "train": means})
-        self._wandb({f"train/{k}": v for k, v in means.items()} | {"steps_per_s": rate})
 
-    def _curve(self, record):
-        """One line of the run's curves.jsonl (the data of loss.png)."""
-        if self.proc.is_main:
-            with open(os.path.join(self.args.checkpoint_path, "curves.jsonl"), "a") as f:
-                f.write(json.dumps(record) + "\n")
-
-    def _wandb(self, d):
-        if self.wandb is not None:
-            self.wandb.log(d, step=self.step)
-
-
-COLUMNS = ("columns: mse = |f(z_t, t) - z_0|^2 on the target; tT = |mean of q(z_T | z_0) - m|^2 (tiny when "
-           "the schedule reaches pure noise); decoder_nll = -log p(w | z_0), the rounding term; reg = the "
-           "penalty on the absorbing state m; length = 0.1 x cross-entropy of the length head; loss = their sum, the objective; grad_norm = before "
-           "clipping; nll, acc = of the tokens rounded from the predicted z_0 (last 10 steps before the "
-           "line); acc_q1..q4 = that accuracy in each quarter of the trained noise levels, q1 the least "
-           "noisy")
-
-
-def _fmt(d):
-    return " ".join(f"{k} {v:.5g}" for k, v in d.items())
-
-
-def _init_wandb(args):
-    try:
-        import wandb
-    except ImportError:
-        raise SystemExit("error: --wandb needs the wandb package: pip install wandb") from None
-    return wandb.init(project="diffuseq", name=os.path.basename(args.checkpoint_path), mode=args.wandb,
-                      config=args.to_dict(), dir=args.checkpoint_path)
+def window_means(window):
+    """{term: (sum, steps)} of a log window -> {term: mean} (averaged over processes), with the
+    accuracy per quarter of the noise levels as acc_q1..acc_q4 (a quarter no example fell in is
+    left out)."""
+    means = {k: dist.all_reduce_mean(s) / c for k, (s, c) in window.items()}
+    acc_q, n_q = means.pop("_acc_q", None), means.pop("_n_q", None)
+    means = {k: float(v) for k, v in means.items()}
+    if acc_q is not None:
+        for i, (s, c) in enumerate(zip(acc_q.tolist(), n_q.tolist())):
+            if c:
+                means[f"acc_q{i + 1}"] = s / c
+    return means
 
 
 def main(args):

@@ -23,6 +23,8 @@ import pytest
 import torch
 
 from diffuseq import checkpoint as ckpt
+from diffuseq import noise, optim
+from diffuseq import run as run_folder
 from diffuseq import trainer as trainer_mod
 from diffuseq.config import parse_train_args
 from diffuseq.data.dataset import make_eval_batches
@@ -344,12 +346,12 @@ def test_resume_takes_saved_arguments_unless_given_again(small_task, tmp_path):
     folder = _fake_checkpoint(run / ckpt.ckpt_name(6))
     (folder / "args.json").write_text(json.dumps(vars(saved)))
 
-    args, path = trainer_mod.resume_args(parse_train_args(["--resume_checkpoint", str(run)]))
+    args, path = run_folder.resume_args(parse_train_args(["--resume_checkpoint", str(run)]))
     assert path == str(folder)
     assert vars(args) | {"resume_checkpoint": None, "explicit": []} == vars(saved) | {"explicit": []}
     assert args.resume_checkpoint == str(run)
 
-    args, _ = trainer_mod.resume_args(parse_train_args(
+    args, _ = run_folder.resume_args(parse_train_args(
         ["--resume_checkpoint", str(folder), "--learning_steps", "20", "--lr", "1e-4"]))
     assert (args.learning_steps, args.lr, args.save_interval) == (20, 1e-4, 6)
     assert args.checkpoint_path == str(run)
@@ -577,11 +579,11 @@ def test_noise_floor_bounds_the_sampled_levels():
     args = SimpleNamespace(seed=3, seq_len=6, hidden_dim=4, t_min=floor)
     for name in ("uniform", "lossaware"):
         sampler = create_sampler(name, T - floor)
-        ts = torch.cat([trainer_mod.draw_noise(args, sampler, s, 64, 6, torch.device("cpu"))[0]
+        ts = torch.cat([noise.draw_noise(args, sampler, s, 64, 6, torch.device("cpu"))[0]
                         for s in range(40)])
         assert ts.min() == floor and ts.max() == T - 1, name
     args.t_min = 0
-    ts = torch.cat([trainer_mod.draw_noise(args, create_sampler("uniform", T), s, 64, 6, torch.device("cpu"))[0]
+    ts = torch.cat([noise.draw_noise(args, create_sampler("uniform", T), s, 64, 6, torch.device("cpu"))[0]
                     for s in range(40)])
     assert ts.min() == 0
 
@@ -639,9 +641,9 @@ def test_max_minutes_stops_and_saves_early(small_task, tmp_path):
 def test_learning_rate_schedules():
     """Warm-up rises linearly to lr; then linear decays to 0 at learning_steps, constant stays."""
     a = SimpleNamespace(lr=1e-3, warmup_steps=10, learning_steps=110, lr_schedule="linear")
-    assert trainer_mod.lr_at(0, a) == pytest.approx(1e-4) and trainer_mod.lr_at(9, a) == pytest.approx(1e-3)
-    assert trainer_mod.lr_at(10, a) == pytest.approx(1e-3)
-    assert trainer_mod.lr_at(60, a) == pytest.approx(5e-4) and trainer_mod.lr_at(110, a) == 0.0
+    assert optim.lr_at(0, a) == pytest.approx(1e-4) and optim.lr_at(9, a) == pytest.approx(1e-3)
+    assert optim.lr_at(10, a) == pytest.approx(1e-3)
+    assert optim.lr_at(60, a) == pytest.approx(5e-4) and optim.lr_at(110, a) == 0.0
     a.lr_schedule = "constant"
-    assert trainer_mod.lr_at(0, a) == pytest.approx(1e-4)
-    assert trainer_mod.lr_at(60, a) == trainer_mod.lr_at(109, a) == 1e-3
+    assert optim.lr_at(0, a) == pytest.approx(1e-4)
+    assert optim.lr_at(60, a) == optim.lr_at(109, a) == 1e-3

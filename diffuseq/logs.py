@@ -1,0 +1,100 @@
+"""What a run tells: log lines (standard output, and log.txt of the run), one JSON record per
+log line and per validation in curves.jsonl (the data of loss.png and of the benchmarks), and
+Weights & Biases when asked for."""
+import json
+import logging
+import os
+import sys
+import time
+
+log = logging.getLogger("diffuseq")
+
+COLUMNS = ("columns: mse = |f(z_t, t) - z_0|^2 on the target; tT = |mean of q(z_T | z_0) - m|^2 (tiny when "
+           "the schedule reaches pure noise); decoder_nll = -log p(w | z_0), the rounding term; reg = the "
+           "penalty on the absorbing state m; length = 0.1 x cross-entropy of the length head; loss = their "
+           "sum, the objective; grad_norm = before clipping; nll, acc = of the tokens rounded from the "
+           "predicted z_0 (last 10 steps before the line); acc_q1..q4 = that accuracy in each quarter of the "
+           "trained noise levels, q1 the least noisy")
+
+
+def setup_logging(run_dir, is_main):
+    """Log lines to standard output, and on the main process to run_dir/log.txt."""
+    log.handlers.clear()
+    log.setLevel(logging.INFO if is_main else logging.WARNING)
+    log.propagate = False
+    fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+    h = logging.StreamHandler(sys.stdout)
+    h.setFormatter(fmt)
+    log.addHandler(h)
+    if is_main:
+        fh = logging.FileHandler(os.path.join(run_dir, "log.txt"))
+        fh.setFormatter(fmt)
+        log.addHandler(fh)
+
+
+def close_logging():
+    for h in list(log.handlers):
+        h.close()
+        log.removeHandler(h)
+
+
+def fmt(d):
+    return " ".join(f"{k} {v:.5g}" for k, v in d.items())
+
+
+def read_curves(run_dir):
+    """The records of run_dir/curves.jsonl, in order (an empty list if there is none)."""
+    path = os.path.join(run_dir, "curves.jsonl")
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+class RunLog:
+    """The main process's record of a run. Each training record carries the wall time, the
+    seconds since this process started training, the step, steps/s and target tokens/s over the
+    window since the last record, the learning rate and the mean loss terms; each validation
+    record the step and the validation terms."""
+
+    def __init__(self, run_dir, is_main, config=None, wandb="disabled"):
+        self.path = os.path.join(run_dir, "curves.jsonl")
+        self.is_main, self.t0 = is_main, time.time()
+        self.wandb = None
+        if wandb != "disabled" and is_main:
+            try:
+                import wandb as wb
+            except ImportError:
+                raise SystemExit("error: --wandb needs the wandb package: pip install wandb") from None
+            self.wandb = wb.init(project="diffuseq", name=os.path.basename(run_dir), mode=wandb, config=config,
+                                 dir=run_dir)
+
+    def start(self):
+        """The clock of `elapsed` starts now (when the loop begins)."""
+        self.t0 = time.time()
+
+    def _write(self, record):
+        if self.is_main:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def train(self, step, means, steps_per_s, tokens_per_s, lr):
+        rate = f"{steps_per_s:.3g}" if steps_per_s < 100 else f"{steps_per_s:.0f}"
+        log.info("step %d | %s | %s steps/s | %.3g tokens/s | lr %.2e", step, fmt(means), rate, tokens_per_s, lr)
+        now = time.time()
+        self._write({"step": step, "time": round(now, 3), "elapsed": round(now - self.t0, 3),
+                     "steps_per_s": steps_per_s, "tokens_per_s": tokens_per_s, "lr": lr, "train": means})
+        if self.wandb is not None:
+            self.wandb.log({f"train/{k}": v for k, v in means.items()} | {"steps_per_s": steps_per_s,
+                                                                         "tokens_per_s": tokens_per_s}, step=step)
+
+    def valid(self, step, val):
+        log.info("step %d valid: %s", step, fmt(val))
+        now = time.time()
+        self._write({"step": step, "time": round(now, 3), "elapsed": round(now - self.t0, 3), "valid": val})
+        if self.wandb is not None:
+            self.wandb.log({f"valid/{k}": v for k, v in val.items()}, step=step)
+
+    def finish(self):
+        if self.wandb is not None:
+            self.wandb.finish()
