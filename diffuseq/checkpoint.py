@@ -263,7 +263,7 @@ def load_legacy(f, device="cpu"):
             f"{f}: refused to load: this file asks to run Python code while it is read, which a "
             f"checkpoint never needs ({first}). Only tensors and plain data are loaded; if you "
             "trust where it came from and it really is an older DiffuSeq checkpoint, see the "
-            "README's 'Older checkpoints' section") from None
+            "docs/training.md, 'Older checkpoints'") from None
     except (RuntimeError, EOFError, OSError) as e:
         raise CheckpointError(f"{f}: not a readable checkpoint file ({e})") from None
 

@@ -51,7 +51,7 @@ class TrainConfig:
     bucket: bool = arg(False, 'data',
         'length bucketing: batches of similar lengths instead of random ones. With --length_margin >= 0 every '
         'batch is padded only to its longest row + the margin, so bucketing makes steps shorter (1.6x on the '
-        'Bible data) but learns less per step: at equal minutes the two tied (README, Quality)')
+        'Bible data) but learns less per step: at equal minutes the two tied (docs/quality.md)')
     length_margin: Optional[int] = arg(None, 'data',
         "[PAD]s after each target's [SEP] that the model learns to produce; the positions after them are out "
         'of the loss and hidden from attention, so training costs only real tokens and decoding at a '
@@ -67,7 +67,7 @@ class TrainConfig:
         'algorithm of the trained tokenizer (--vocab own)', choices=['wordpiece', 'bpe'])
     lowercase: bool = arg(True, 'data',
         'lowercase text before tokenizing; false keeps case (a cased vocabulary, e.g. for translation into '
-        'English; see the README for its cost in vocabulary)')
+        'English; docs/training.md gives its cost in vocabulary)')
     preset: str = arg("tiny", "model", "transformer shape: " + SHAPES, choices=sorted(PRESETS))
     width: Optional[int] = arg(None, 'model', "override the preset's transformer width")
     layers: Optional[int] = arg(None, 'model', "override the preset's number of layers")

@@ -1,6 +1,6 @@
 # Sourced by the scripts: run a Python entry point with one process, or with torchrun when
 # NPROC > 1 or the job spans several nodes. torchrun's multi-node settings come from the
-# environment, as a scheduler (e.g. Slurm, see the README) sets them:
+# environment, as a scheduler (e.g. Slurm, see docs/training.md) sets them:
 #   NPROC          processes per node (GPUs per node)                  default 1
 #   NNODES         number of nodes                                      default 1
 #   NODE_RANK      this node's index, 0 .. NNODES-1                     default 0

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Train a model, on one process or several (NPROC, NNODES: see scripts/_launch.sh). Without
-# --recipe it trains the default recipe, bible-tiny (docs/recipes.md); flags override the recipe:
+# Train a model, on one process or several (NPROC, NNODES: see scripts/_launch.sh). With no
+# recipe named, it trains the default one, bible-tiny (docs/recipes.md); flags override the recipe:
 #   bash scripts/train.sh                                  # bible-tiny on the built-in Bible pairs
 #   bash scripts/train.sh --recipe qqp-small               # a named recipe
 #   bash scripts/train.sh --data_dir datasets/my_data --dataset my_data   # the default recipe, your data
