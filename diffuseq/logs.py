@@ -43,12 +43,19 @@ def fmt(d):
 
 
 def read_curves(run_dir):
-    """The records of run_dir/curves.jsonl, in order (an empty list if there is none)."""
+    """The records of run_dir/curves.jsonl, in order (an empty list if there is none; a line cut
+    by a kill is left out)."""
     path = os.path.join(run_dir, "curves.jsonl")
     if not os.path.isfile(path):
         return []
+    out = []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return out
 
 
 class RunLog:

@@ -3,35 +3,28 @@ loss.png in the run folder, rewritten at every checkpoint.
 
     python -m diffuseq.plots diffusion_models/<run>      # draw it again by hand
 """
-import json
 import os
 import sys
 
+from .logs import read_curves
 
-def read_curves(run_dir):
-    """(train records, valid records) of curves.jsonl; a resumed run's repeated steps keep the
-    newest record."""
+
+def curves_by_step(run_dir):
+    """(train records, valid records) of curves.jsonl as sorted (step, terms) lists; a resumed
+    run's repeated steps keep the newest record."""
     train, valid = {}, {}
-    path = os.path.join(run_dir, "curves.jsonl")
-    if not os.path.isfile(path):
-        return [], []
-    with open(path) as f:
-        for line in f:
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:  # a line cut by a kill
-                continue
-            if "train" in r:
-                train[r["step"]] = r["train"]
-            if "valid" in r:
-                valid[r["step"]] = r["valid"]
+    for r in read_curves(run_dir):
+        if "train" in r:
+            train[r["step"]] = r["train"]
+        if "valid" in r:
+            valid[r["step"]] = r["valid"]
     return sorted(train.items()), sorted(valid.items())
 
 
 def plot_curves(run_dir, out=None):
     """Draw loss.png (training and validation loss; rounding accuracy per quarter of the noise
     levels). Returns its path, or None when there is nothing to draw or matplotlib is missing."""
-    train, valid = read_curves(run_dir)
+    train, valid = curves_by_step(run_dir)
     if not train:
         return None
     try:

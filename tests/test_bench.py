@@ -28,7 +28,11 @@ def test_bench_train_quick(tmp_path, extra):
     assert record["benchmark"].startswith("bench_train") and record["results"]
     if not extra:
         assert "ours" in stdout
-        assert ("bert-eager" in stdout) or ("baseline skipped" in stdout)
+        # the BERT baseline runs where transformers is installed, and says it was left out otherwise
+        import importlib.util
+        has_transformers = importlib.util.find_spec("transformers") is not None
+        assert ("bert-eager" in stdout) == has_transformers
+        assert ("baseline skipped" in stdout) == (not has_transformers)
 
 
 def test_bench_decode_quick(tmp_path):
@@ -39,26 +43,26 @@ def test_bench_decode_quick(tmp_path):
 
 
 def test_bench_v2_quick(tmp_path):
-    stdout, out = run("bench_v2", tmp_path, "--out", str(tmp_path / "runs"))
     if not (QQP / "train.jsonl").is_file():
-        assert "skipped" in stdout
-        return
+        pytest.skip(f"no qqp_small data at {QQP}")
+    stdout, out = run("bench_v2", tmp_path, "--out", str(tmp_path / "runs"))
     assert "copy source" in stdout and "v2" in stdout
     record = json.loads(out.read_text())
     assert set(record["train"]) == {"v1", "v2"} and record["decode"]
 
 
+@pytest.mark.slow
 def test_bench_quality_quick(tmp_path):
     """Two recipes trained for a few steps, decoded two ways, scored beside the copy line."""
     pytest.importorskip("pythonbible")
-    stdout, out = run("bench_quality", tmp_path, "--out", str(tmp_path / "q"), "--recipes", "v2,seg_floor",
-                      "--decoders", "dpm10,anc100_clamp_all")
+    stdout, out = run("bench_quality", tmp_path, "--out", str(tmp_path / "q"), "--recipes",
+                      "ladder-v2,ladder-seg-floor", "--decoders", "dpm10,anc100_clamp_all")
     record = json.loads(out.read_text())
-    assert [r["recipe"] for r in record["results"]] == ["v2", "seg_floor"]
+    assert [r["recipe"] for r in record["results"]] == ["ladder-v2", "ladder-seg-floor"]
     for r in record["results"]:
         assert set(r["scores"]) == {"dpm10", "anc100_clamp_all", "copy"} and r["steps"] == 30
         assert r["target_tokens"] > 30 * 32  # at least one token per example and step
-    assert "copy the source" in stdout and "seg_floor" in stdout
+    assert "copy the source" in stdout and "ladder-seg-floor" in stdout
     # the per-recipe files make the report on their own
     rep = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_quality.py"), "--report", "--markdown",
                           "--out", str(tmp_path / "q")], capture_output=True, text=True, cwd=ROOT)
@@ -80,11 +84,10 @@ def test_bench_peer_report_reads_the_saved_comparison():
     ratio = d["ours"]["sent_per_s"] / d["peer"]["sent_per_s"]
     assert any(line.startswith("dpm10") and " ours " in line and f"{ratio:.2f}x" in line
                for line in p.stdout.splitlines())
-    assert len(rec["ablation"]) == 5 and rec["ablation"][0]["s_per_step"] > rec["ablation"][-1]["s_per_step"]
-    # base: --pack false against the default, packed rows
-    rows = {r["flags"] == ["--pack", "false"]: r["s_per_step"] for r in rec["ablation_base"]}
-    assert len(rows) == 2 and rows[True] > rows[False]
-    assert f"{rows[True]:.3g}" in p.stdout and "ours, base, batch 64" in p.stdout
+    # every ablation row of the record is printed with its own figure
+    for r in rec["ablation"] + rec["ablation_base"]:
+        assert f"{r['s_per_step']:.3g}" in p.stdout, r
+    assert "ours, base, batch 64" in p.stdout
 
 
 def test_convergence_reads_steps_to_a_score_between_checkpoints():

@@ -61,6 +61,12 @@ def kjv_web(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def pairs(kjv_web):
+    """The pairs the build wrote, built once for the tests that check them."""
+    return bible.build_pairs("kjv", "web")
+
+
 def _read(path):
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f]
@@ -80,8 +86,7 @@ def test_build_size_and_fields(kjv_web):
     assert not list(kjv_web.glob("*.tmp"))
 
 
-def test_no_book_in_two_splits(kjv_web):
-    pairs = bible.build_pairs("kjv", "web")
+def test_no_book_in_two_splits(kjv_web, pairs):
     books = {name: set() for name in bible.SPLITS}
     expected = {name: [] for name in bible.SPLITS}
     for book, s, t in pairs:
@@ -96,20 +101,20 @@ def test_no_book_in_two_splits(kjv_web):
         assert _read(kjv_web / f"{name}.jsonl") == expected[name]
 
 
+@pytest.mark.slow
 def test_build_is_deterministic(kjv_web, tmp_path):
     assert bible.main(["--out", str(tmp_path)]) == 0
     for name in bible.SPLITS:
         assert (tmp_path / f"{name}.jsonl").read_bytes() == (kjv_web / f"{name}.jsonl").read_bytes()
 
 
-def test_kjv_web_alignment_above_threshold(kjv_web):
-    score = bible.alignment_score(bible.build_pairs("kjv", "web"))
+def test_kjv_web_alignment_above_threshold(pairs):
+    score = bible.alignment_score(pairs)
     assert bible.DEFAULT_MIN_ALIGNMENT < score
     assert 0.70 < score < 0.80  # 0.75 measured
 
 
-def test_misaligned_pairs_are_refused(kjv_web, tmp_path, monkeypatch, capsys):
-    pairs = bible.build_pairs("kjv", "web")
+def test_misaligned_pairs_are_refused(pairs, tmp_path, monkeypatch, capsys):
     # Each source verse paired with the next verse's target: what a broken package looks like.
     shifted = [(b, s, t) for (b, s, _), (_, _, t) in zip(pairs, pairs[1:])]
     assert bible.alignment_score(shifted) < bible.DEFAULT_MIN_ALIGNMENT

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from diffuseq import checkpoint as ckpt
+from toy import fake_checkpoint
 
 
 class RunsCode:
@@ -134,3 +135,48 @@ def test_damaged_files_give_a_clear_error(tmp_path):
         ckpt.load(str(folder), "model")
     with pytest.raises(ckpt.CheckpointError, match="missing ema.safetensors"):
         ckpt.load(str(folder), "ema")
+
+
+def test_keep_prunes_to_the_newest_and_the_best(tmp_path):
+    """keep=2 over five saves: the two newest remain, and the best by validation loss besides;
+    resolving the run then gives the latest for resuming and the best for decoding."""
+    import torch
+    losses = {1: 0.9, 2: 0.5, 3: 0.7, 4: None, 5: 0.6}
+    (tmp_path / "args.json").write_text("{}")
+    (tmp_path / "tokenizer.json").write_text("{}")
+    for step, loss in losses.items():
+        ckpt.save_checkpoint(str(tmp_path), step, {
+            "model.safetensors": {"w": torch.full((2,), float(step))}, "ema.safetensors": {"w": torch.zeros(2)},
+            "training_state.state": {"step": step}, "args.json": str(tmp_path / "args.json"),
+            "tokenizer.json": str(tmp_path / "tokenizer.json")}, keep=2, valid_loss=loss)
+    left = [ckpt.step_of(p) for p in ckpt.list_checkpoints(str(tmp_path))]
+    assert left == [2, 4, 5]
+    assert ckpt.best_checkpoint(str(tmp_path))["checkpoint"] == ckpt.ckpt_name(2)
+    assert ckpt.step_of(ckpt.resolve(str(tmp_path))) == 5
+    assert ckpt.step_of(ckpt.resolve(str(tmp_path), "best")) == 2
+    assert float(ckpt.load(ckpt.resolve(str(tmp_path), "best"), "model")["w"][0]) == 2.0
+
+
+def test_resolve_ignores_a_checkpoint_being_written(tmp_path):
+    """A temporary folder left by a kill mid-save is never taken for a checkpoint, even when it
+    holds every file and is newer than the last complete one."""
+    done = fake_checkpoint(tmp_path / ckpt.ckpt_name(6))
+    fake_checkpoint(tmp_path / f".tmp_{ckpt.ckpt_name(12)}_0123abcd")
+    assert ckpt.resolve(str(tmp_path)) == str(done)
+    assert ckpt.list_checkpoints(str(tmp_path)) == [str(done)]
+
+
+@pytest.mark.parametrize("missing", ckpt.REQUIRED)
+def test_resolve_rejects_an_incomplete_checkpoint(tmp_path, missing):
+    folder = fake_checkpoint(tmp_path / ckpt.ckpt_name(6), [f for f in ckpt.REQUIRED if f != missing])
+    for path in (folder, tmp_path):  # named directly, or as its run's latest
+        with pytest.raises(ckpt.CheckpointError, match=f"incomplete checkpoint, missing {missing}$"):
+            ckpt.resolve(str(path))
+
+
+def test_resolve_names_a_run_without_checkpoints(tmp_path):
+    fake_checkpoint(tmp_path / f".tmp_{ckpt.ckpt_name(6)}_0123abcd")
+    with pytest.raises(ckpt.CheckpointError, match="no checkpoint folder"):
+        ckpt.resolve(str(tmp_path))
+    with pytest.raises(ckpt.CheckpointError, match="no such checkpoint or run folder"):
+        ckpt.resolve(str(tmp_path / "nowhere"))

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from diffuseq import checkpoint as ckpt
 from diffuseq.config import parse_train_args
@@ -205,3 +206,147 @@ def test_all_options_decode_and_outputs_keep_the_users_strings(tmp_path):
                                 progress=False)
         rows = [json.loads(x) for x in open(paths[0])]
         assert [(r["source"], r["reference"]) for r in rows] == pairs
+
+
+def test_sampling_absorbs_at_the_trained_rate_by_default(small_run, monkeypatch):
+    """The rate the sampler gets: the trained --denoise_rate for noise starts of a --denoise
+    model; 0 from the source, 0 for a model trained without --denoise; a given rate wins."""
+    import dataclasses
+
+    from diffuseq import samplers
+    _, run = small_run
+    m = load_model(str(run), device="cpu")
+    seen = []
+    real = samplers.SAMPLERS["dpm"]
+
+    def spy(*args, absorb_rate, **kw):
+        seen.append(absorb_rate)
+        return real.run(*args, absorb_rate=absorb_rate, **kw)
+    monkeypatch.setitem(samplers.SAMPLERS, "dpm", dataclasses.replace(real, run=spy))
+    ids, mask = m.inputs(["w1 w2 w3"])
+    m.args = m.args.replace(denoise=False)
+    m.sample_ids(ids, mask, "dpm", 2)
+    m.args = m.args.replace(denoise=True, denoise_rate=0.3)
+    m.sample_ids(ids, mask, "dpm", 2)
+    m.sample_ids(ids, mask, "dpm", 2, init="source", t_start=10)
+    m.sample_ids(ids, mask, "dpm", 2, absorb_rate=0.9)
+    assert seen == [0.0, 0.3, 0.0, 0.9]
+
+
+@pytest.mark.parametrize("lengths", ["predicted", "source", "longer"])
+def test_length_regions_reach_the_network_and_bound_the_output(small_run, monkeypatch, lengths):
+    """With the length head's prediction fixed to a known n, every call of the network gets the
+    region [CLS] x [SEP] + n (or the source's length) + [SEP] + margin as `keep`, and the output
+    is [PAD] past it and not all [PAD] inside it."""
+    _, run = small_run
+    m = load_model(str(run), device="cpu")
+    m.model.cfg.length_head = True  # the rule reads the head's prediction, patched below
+    n_hat = torch.tensor([3, 9])
+    monkeypatch.setattr(m, "predict_lengths", lambda ids, mask: n_hat)
+    keeps = []
+    real = m.net
+
+    def spy(z, t, mask, prev, keep=None):
+        keeps.append(keep.clone())
+        return real(z, t, mask, prev, keep)
+    m.net = spy
+    ids, mask = m.inputs(["w1 w2 w3 w4 w5", "w2 w3"])
+    src = (1 - mask).sum(1)  # [CLS] x [SEP]: 7 and 4
+    n = {"predicted": n_hat, "source": src - 2, "longer": torch.maximum(n_hat, src - 2)}[lengths]
+    end = (src + n + 1 + 2).tolist()
+    out = m.sample_ids(ids, mask, "dpm", 3, lengths=lengths, length_margin=2, absorb_rate=0.0)
+    assert len(keeps) == 4 and all(torch.equal(k, keeps[0]) for k in keeps)
+    assert keeps[0].shape[1] == max(end)
+    assert [int(k.sum()) for k in keeps[0]] == end
+    for b in range(2):
+        assert (out[b, end[b]:] == m.tokenizer.pad_id).all()
+        assert (out[b, int(src[b]):end[b]] != m.tokenizer.pad_id).any()
+
+
+def test_ema_weights_are_the_ones_loaded(small_run):
+    """load_model takes the EMA tensors of the checkpoint (use_ema=False the raw ones), which
+    differ after training."""
+    from safetensors.torch import load_file
+    _, run = small_run
+    ckpt = run / "ckpt_0000002"
+    ema, raw = load_file(str(ckpt / "ema.safetensors")), load_file(str(ckpt / "model.safetensors"))
+    name = "word_embedding.weight"
+    assert not torch.equal(ema[name], raw[name])
+    for use_ema, want in ((True, ema), (False, raw)):
+        m = load_model(str(run), device="cpu", use_ema=use_ema)
+        got = m.model.state_dict()
+        assert all(torch.equal(got[k], want[k]) for k in want), use_ema
+
+
+def test_inputs_without_references_decode_in_all_three_forms(small_run, tmp_path, capsys):
+    """A jsonl of {"src"} lines (some with "trg"), a plain text file and standard input: each
+    input gets one output in input order; rows without a reference have none, and scoring says
+    how many it left out (and that a file with none has nothing to score)."""
+    from diffuseq.decode_cli import main as decode_main
+    from diffuseq.evaluate import main as eval_main
+    d, run = small_run
+    sources = ["w1 w2 w3", "w4 w5", "w2 w3 w4 w5 w6", "w7"]
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text("\n".join(json.dumps({"src": s, **({"trg": "w1 w2"} if i == 1 else {})})
+                               for i, s in enumerate(sources)) + "\n")
+    text = tmp_path / "plain.txt"
+    text.write_text("\ufeff" + "\n".join(sources) + "\n\n")
+    for path in (mixed, text):
+        assert decode_main(["--model_dir", str(run), "--input", str(path), "--out_dir", str(tmp_path / "out"),
+                            "--progress", "false", "--step", "2"], solver=True) == 0
+        out = capsys.readouterr().out
+        written = out.split("wrote ")[1].split()[0]
+        assert os.path.basename(written).startswith(path.stem + ".seed123.step2")
+        rows = [json.loads(x) for x in open(written)]
+        assert [r["source"] for r in rows] == sources
+        assert [("reference" in r) for r in rows] == [path == mixed and i == 1 for i in range(4)]
+        assert eval_main([written]) == 0
+        err = capsys.readouterr().err
+        if path == mixed:
+            assert "3 of 4 outputs have no reference" in err
+        else:
+            assert "nothing to score" in err
+    r = subprocess.run([sys.executable, "run_decode_solver.py", "--model_dir", str(run), "--input", "-",
+                        "--step", "2", "--progress", "false"], input="\n".join(sources) + "\n", text=True,
+                       capture_output=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 4 and "decoding with" in r.stderr and "wrote" not in r.stdout
+    m = load_model(str(run), device="cpu")
+    assert lines == m.generate(sources, steps=2, seed=123)
+
+
+def test_one_line_python():
+    """The front page's promise: DiffuSeq is importable from the package itself."""
+    import diffuseq
+    from diffuseq.pipeline import DiffuSeq
+    assert diffuseq.DiffuSeq is DiffuSeq and callable(DiffuSeq.from_pretrained)
+
+
+def test_clamping_by_default_only_for_ancestral_sampling_without_an_absorbing_state(small_run, monkeypatch):
+    """clamping=None (the default): the ancestral chain of a model without m rounds z_0, as the
+    original does; with m, or with the solver, it does not; True/False are obeyed."""
+    import dataclasses
+
+    from diffuseq import samplers
+    from diffuseq.adapters import Clamp
+    _, run = small_run
+    m = load_model(str(run), device="cpu")
+    seen = []
+    for name in ("ancestral", "dpm"):
+        real = samplers.SAMPLERS[name]
+
+        def spy(*args, clamp, _real=real, **kw):
+            seen.append(isinstance(clamp, Clamp))
+            return _real.run(*args, clamp=clamp, **kw)
+        monkeypatch.setitem(samplers.SAMPLERS, name, dataclasses.replace(real, run=spy))
+    ids, mask = m.inputs(["w1 w2 w3"])
+    assert m.model.mean_embed is not None
+    m.sample_ids(ids, mask, "ancestral", 2)
+    m.sample_ids(ids, mask, "dpm", 2, clamping=True)
+    m.model.mean_embed = None  # the original's model: no absorbing state
+    m.sample_ids(ids, mask, "ancestral", 2)
+    m.sample_ids(ids, mask, "dpm", 2)
+    m.sample_ids(ids, mask, "ancestral", 2, clamping=False)
+    assert seen == [False, True, True, False, False]

@@ -187,3 +187,42 @@ def test_target_region_ends_margin_pads_after_each_example():
     assert keep.tolist() == [[True] * 5 + [False] * 5, [True] * 8 + [False] * 2]
     assert target_region(length, -1, 10) is None  # the original's training: all is target
     assert target_region(length, 4, 7) is None  # every region reaches L: nothing hidden
+
+
+@pytest.mark.parametrize("denoise", [True, False])
+def test_trainer_absorbs_at_the_trained_rate_only_with_denoise(tmp_path, denoise):
+    """Through the trainer's own loss call: with --denoise, the model sees each target token of
+    z_t absorbed into m with probability denoise_rate * sqrt(1 - abar_t); without it, none."""
+    from toy import tiny_args, toy_data
+
+    from diffuseq.trainer import NetView, Trainer
+    d = toy_data(tmp_path)
+    tr = Trainer(tiny_args(d, tmp_path / "run", "--learned_mean_embed", "--denoise", str(denoise).lower(),
+                           "--denoise_rate", "0.8", "--learning_steps", "1"))
+    with torch.no_grad():
+        tr.model.mean_embed.fill_(7.0)  # far from every noised vector: absorbed tokens are recognisable
+    seen = []
+
+    def spy(zt, t, mask, prev, keep=None):
+        seen.append((zt.detach().clone(), (mask.bool() & (True if keep is None else keep)).clone()))
+        return tr.model(zt, t, mask, prev, keep)
+    batch = tr.loader.batch_at(0)
+    ids, mask = batch["input_ids"].repeat(32, 1), batch["input_mask"].repeat(32, 1)
+    B, L = ids.shape
+    n = 30
+    t = torch.full((B,), n)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        noise = torch.randn(2, B, L, tr.args.hidden_dim, generator=g)
+        tr._losses(NetView(spy, tr.model), ids, mask, t, noise, torch.rand(B, L, generator=g),
+                   torch.rand(B, generator=g), None, monitor=False)
+    hits = sum(int(((z == 7.0).all(-1) & y).sum()) for z, y in seen)
+    total = sum(int(y.sum()) for _, y in seen)
+    assert not any(((z == 7.0).all(-1) & ~y).any() for z, y in seen)  # never outside the target
+    if not denoise:
+        assert hits == 0
+        return
+    abar = float(DiscreteSchedule.from_name("sqrt", 50).alphas_cumprod[n])
+    p = 0.8 * (1 - abar) ** 0.5
+    se = (p * (1 - p) / total) ** 0.5
+    assert abs(hits / total - p) < 5 * se, (hits / total, p)

@@ -1,4 +1,5 @@
 """The denoiser's options (diffuseq/model.py): segment positions, self-conditioning, output bias."""
+import pytest
 import torch
 
 from diffuseq.diffusion import training_losses
@@ -181,3 +182,39 @@ def test_packed_rows_compute_what_the_batch_computes():
             torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
         m.pack = True
         assert not m(z, t, mask, prev, keep)[~keep].any()
+
+
+def test_init_from_copies_bert_weights_into_the_encoder(tmp_path):
+    """--init_from a folder of BERT-named weights: each layer's q, k, v, output, feed-forward and
+    norms, and the position embeddings, land in the denoiser as they are in the file; a resumed
+    or bad folder is not read silently."""
+    from safetensors.torch import save_file
+
+    from diffuseq.trainer import Trainer
+    from toy import tiny_args, toy_data
+    W, F, N = 32, 64, 1
+    g = torch.Generator().manual_seed(0)
+    bert = {}
+    for i in range(N):
+        p = f"bert.encoder.layer.{i}."
+        for name, shape in (("attention.self.query", (W, W)), ("attention.self.key", (W, W)),
+                            ("attention.self.value", (W, W)), ("attention.output.dense", (W, W)),
+                            ("attention.output.LayerNorm", (W,)), ("intermediate.dense", (F, W)),
+                            ("output.dense", (W, F)), ("output.LayerNorm", (W,))):
+            bert[p + name + ".weight"] = torch.randn(shape, generator=g)
+            bert[p + name + ".bias"] = torch.randn(shape[0], generator=g)
+    bert["bert.embeddings.position_embeddings.weight"] = torch.randn(512, W, generator=g)
+    (tmp_path / "bert").mkdir()
+    save_file(bert, str(tmp_path / "bert" / "model.safetensors"))
+    d = toy_data(tmp_path / "data")
+    tr = Trainer(tiny_args(d, tmp_path / "run", "--init_from", str(tmp_path / "bert"), "--learning_steps", "1"))
+    sd = tr.model.state_dict()
+    p = "bert.encoder.layer.0."
+    assert torch.equal(sd["layers.0.attn.qkv.weight"], torch.cat(
+        [bert[p + f"attention.self.{n}.weight"] for n in ("query", "key", "value")]))
+    assert torch.equal(sd["layers.0.fc1.weight"], bert[p + "intermediate.dense.weight"])
+    assert torch.equal(sd["layers.0.ln2.bias"], bert[p + "output.LayerNorm.bias"])
+    assert torch.equal(sd["position_embeddings.weight"], bert["bert.embeddings.position_embeddings.weight"][:24])
+    with pytest.raises(FileNotFoundError, match="--init_from"):
+        Trainer(tiny_args(d, tmp_path / "run2", "--init_from", str(tmp_path / "nothing")))
+    assert not (tmp_path / "run2").exists()

@@ -107,14 +107,22 @@ def test_dpm_solver_with_oracle_returns_reference(with_m, order, final_call):
     sched = DiscreteSchedule.from_name("sqrt", 2000)
     ns = NoiseScheduleVP(sched.alphas_cumprod)
     calls = []
-    counted = lambda z, t: calls.append(1) or oracle(z, t)  # noqa: E731
+
+    def counted(z, t):  # the oracle, nudged by z so that which call's output is read shows
+        out = oracle(z, t) + 1e-3 * z
+        calls.append((z.clone(), t.clone(), out))
+        return out
     zT, z0 = dpm_solver_sample(counted, ns, z, x_start, mask, m=m, steps=10, order=order, final_call=final_call)
     assert len(calls) == (11 if final_call else 10)  # steps (+ the final z_0 prediction)
     assert torch.equal((z0 @ emb.t()).argmax(-1)[mask.bool()], ids[mask.bool()])
     assert torch.equal(zT[~mask.bool()], x_start[~mask.bool()])
     y = mask.bool()
-    if final_call:  # the prediction itself
-        torch.testing.assert_close(z0[y], oracle(z, None)[y])
+    if final_call:  # the prediction of one more call, at the end of the solve, on the final state
+        last_z, last_t, last_out = calls[-1]
+        assert torch.equal(last_z, zT)
+        torch.testing.assert_close(z0[y], last_out[y])
+        assert not torch.allclose(last_out[y], oracle(z, None)[y])  # the nudge shows: a real check
+        assert float(last_t[0]) <= min(float(c[1][0]) for c in calls[:-1])  # where the solve ends
     else:  # z where the solve ends: the reference up to the noise left at t = 1/T (std 0.12)
         sigma = float(ns.marginal_std(torch.tensor([ns.eps], dtype=torch.float64)))
         err = (z0[y] - oracle(z, None)[y]).abs().max().item()
@@ -267,3 +275,69 @@ def test_sde_solver_samples_the_gaussian_closed_form(setup, order):
     assert errs[-1] < 0.03 * closed, errs
     with pytest.raises(ValueError, match="orders 1 and 2"):
         dpm_solver_sample(f, ns, torch.randn(shape), zeros, mask, steps=3, order=3, sde=True)
+
+
+@pytest.mark.parametrize("variance", ["small", "large"])
+def test_ancestral_chain_is_the_closed_form_posterior_on_a_respaced_schedule(variance):
+    """Each step of a respaced chain, with an absorbing state m off zero and absorption on, is
+    z_prev = c1 (z0_hat - m) + c2 (z_t - m) + m + std * eps, then each target token absorbed into
+    m with probability r * std; the model sees the training timesteps the chain stands for.
+    Everything here is computed from abar of the training schedule, not from the chain's
+    coefficient tables."""
+    T, k, r = 100, 4, 0.7
+    base = DiscreteSchedule.from_name("sqrt", T)
+    chain = base.respace(k)
+    B, L, D = 3, 6, 4
+    g0 = torch.Generator().manual_seed(1)
+    m = torch.randn(D, generator=g0) + 2.0
+    mask = torch.zeros(B, L, dtype=torch.long)
+    mask[:, 2:] = 1
+    x_start = torch.randn(B, L, D, generator=g0) * (1 - mask).unsqueeze(-1)
+    z_init = torch.randn(B, L, D, generator=g0) + m
+    seen = []
+
+    def denoise(z, t):  # depends on z and t, so a wrong state or time shows in the result
+        seen.append(int(t[0]))
+        return 0.5 * z + t.view(-1, 1, 1).float() / 50 - 0.3
+
+    z, z0 = ancestral_sample(denoise, chain, z_init, x_start, mask, m=m, variance=variance, denoise_rate=r,
+                             generator=torch.Generator().manual_seed(7))
+    ts = [int(t) for t in chain.timestep_map]
+    assert seen == ts[::-1]
+    abar = [float(base.alphas_cumprod[t]) for t in ts]
+    g = torch.Generator().manual_seed(7)
+    y = mask.bool().unsqueeze(-1)
+    want = torch.where(y, z_init, x_start)
+    for n in range(k - 1, -1, -1):
+        a_t, a_prev = abar[n], (abar[n - 1] if n > 0 else 1.0)
+        beta = 1 - a_t / a_prev
+        c1 = beta * a_prev ** 0.5 / (1 - a_t)
+        c2 = (1 - a_prev) * (1 - beta) ** 0.5 / (1 - a_t)
+        hat = 0.5 * want + ts[n] / 50 - 0.3
+        nxt = c1 * (hat - m) + c2 * (want - m) + m
+        if n > 0:
+            small = beta * (1 - a_prev) / (1 - a_t)
+            if variance == "small":
+                std = small ** 0.5
+            else:  # beta_n; beta~_1 at n = 0 (no noise there anyway)
+                std = beta ** 0.5
+            nxt = nxt + std * torch.randn(want.shape, generator=g)
+            u = torch.rand(B, L, generator=g)
+            nxt = torch.where(((u < r * std) & mask.bool()).unsqueeze(-1), m.expand_as(nxt), nxt)
+        want = torch.where(y, nxt, x_start)
+        last_hat = hat
+    torch.testing.assert_close(z, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(z0, last_hat, rtol=1e-5, atol=1e-5)
+
+
+def test_clamped_prediction_is_what_the_step_uses():
+    """With clamping on, the posterior is built from the clamped z_0 (not the raw prediction):
+    a clamp that moves every target row to one vector decides the result."""
+    emb, ids, mask, x_start, m, oracle, z = _oracle_setup(False)
+    sched = DiscreteSchedule.from_name("sqrt", 2000).respace(5)
+    target = emb[7]
+    clamp = lambda z0: torch.where(mask.bool().unsqueeze(-1), target.expand_as(z0), z0)  # noqa: E731
+    _, z0 = ancestral_sample(oracle, sched, z, x_start, mask, clamp=clamp, generator=torch.Generator().manual_seed(0))
+    y = mask.bool()
+    assert torch.equal(z0[y], target.expand_as(z0[y]))
+    assert torch.equal((z0 @ emb.t()).argmax(-1)[y], torch.full_like(ids[y], 7))

@@ -29,8 +29,10 @@ from diffuseq import trainer as trainer_mod
 from diffuseq.config import parse_train_args
 from diffuseq.data.dataset import make_eval_batches
 from diffuseq.diffusion import q_sample, target_region
+from diffuseq.logs import read_curves
 from diffuseq.tokenizer import SPECIAL_TOKENS
 from diffuseq.trainer import Trainer
+from toy import fake_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = str(ROOT / "train.py")
@@ -260,6 +262,7 @@ def interrupt_after(argv, run, step, after=None):
     return p.returncode, err
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_the_current_step_and_resumes_exactly(small_task, tmp_path):
     """Ctrl-C (SIGINT) mid-run: the process finishes its step, writes a checkpoint of it, exits
     with 130 and says how to resume. Interrupted again once resumed (the message then names the
@@ -306,44 +309,12 @@ def test_monitoring_terms_come_from_the_last_steps_before_each_log_line():
     assert monitored(4, 12) == list(range(1, 13))
 
 
-def _fake_checkpoint(folder, files=ckpt.REQUIRED):
-    folder.mkdir(parents=True)
-    for f in files:
-        (folder / f).write_text("x")
-    return folder
-
-
-def test_resolve_ignores_a_checkpoint_being_written(tmp_path):
-    """A temporary folder left by a kill mid-save is never taken for a checkpoint, even when it
-    holds every file and is newer than the last complete one."""
-    done = _fake_checkpoint(tmp_path / ckpt.ckpt_name(6))
-    _fake_checkpoint(tmp_path / f".tmp_{ckpt.ckpt_name(12)}_0123abcd")
-    assert ckpt.resolve(str(tmp_path)) == str(done)
-    assert ckpt.list_checkpoints(str(tmp_path)) == [str(done)]
-
-
-@pytest.mark.parametrize("missing", ckpt.REQUIRED)
-def test_resolve_rejects_an_incomplete_checkpoint(tmp_path, missing):
-    folder = _fake_checkpoint(tmp_path / ckpt.ckpt_name(6), [f for f in ckpt.REQUIRED if f != missing])
-    for path in (folder, tmp_path):  # named directly, or as its run's latest
-        with pytest.raises(ckpt.CheckpointError, match=f"incomplete checkpoint, missing {missing}$"):
-            ckpt.resolve(str(path))
-
-
-def test_resolve_names_a_run_without_checkpoints(tmp_path):
-    _fake_checkpoint(tmp_path / f".tmp_{ckpt.ckpt_name(6)}_0123abcd")
-    with pytest.raises(ckpt.CheckpointError, match="no checkpoint folder"):
-        ckpt.resolve(str(tmp_path))
-    with pytest.raises(ckpt.CheckpointError, match="no such checkpoint or run folder"):
-        ckpt.resolve(str(tmp_path / "nowhere"))
-
-
 def test_resume_takes_saved_arguments_unless_given_again(small_task, tmp_path):
     """A bare --resume_checkpoint continues the run as it was set up (its learning_steps and
     intervals, not the parser's defaults); arguments given again override the saved ones."""
     run = tmp_path / "run"
     saved = parse_train_args(cli_args(small_task, run, learning_steps=12, save_interval=6, lr=3e-4))
-    folder = _fake_checkpoint(run / ckpt.ckpt_name(6))
+    folder = fake_checkpoint(run / ckpt.ckpt_name(6))
     (folder / "args.json").write_text(json.dumps(vars(saved)))
 
     args, path = run_folder.resume_args(parse_train_args(["--resume_checkpoint", str(run)]))
@@ -568,7 +539,7 @@ def test_packed_and_unpacked_training_steps_agree(small_task, tmp_path, monkeypa
         sa, sb = packed.train_step(a), rows.train_step(b)
         for k in sa:
             assert torch.allclose(sa[k], sb[k], rtol=1e-4, atol=1e-6), (step, k)
-    assert len(plans) >= 4 and all(p is not None for p in plans)  # packed every step; rows never
+    assert len(plans) == 4 and all(p is not None for p in plans)  # one plan per packed step; rows never
 
 
 def test_noise_floor_bounds_the_sampled_levels():
@@ -591,7 +562,7 @@ def test_noise_floor_bounds_the_sampled_levels():
 def test_log_explains_its_columns_and_the_run_draws_its_curves(small_task, tmp_path):
     """The first log line names every column; each log line and validation adds a record to
     curves.jsonl; loss.png is drawn at each checkpoint from them."""
-    from diffuseq.plots import read_curves
+    from diffuseq.plots import curves_by_step
     run = tmp_path / "run"
     r = run_cli(cli_args(small_task, run, learning_steps=20, log_interval=5, eval_interval=10,
                          save_interval=10, diffusion_steps=40, t_min=8))
@@ -602,8 +573,17 @@ def test_log_explains_its_columns_and_the_run_draws_its_curves(small_task, tmp_p
     for k in logged[5]:
         assert f"{k} = " in columns or f"{k}, " in columns or k.startswith("acc_q"), k
     assert {"acc_q1", "acc_q4"} <= set(logged[20])
-    train, valid = read_curves(str(run))
+    train, valid = curves_by_step(str(run))
     assert [s for s, _ in train] == [5, 10, 15, 20] and [s for s, _ in valid] == [10, 20]
+    # each training record carries its clock, speed and rate; the elapsed time grows
+    records = [r for r in read_curves(run) if "train" in r]
+    for r in records:
+        assert r["steps_per_s"] > 0 and r["tokens_per_s"] > r["steps_per_s"] and r["lr"] > 0
+    assert [r["elapsed"] for r in records] == sorted(r["elapsed"] for r in records)
+    assert records[-1]["time"] - records[0]["time"] == pytest.approx(
+        records[-1]["elapsed"] - records[0]["elapsed"], abs=0.01)
+    # tokens/s is the target tokens (with their [SEP]) of the window over its seconds
+    assert records[1]["tokens_per_s"] / records[1]["steps_per_s"] > 8  # bsz 8, >= 1 token each
     assert train[-1][1]["loss"] == pytest.approx(logged[20]["loss"], rel=1e-3)
     png = run / "loss.png"
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -626,7 +606,16 @@ def test_multi_node_launch_through_the_script(small_task, tmp_path):
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, out[-2000:] + err[-2000:]
     assert "2 process(es)" in (run / "log.txt").read_text()
-    assert (run / "ckpt_0000004" / "model.safetensors").is_file()
+    # one run, trained as one process with the same global batch would (and no second folder)
+    assert [r["step"] for r in read_curves(run) if "train" in r] == [2, 4]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    single = tmp_path.parent / f"{tmp_path.name}_single"
+    r = run_cli(cli_args(small_task, single, learning_steps=4, save_interval=4, log_interval=2, t_min=0,
+                         microbatch=4))
+    assert r.returncode == 0, r.stderr
+    a, b = load_tensors(run / "ckpt_0000004", "model"), load_tensors(single / "ckpt_0000004", "model")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5, msg=lambda m: f"{k}: {m}")
 
 
 def test_max_minutes_stops_and_saves_early(small_task, tmp_path):

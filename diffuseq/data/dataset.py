@@ -73,6 +73,11 @@ def parse_line(raw, lineno, required, optional=(), nonempty=()):
             continue
         if not isinstance(value, str):
             raise ValueError(f'"{key}" must be a string, got {type(value).__name__}')
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:  # "\ud800" is valid JSON but no text
+            code = ord(value[e.start])
+            raise ValueError(f'"{key}" holds a lone surrogate (\\u{code:04x}), which is not text') from None
         if key in nonempty and not value.strip():
             raise ValueError(f'"{key}" is empty')
         out[key] = value
