@@ -16,7 +16,7 @@ import sys
 from common import ROOT  # noqa: F401  (puts the repository on the path)
 
 from diffuseq import checkpoint as ckpt
-from diffuseq.tuning import describe, load_choice
+from diffuseq.choice import describe, load_choice
 
 PAPER = {"sampler": "dpm", "steps": 10, "init": "noise", "absorb_rate": 0.0}
 

@@ -24,7 +24,8 @@ import torch
 from diffuseq.data.dataset import read_pairs
 from diffuseq.decoding import load_model
 from diffuseq.metrics import evaluate
-from diffuseq.tuning import GRIDS, copy_line, describe, scaled, table, tune
+from diffuseq.choice import describe
+from diffuseq.tuning import GRIDS, copy_line, scaled, table, tune
 
 EXTRA = {  # name -> settings, for --only and the paper's protocol rows
     "anc10": dict(sampler="ancestral", steps=10, init="noise"),

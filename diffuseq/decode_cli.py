@@ -14,7 +14,7 @@ from .data.dataset import read_inputs
 from .decoding import decode_file, decode_stream, load_model
 from .pipeline import INITS, LENGTHS
 from .tokenizer import TokenizerError
-from .tuning import describe
+from .choice import describe
 
 
 def decode_parser(solver):

@@ -25,7 +25,7 @@ from .model import Denoiser
 from .samplers import SAMPLERS, get_sampler
 from .schedule import DiscreteSchedule
 from .tokenizer import Tokenizer
-from .tuning import load_choice, merge
+from .choice import load_choice, merge
 
 INITS = ("noise", "source")
 LENGTHS = ("predicted", "source", "longer", "full")

@@ -9,8 +9,8 @@ questions does best as an editor of its source (init "source"), one that transla
      "best": {settings}, "dpm": {settings}, "ancestral": {settings}, "grid": [rows]}
 
 "best" is what `DiffuSeq.generate` uses, "dpm" what `run_decode_solver.py` uses, "ancestral"
-what `run_decode.py` uses, each unless the caller sets an option itself (see `merge`).
-Settings are keyword arguments of `DiffuSeq.sample_ids`, restricted to SETTINGS.
+what `run_decode.py` uses, each unless the caller sets an option itself (see `choice.merge`).
+Settings are keyword arguments of `DiffuSeq.sample_ids`, restricted to `choice.SETTINGS`.
 """
 import json
 import os
@@ -18,11 +18,7 @@ import time
 
 from .checkpoint import CheckpointError, write_atomic
 
-FILE = "decoding.json"
-# the keys a saved choice may hold, with their types
-SETTINGS = {"sampler": str, "steps": int, "init": str, "t_start": int, "absorb_rate": float,
-            "skip": str, "order": int, "sde": bool, "lengths": str}
-SAMPLERS = ("dpm", "ancestral")
+from .choice import FILE, SAMPLERS, describe
 
 
 def _noise(sampler, steps, **kw):
@@ -69,66 +65,6 @@ def scaled(grid, T):
             s = dict(s, t_start=min(T - 1, max(1, round(s["t_start"] * T / GRID_T))))
         if s not in out:
             out.append(s)
-    return out
-
-
-def describe(s):
-    """A short name of a setting: "dpm 10, source t=400", "dpm 10, noise, absorb 0.0"."""
-    parts = [f"{s['sampler']} {s['steps']}",
-             f"source t={s['t_start']}" if s.get("init") == "source" else "noise"]
-    parts += [f"absorb {s['absorb_rate']}"] if s.get("absorb_rate") is not None else []
-    parts += [s["skip"]] if s.get("skip") else []
-    parts += ["sde"] if s.get("sde") else []
-    parts += [f"{s['lengths']} length"] if s.get("lengths") else []
-    parts += [f"order {s['order']}"] if s.get("order") else []
-    return ", ".join(parts)
-
-
-def check_settings(s, where):
-    """A setting read from a file: only known keys, of the right types, else CheckpointError."""
-    if not isinstance(s, dict):
-        raise CheckpointError(f"{where}: a decoding setting must be an object")
-    for k, v in s.items():
-        want = SETTINGS.get(k)
-        if want is None:
-            raise CheckpointError(f"{where}: unknown decoding setting {k!r} (known: {', '.join(SETTINGS)})")
-        ok = v is None or (isinstance(v, want) and not (want is int and isinstance(v, bool))) \
-            or (want is float and isinstance(v, int) and not isinstance(v, bool))
-        if not ok:
-            raise CheckpointError(f"{where}: decoding setting {k} = {v!r} is not a {want.__name__}")
-    if s.get("sampler") not in (None, *SAMPLERS):
-        raise CheckpointError(f"{where}: unknown sampler {s['sampler']!r}")
-    return s
-
-
-def load_choice(ckpt_dir):
-    """The saved choice of a checkpoint folder ({"best": ..., "dpm": ..., ...}), or None."""
-    path = os.path.join(ckpt_dir, FILE)
-    if not os.path.isfile(path):
-        return None
-    try:
-        with open(path) as f:
-            choice = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not a readable JSON file ({e})") from None
-    if not isinstance(choice, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    for key in ("best", *SAMPLERS):
-        if choice.get(key) is not None:
-            check_settings(choice[key], f"{path}: {key}")
-    return choice
-
-
-def merge(saved, given, sampler=None):
-    """The settings to decode with: those the caller gave (not None) win over the saved ones, and
-    the saved ones over the defaults of sample_ids. A saved setting for another sampler than the
-    caller's is not used."""
-    out = {}
-    if saved and (sampler is None or saved.get("sampler") == sampler):
-        out.update({k: v for k, v in saved.items() if v is not None})
-    out.update({k: v for k, v in given.items() if v is not None})
-    if sampler is not None:
-        out["sampler"] = sampler
     return out
 
 

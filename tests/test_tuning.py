@@ -13,7 +13,9 @@ from diffuseq.decoding import load_model
 from diffuseq.pipeline import default_source_t
 from diffuseq.diffusion import q_sample
 from diffuseq.trainer import Trainer
-from diffuseq.tuning import CheckpointError, choose, describe, load_choice, merge, save_choice
+from diffuseq.checkpoint import CheckpointError
+from diffuseq.choice import describe, load_choice, merge
+from diffuseq.tuning import choose, save_choice
 from toy import tiny_args, toy_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
