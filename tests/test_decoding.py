@@ -120,7 +120,7 @@ MIN_ROUGE_L = 16  # measured 20.9 (sampler) and 15.2 (solver); the old recipe wa
 
 @pytest.mark.slow
 def test_end_to_end_on_bible_slice(tmp_path):
-    """Train the default recipe (DiffuSeq-v2, segment positions, noise floor, length head) on
+    """Train the default recipe, bible-tiny (DiffuSeq-v2, segment positions, noise floor, length head) on
     4,000 short KJV -> WEB pairs (both sides <= 16 words) for 600 steps, decode 64 test verses
     with ancestral sampling (20 steps) and DPM-Solver++ (10 steps), score them.
 
@@ -153,12 +153,9 @@ def test_end_to_end_on_bible_slice(tmp_path):
 
     run = tmp_path / "run"
     args = parse_train_args([
-        "--data_dir", str(d), "--checkpoint_path", str(run), "--width", "128", "--layers", "2",
-        "--heads", "4", "--ffn", "512", "--hidden_dim", "16", "--seq_len", "48", "--bsz", "32",
-        "--lr", "1e-3", "--warmup_steps", "50", "--learning_steps", "600", "--ema_rate", "0.99",
-        "--vocab_size", "3000", "--eval_interval", "0", "--log_interval", "100", "--progress", "false",
-        "--save_interval", "600", "--learned_mean_embed", "--denoise", "--schedule_sampler", "uniform",
-        "--dropout", "0.0", "--segment_positions", "true", "--t_min", "600"])
+        "--recipe", "bible-tiny", "--data_dir", str(d), "--checkpoint_path", str(run), "--seq_len", "48",
+        "--learning_steps", "600", "--vocab_size", "3000", "--eval_interval", "0", "--log_interval", "100",
+        "--progress", "false", "--save_interval", "600"])
     trainer = Trainer(args)
     trainer.step = 0
     trainer.save()  # the untrained model, as a reference point
