@@ -28,7 +28,7 @@ def output_path(out_dir, model, split, seed, steps, init="noise", t_start=None):
     return os.path.join(out_dir, model.name, f"{split}.seed{seed}.step{steps}{tag}.jsonl")
 
 
-def decode_split(model, data_dir, split, out_dir, sampler="ancestral", steps=None, seeds=(0,), **kw):
+def decode_split(model, data_dir, split, out_dir, sampler="dpm", steps=None, seeds=(0,), **kw):
     """decode_file of <data_dir>/<split>.jsonl."""
     return decode_file(model, os.path.join(data_dir, f"{split}.jsonl"), out_dir, sampler, steps, seeds, **kw)
 
@@ -48,7 +48,7 @@ def decode_inputs(model, inputs, seed, batches, sampler, steps, bar=None, **kw):
     return rows
 
 
-def decode_file(model, path, out_dir, sampler="ancestral", steps=None, seeds=(0,), bsz=64, proc=None,
+def decode_file(model, path, out_dir, sampler="dpm", steps=None, seeds=(0,), bsz=64, proc=None,
                 progress=True, max_examples=None, **kw):
     """Decode every input of `path` (see data.dataset.read_inputs) with each seed; rank r takes
     batches r, r+W, ...; rank 0 merges the shards in input order. Inputs are batched in order of

@@ -636,3 +636,46 @@ def test_learning_rate_schedules():
     a.lr_schedule = "constant"
     assert optim.lr_at(0, a) == pytest.approx(1e-4)
     assert optim.lr_at(60, a) == optim.lr_at(109, a) == 1e-3
+
+
+def test_an_fp16_run_resumes_with_its_grad_scaler(small_task, tmp_path):
+    """An fp16 run stopped at a checkpoint and resumed ends equal to the uninterrupted run: the
+    grad scaler's scale and growth state come back with the optimizer."""
+    if not _cpu_autocast_gives(torch.float16):
+        pytest.skip("this torch build has no CPU autocast to fp16")
+    over = dict(precision="fp16", save_interval=3, dropout=0.0)
+    whole = tmp_path / "whole"
+    Trainer(parse_train_args(cli_args(small_task, whole, learning_steps=6, **over))).train()
+    part = tmp_path / "part"
+    Trainer(parse_train_args(cli_args(small_task, part, learning_steps=3, **over))).train()
+    first = load_tensors(part / "ckpt_0000003", "training_state")["scaler"]
+    assert first["scale"] > 0 and "_growth_tracker" in first
+    resumed = Trainer(parse_train_args(["--resume_checkpoint", str(part), "--learning_steps", "6"]))
+    assert resumed.scaler.get_scale() == first["scale"] and resumed.step == 3
+    resumed.train()
+    a, b = load_tensors(whole / "ckpt_0000006", "model"), load_tensors(part / "ckpt_0000006", "model")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    sa = load_tensors(whole / "ckpt_0000006", "training_state")["scaler"]
+    sb = load_tensors(part / "ckpt_0000006", "training_state")["scaler"]
+    assert sa == sb
+
+
+@pytest.mark.slow
+def test_a_two_process_run_resumes_as_one(small_task, tmp_path):
+    """Two gloo processes stopped at a checkpoint and resumed by two processes end where one
+    process training the same global batch without a stop ends (atol 1e-5: summation order)."""
+    over = dict(bsz=8, diffusion_steps=4, save_interval=3, log_interval=1)
+    ddp, single = tmp_path / "ddp", tmp_path / "single"
+    prefix = lambda: (*torchrun(), "--nproc_per_node", "2", "--master_addr", "127.0.0.1",  # noqa: E731
+                      "--master_port", str(free_port()), TRAIN)
+    r = run_cli(cli_args(small_task, ddp, learning_steps=3, **over), prefix=prefix())
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    r = run_cli(["--resume_checkpoint", str(ddp), "--learning_steps", "6", "--progress", "false"], prefix=prefix())
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "resumed from" in (ddp / "log.txt").read_text()
+    r = run_cli(cli_args(small_task, single, learning_steps=6, microbatch=4, **over))
+    assert r.returncode == 0, r.stderr
+    for name in ("model", "ema"):
+        a, b = load_tensors(ddp / "ckpt_0000006", name), load_tensors(single / "ckpt_0000006", name)
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5, msg=lambda m: f"{name} {k}: {m}")

@@ -146,24 +146,14 @@ def build_pairs(src: str, trg: str, stats: dict | None = None) -> list[tuple[int
 # ----------------------------------------------------------------------------- alignment
 
 
-def _lcs_length(x: list[str], y: list[str]) -> int:
-    row = [0] * (len(y) + 1)
-    for xi in x:
-        diag = 0  # row[j - 1] of the previous row
-        for j, yj in enumerate(y, 1):
-            up = row[j]
-            row[j] = diag + 1 if xi == yj else max(up, row[j - 1])
-            diag = up
-    return row[-1]
-
-
 def rouge_l(a: str, b: str) -> float:
-    """ROUGE-L F1 between two strings, on lowercased alphanumeric words."""
+    """ROUGE-L F1 (0-1) between two strings, on their lowercased alphanumeric words (the scorer of
+    metrics.rouge_l on that normalisation)."""
+    from ..metrics import rouge_l as mean_rouge_l
     x, y = _WORD.findall(a.lower()), _WORD.findall(b.lower())
     if not x or not y:
         return 0.0
-    lcs = _lcs_length(x, y)
-    return 2 * lcs / (len(x) + len(y))  # F1 of precision lcs/|y| and recall lcs/|x|
+    return mean_rouge_l([" ".join(x)], [" ".join(y)]) / 100.0
 
 
 def alignment_score(pairs, stride: int = ALIGNMENT_STRIDE) -> float:
