@@ -7,6 +7,10 @@ import os
 import sys
 import time
 
+import torch
+
+from . import dist
+
 log = logging.getLogger("diffuseq")
 
 COLUMNS = ("columns: mse = |f(z_t, t) - z_0|^2 on the target; tT = |mean of q(z_T | z_0) - m|^2 (tiny when "
@@ -56,6 +60,35 @@ def read_curves(run_dir):
             except json.JSONDecodeError:
                 continue
     return out
+
+
+class Window:
+    """The steps since the last log line: each term's sum and number of steps (nll and acc come
+    on some steps only), the target tokens, and the clock."""
+
+    def __init__(self, step):
+        self.start, self.t0, self.sums, self.tokens = step, time.time(), {}, 0
+
+    def add(self, stats, tokens):
+        for k, v in stats.items():
+            s, c = self.sums.get(k, (0, 0))
+            self.sums[k] = (s + v, c + 1)
+        self.tokens = self.tokens + tokens
+
+    def close(self, step, world_size):
+        """(mean terms, steps/s, target tokens/s) of the window ending at `step`, over all
+        processes; the accuracy per quarter of the noise levels becomes acc_q1..acc_q4 (a quarter
+        no example fell in is left out)."""
+        seconds = max(time.time() - self.t0, 1e-9)
+        means = {k: dist.all_reduce_mean(s) / c for k, (s, c) in self.sums.items()}
+        acc_q, n_q = means.pop("_acc_q", None), means.pop("_n_q", None)
+        means = {k: float(v) for k, v in means.items()}
+        if acc_q is not None:
+            for i, (s, c) in enumerate(zip(acc_q.tolist(), n_q.tolist())):
+                if c:
+                    means[f"acc_q{i + 1}"] = s / c
+        tokens = float(dist.all_reduce_mean(torch.as_tensor(self.tokens).float())) * world_size
+        return means, (step - self.start) / seconds, tokens / seconds
 
 
 class RunLog:

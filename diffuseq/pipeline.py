@@ -1,5 +1,5 @@
-"""The decoding pipeline: a trained denoiser with its tokenizer, schedule and training arguments,
-from source strings to generated strings.
+"""The decoding pipeline: a trained denoiser with its tokenizer, schedule, training arguments and
+length rule (lengths.py), from source strings to generated strings.
 
     from diffuseq import DiffuSeq
     DiffuSeq.from_pretrained("diffusion_models/my_run").generate(["how do i learn python?"])
@@ -17,10 +17,11 @@ import torch
 
 from . import checkpoint as ckpt
 from .adapters import Clamp, Denoise
-from .config import TrainConfig, load_args, model_config
+from .config import load_args, model_config
 from .data.dataset import make_input
 from .diffusion import q_sample
 from .dist import pick_device
+from .lengths import LENGTHS, LengthRule
 from .model import Denoiser
 from .samplers import SAMPLERS, get_sampler
 from .schedule import DiscreteSchedule
@@ -28,7 +29,6 @@ from .tokenizer import Tokenizer
 from .choice import load_choice, merge
 
 INITS = ("noise", "source")
-LENGTHS = ("predicted", "source", "longer", "full")
 # where a source start begins when nobody says, as a share of T: on the Bible's default model, one
 # solver step from t = 400 of 2000 scored as well as 3 (57.8 BLEU on 500 test verses)
 DEFAULT_SOURCE_SHARE = 0.2
@@ -104,6 +104,7 @@ class DiffuSeq:
         self.tokenizer, self.args, self.path, self.weights = tokenizer, args, path, weights
         self.device = torch.device(device)
         self.seq_len = model.cfg.seq_len
+        self.regions = LengthRule(model, args.length_margin)  # where each input's target lies
         self.sched = DiscreteSchedule.from_name(args.noise_schedule, args.diffusion_steps)
         self.saved = saved  # decoding settings chosen on validation (decoding.json), or None
         self.dtype = dtype  # autocast dtype of the denoiser (None: fp32)
@@ -152,45 +153,7 @@ class DiffuSeq:
         rows = [row[m.bool()].tolist() for row, m in zip(out.cpu(), mask.cpu())]
         return self.tokenizer.decode_batch(rows)
 
-    # ------------------------------------------------------------------ the length-region rule
-    def margin(self, length_margin=None):
-        """The positions after the target length a region gets: length_margin, or the margin the
-        model was trained with (4 for models trained on every position)."""
-        if length_margin is not None:
-            return length_margin
-        return self.args.length_margin if self.args.length_margin >= 0 else 4
-
-    @torch.no_grad()
-    def predict_lengths(self, ids, mask):
-        """Predicted number of target tokens [B] (the length head's most likely class)."""
-        return self.model.length_logits(ids, mask).argmax(-1)
-
-    def uses_regions(self, lengths):
-        """Whether `lengths` cuts the target to a region: "predicted" and "longer" for a model
-        with a length head, "source" for any; "full" (and the others, without a head) fills the
-        whole sequence."""
-        if lengths not in LENGTHS:
-            raise ValueError(f"unknown lengths {lengths!r}; choose one of {', '.join(LENGTHS)}")
-        return lengths == "source" or (lengths != "full" and self.model.cfg.length_head)
-
-    def region_end(self, ids, mask, margin, lengths="predicted"):
-        """Where each input's target region ends [B]: its source ([CLS] x [SEP]) + its target
-        length + [SEP] + margin (not bounded by the sequence). The target length is the predicted
-        one, the source's ("source", its tokens), or the longer of the two ("longer")."""
-        src = (1 - mask).sum(1)
-        n = src - 2 if lengths == "source" else self.predict_lengths(ids, mask)
-        if lengths == "longer":
-            n = torch.maximum(n, src - 2)
-        return src + n + 1 + margin
-
-    def target_regions(self, ids, mask, margin, lengths="predicted"):
-        """Cut a batch to its target regions: (ids, mask, keep) with L the longest region; keep
-        [B, L] is False past each example's region_end."""
-        end = self.region_end(ids, mask, margin, lengths).clamp(max=ids.shape[1])
-        Lb = int(end.max())
-        keep = torch.arange(Lb, device=ids.device)[None, :] < end[:, None]
-        return ids[:, :Lb], mask[:, :Lb], keep
-
+    # ------------------------------------------------------------------ lengths
     @torch.no_grad()
     def region_lengths(self, sources, references=None, margin=None, lengths="predicted", chunk=1024):
         """The length each input is decoded at: [CLS] x [SEP] plus its target region when
@@ -198,8 +161,9 @@ class DiffuSeq:
         out = []
         for s in range(0, len(sources), chunk):
             ids, mask = self.inputs(sources[s:s + chunk], None if references is None else references[s:s + chunk])
-            if self.uses_regions(lengths):
-                n = self.region_end(ids.to(self.device), mask.to(self.device), self.margin(margin), lengths).cpu()
+            if self.regions.cuts(lengths):
+                n = self.regions.end(ids.to(self.device), mask.to(self.device), self.regions.margin(margin),
+                                     lengths).cpu()
             else:
                 n = (1 - mask).sum(1)
             out += n.tolist()
@@ -244,8 +208,8 @@ class DiffuSeq:
         """sample_ids with a Decoding."""
         ids, mask = ids.to(self.device), mask.to(self.device)
         full_ids, keep = ids, None
-        if self.uses_regions(dec.lengths):
-            ids, mask, keep = self.target_regions(ids, mask, self.margin(dec.length_margin), dec.lengths)
+        if self.regions.cuts(dec.lengths):
+            ids, mask, keep = self.regions.cut(ids, mask, self.regions.margin(dec.length_margin), dec.lengths)
         T = self.args.diffusion_steps
         t_start = dec.t_start
         if dec.init == "source" and t_start is None:
@@ -320,4 +284,4 @@ def batch_seed(seed, batch_index):
     return (seed * 1_000_003 + batch_index) % (2 ** 63)
 
 
-__all__ = ["DiffuSeq", "Decoding", "TrainConfig", "default_source_t", "batch_seed", "INITS", "LENGTHS"]
+__all__ = ["DiffuSeq", "Decoding", "default_source_t", "batch_seed", "INITS", "LENGTHS"]

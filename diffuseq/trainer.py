@@ -25,7 +25,7 @@ from . import run as run_folder
 from .config import model_config
 from .data.dataset import BatchLoader, DataError, default_pad_to, load_split, make_eval_batches
 from .diffusion import target_region, training_losses
-from .logs import COLUMNS, RunLog
+from .logs import COLUMNS, RunLog, Window
 from .model import Denoiser, load_bert_encoder
 from .noise import draw_noise
 from .optim import EMA, autocast_dtype, build_optimizer, lr_at
@@ -301,30 +301,24 @@ class Trainer:
             from tqdm.auto import tqdm
             bar = tqdm(total=a.learning_steps, initial=self.step, desc="train", dynamic_ncols=True, disable=None)
         fetch = Prefetcher(self.loader, self.step, proc.device)
-        window, tokens, t0, last_logged = {}, 0, time.time(), self.step
+        window = Window(self.step)
         deadline = time.time() + 60 * a.max_minutes if a.max_minutes else None
         self.runlog.start()
         try:
             with StopRequest() as stop:
                 while self.step < a.learning_steps:
                     _, batch = fetch.get()
-                    tokens += batch["length"].sum() - (1 - batch["input_mask"]).sum()  # target tokens
-                    stats = self.train_step(batch)
-                    for k, v in stats.items():  # (sum, steps): nll and acc come on some steps only
-                        s, c = window.get(k, (0, 0))
-                        window[k] = (s + v, c + 1)
+                    tokens = batch["length"].sum() - (1 - batch["input_mask"]).sum()  # target tokens
+                    window.add(self.train_step(batch), tokens)
                     if bar is not None:
                         bar.update(1)
                     if self._logs_after(self.step):
                         self._flush_sampler()
-                        means = window_means(window)
-                        seconds = time.time() - t0
-                        n_tokens = float(dist.all_reduce_mean(tokens.float())) * proc.world_size
+                        means, steps_per_s, tokens_per_s = window.close(self.step, proc.world_size)
                         if bar is not None:
                             bar.set_postfix(loss=f"{means['loss']:.4f}", acc=f"{means['acc']:.3f}", refresh=False)
-                        self.runlog.train(self.step, means, (self.step - last_logged) / seconds, n_tokens / seconds,
-                                          lr_at(self.step - 1, a))
-                        window, tokens, t0, last_logged = {}, 0, time.time(), self.step
+                        self.runlog.train(self.step, means, steps_per_s, tokens_per_s, lr_at(self.step - 1, a))
+                        window = Window(self.step)
                     if a.eval_interval and self.step % a.eval_interval == 0 and proc.is_main:
                         val = self.validate()
                         if val:
@@ -359,20 +353,6 @@ class Trainer:
         if self.proc.world_size == 1:
             return flag
         return dist.host_flag_max(flag) if self.step % self.STOP_CHECK == 0 else False
-
-
-def window_means(window):
-    """{term: (sum, steps)} of a log window -> {term: mean} (averaged over processes), with the
-    accuracy per quarter of the noise levels as acc_q1..acc_q4 (a quarter no example fell in is
-    left out)."""
-    means = {k: dist.all_reduce_mean(s) / c for k, (s, c) in window.items()}
-    acc_q, n_q = means.pop("_acc_q", None), means.pop("_n_q", None)
-    means = {k: float(v) for k, v in means.items()}
-    if acc_q is not None:
-        for i, (s, c) in enumerate(zip(acc_q.tolist(), n_q.tolist())):
-            if c:
-                means[f"acc_q{i + 1}"] = s / c
-    return means
 
 
 def main(args):

@@ -77,7 +77,7 @@ def test_decoding_batches_inputs_by_length_and_keeps_their_order(small_run, tmp_
     seen, real = [], m.sample_ids
 
     def spy(ids, mask, *args, **kw):
-        seen.append(((1 - mask).sum(1) + m.predict_lengths(ids, mask) + 1 + m.margin()).tolist())
+        seen.append(((1 - mask).sum(1) + m.regions.predict(ids, mask) + 1 + m.regions.margin()).tolist())
         return real(ids, mask, *args, **kw)
     m.sample_ids = spy
     out, _ = decode_split(m, str(data), "test", str(tmp_path / "out"), "dpm", 3, bsz=8, progress=False)
@@ -85,7 +85,7 @@ def test_decoding_batches_inputs_by_length_and_keeps_their_order(small_run, tmp_
     assert [r["source"] for r in rows] == [p[0] for p in pairs]
     lengths = [n for batch in seen for n in batch]
     assert len(seen) == 4 and len(lengths) == 30 and lengths == sorted(lengths)
-    assert m.model.cfg.length_head and m.margin() == 8  # the defaults: a length head, margin 8
+    assert m.model.cfg.length_head and m.regions.margin() == 8  # the defaults: a length head, margin 8
     in_order = m.region_lengths([p[0] for p in pairs], [p[1] for p in pairs])
     assert sorted(in_order) == lengths and in_order != lengths  # the input order was not sorted
 
@@ -189,7 +189,7 @@ def test_all_options_decode_and_outputs_keep_the_users_strings(tmp_path):
     Trainer(args).train()
     m = load_model(str(run), device="cpu")
     ids, mask = m.inputs([s for s, _ in pairs[:2]])
-    n_hat = m.predict_lengths(ids, mask)
+    n_hat = m.regions.predict(ids, mask)
     for sampler, steps in (("dpm", 3), ("ancestral", 4)):
         for lengths in ("predicted", "full"):
             out = m.sample_ids(ids, mask, sampler, steps, seed=1, lengths=lengths, length_margin=2)
@@ -239,7 +239,7 @@ def test_length_regions_reach_the_network_and_bound_the_output(small_run, monkey
     m = load_model(str(run), device="cpu")
     m.model.cfg.length_head = True  # the rule reads the head's prediction, patched below
     n_hat = torch.tensor([3, 9])
-    monkeypatch.setattr(m, "predict_lengths", lambda ids, mask: n_hat)
+    monkeypatch.setattr(m.regions, "predict", lambda ids, mask: n_hat)
     keeps = []
     real = m.net
 

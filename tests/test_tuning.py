@@ -103,7 +103,7 @@ def test_source_start_noises_the_laid_source_to_t_start(run):
     m.net = spy
     t_start = 17
     m.sample_ids(ids, mask, "dpm", 2, seed=4, init="source", t_start=t_start)
-    ids_c, mask_c, keep = m.target_regions(ids, mask, m.margin())
+    ids_c, mask_c, keep = m.regions.cut(ids, mask, m.regions.margin())
     y0 = m.model.get_embeds(m.source_start(ids_c, mask_c, keep))
     noise = torch.randn(y0.shape, generator=torch.Generator().manual_seed(4))
     want = q_sample(m.sched, y0, torch.full((2,), t_start), noise, mask_c, m.model.mean_embed)
@@ -227,13 +227,13 @@ def test_length_rules_give_the_regions_they_name(run):
     m = load_model(str(out), "cpu")
     ids, mask = m.inputs(["w1 w2 w3 w4 w5 w6", "w7"])
     src = (1 - mask).sum(1)  # [CLS] x [SEP]: 8 and 3
-    pred = m.predict_lengths(ids, mask)
+    pred = m.regions.predict(ids, mask)
     margin = 2
-    assert m.region_end(ids, mask, margin, "source").tolist() == (2 * src - 2 + 1 + margin).tolist()
-    assert m.region_end(ids, mask, margin, "predicted").tolist() == (src + pred + 1 + margin).tolist()
-    assert m.region_end(ids, mask, margin, "longer").tolist() == (
+    assert m.regions.end(ids, mask, margin, "source").tolist() == (2 * src - 2 + 1 + margin).tolist()
+    assert m.regions.end(ids, mask, margin, "predicted").tolist() == (src + pred + 1 + margin).tolist()
+    assert m.regions.end(ids, mask, margin, "longer").tolist() == (
         src + torch.maximum(pred, src - 2) + 1 + margin).tolist()
-    _, _, keep = m.target_regions(ids, mask, margin, "source")
+    _, _, keep = m.regions.cut(ids, mask, margin, "source")
     assert keep.sum(1).tolist() == (2 * src - 2 + 1 + margin).tolist()
     out_ids = m.sample_ids(ids, mask, "dpm", 2, init="source", t_start=3, lengths="source", length_margin=margin)
     pad = m.tokenizer.pad_id
