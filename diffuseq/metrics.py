@@ -292,7 +292,7 @@ def evaluate(candidates, refs, mbr=True, bertscore_model=None, normalise=True):
 def _read_jsonl(path):
     """Records of one decoding file, each with the number of the line it came from: "source" and
     "recover" strings, "reference" a string or None (inputs decoded without one)."""
-    from .data.dataset import DataError, JsonlReader
+    from .jsonl import DataError, JsonlReader
     try:
         records = list(JsonlReader(str(path), ("source", "recover"), ("reference",), error=MetricsError))
     except DataError as e:  # a missing file
