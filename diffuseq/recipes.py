@@ -89,7 +89,7 @@ RECIPES = {r.name: r for r in [
            "noise at rate 0.5 and fp16, global batch 850 (2 processes of 425)",
            dict(ORIGINAL, learned_mean_embed=True, denoise=True, denoise_rate=0.5, precision="fp16",
                 bsz=850, microbatch=425, save_interval=5000)),
-    Recipe("bible-tiny", "the default job: King James -> World English Bible verses, 4,000 steps, ~12 "
+    Recipe("bible-tiny", "the default job: King James -> World English Bible verses, 4,000 steps, ~9 "
            "minutes on a 2-core CPU", dict(SMALL, dataset="bible_kjv_web", data_dir="datasets/bible_kjv_web",
                                            seq_len=160, learning_steps=4000, save_interval=1000,
                                            eval_interval=1000)),
