@@ -9,10 +9,10 @@ import torch
 from . import dist
 from .checkpoint import CheckpointError
 from .config import HelpFormatter, _bool
-from .data.dataset import DataError
-from .data.dataset import read_inputs
-from .decoding import decode_file, decode_stream, load_model
+from .data.dataset import DataError, read_inputs
+from .decoding import decode_file, load_model
 from .pipeline import INITS, LENGTHS
+from .samplers import get_sampler
 from .tokenizer import TokenizerError
 from .choice import describe
 
@@ -125,7 +125,7 @@ def main(argv=None, solver=False):
             kw.update(variance=args.variance)
         sampler = "dpm" if solver else "ancestral"
         settings = model.settings(sampler, args.use_saved, **given)
-        settings.setdefault("steps", 10 if solver else 50)
+        settings.setdefault("steps", get_sampler(sampler).default_steps)
         if proc.is_main:
             saved = " (saved choice: decoding.json)" if args.use_saved and model.saved else ""
             say(f"decoding with {describe(settings)}{saved}")
@@ -133,8 +133,9 @@ def main(argv=None, solver=False):
             if args.max_examples:
                 inputs = inputs[:args.max_examples]
             t0 = time.time()
-            decode_stream(model, inputs, lambda line: print(line, flush=True), seed=args.seed, bsz=args.bsz,
-                          **settings, **kw)
+            for line in model.generate([s for s, _ in inputs], seed=args.seed, bsz=args.bsz, use_saved=False,
+                                       **settings, **kw):
+                print(line, flush=True)
             speed, paths = len(inputs) / max(time.time() - t0, 1e-9), []
         else:
             path = args.input or os.path.join(args.data_dir or model.args.data_dir, f"{args.split}.jsonl")

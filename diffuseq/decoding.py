@@ -12,6 +12,7 @@ import time
 from . import dist
 from .data.dataset import read_inputs
 from .pipeline import DiffuSeq, batch_seed, default_source_t
+from .samplers import get_sampler
 
 
 def load_model(path, device="auto", use_ema=True, dtype=None, compile=False):
@@ -59,7 +60,7 @@ def decode_file(model, path, out_dir, sampler="dpm", steps=None, seeds=(0,), bsz
     inputs = read_inputs(path)
     if max_examples:
         inputs = inputs[:max_examples]
-    steps = steps or (50 if sampler == "ancestral" else 10)
+    steps = steps or get_sampler(sampler).default_steps
     refs = [r for _, r in inputs]
     batches = model.length_batches([s for s, _ in inputs], refs if None not in refs else None, bsz,
                                    kw.get("length_margin"), kw.get("lengths", "predicted"))
@@ -102,15 +103,3 @@ def write_rows(final, rows, proc):
                 f.write(json.dumps(merged[i], ensure_ascii=False) + "\n")
         os.replace(tmp, final)
     dist.barrier()
-
-
-def decode_stream(model, inputs, write, sampler="dpm", steps=None, seed=0, bsz=64, **kw):
-    """Decode (source, reference) inputs in one process and `write` each output line (the
-    generated text) in input order: standard input to standard output."""
-    steps = steps or (50 if sampler == "ancestral" else 10)
-    batches = model.length_batches([s for s, _ in inputs], None, bsz, kw.get("length_margin"),
-                                   kw.get("lengths", "predicted"))
-    rows = decode_inputs(model, [(s, None) for s, _ in inputs], seed, list(enumerate(batches)), sampler, steps,
-                         **kw)
-    for i in range(len(inputs)):
-        write(rows[i]["recover"])

@@ -19,17 +19,21 @@ def check_file(path):
         raise DataError(f"{path}: no such file (the folder {folder} has: {has})")
 
 
-def parse_line(raw, lineno, required, optional=(), nonempty=()):
-    """bytes of one jsonl line -> {key: str, or None for an optional key that is absent or null};
-    raises ValueError with the problem."""
+def decode_line(raw, lineno):
+    """bytes of one line -> text (a byte-order mark on the first line dropped); raises ValueError
+    with the problem."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ValueError(f"invalid UTF-8 (byte {e.start} of the line)") from None
-    if lineno == 1:
-        text = text.lstrip("\ufeff")
+    return text.lstrip("\ufeff") if lineno == 1 else text
+
+
+def parse_line(raw, lineno, required, optional=(), nonempty=()):
+    """bytes of one jsonl line -> {key: str, or None for an optional key that is absent or null};
+    raises ValueError with the problem."""
     try:
-        obj = json.loads(text)
+        obj = json.loads(decode_line(raw, lineno))
     except json.JSONDecodeError as e:
         raise ValueError(f"not valid JSON ({e.msg}, column {e.colno})") from None
     except RecursionError:

@@ -113,25 +113,25 @@ class RunLog:
         """The clock of `elapsed` starts now (when the loop begins)."""
         self.t0 = time.time()
 
-    def _write(self, record):
+    def _write(self, step, **fields):
+        """One record: the step, the wall time, the seconds since start(), and `fields`."""
         if self.is_main:
+            now = time.time()
+            record = {"step": step, "time": round(now, 3), "elapsed": round(now - self.t0, 3), **fields}
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
 
     def train(self, step, means, steps_per_s, tokens_per_s, lr):
         rate = f"{steps_per_s:.3g}" if steps_per_s < 100 else f"{steps_per_s:.0f}"
         log.info("step %d | %s | %s steps/s | %.3g tokens/s | lr %.2e", step, fmt(means), rate, tokens_per_s, lr)
-        now = time.time()
-        self._write({"step": step, "time": round(now, 3), "elapsed": round(now - self.t0, 3),
-                     "steps_per_s": steps_per_s, "tokens_per_s": tokens_per_s, "lr": lr, "train": means})
+        self._write(step, steps_per_s=steps_per_s, tokens_per_s=tokens_per_s, lr=lr, train=means)
         if self.wandb is not None:
             self.wandb.log({f"train/{k}": v for k, v in means.items()} | {"steps_per_s": steps_per_s,
                                                                          "tokens_per_s": tokens_per_s}, step=step)
 
     def valid(self, step, val):
         log.info("step %d valid: %s", step, fmt(val))
-        now = time.time()
-        self._write({"step": step, "time": round(now, 3), "elapsed": round(now - self.t0, 3), "valid": val})
+        self._write(step, valid=val)
         if self.wandb is not None:
             self.wandb.log({f"valid/{k}": v for k, v in val.items()}, step=step)
 

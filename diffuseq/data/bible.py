@@ -146,25 +146,29 @@ def build_pairs(src: str, trg: str, stats: dict | None = None) -> list[tuple[int
 # ----------------------------------------------------------------------------- alignment
 
 
+def _words(text: str) -> str:
+    """The lowercased alphanumeric words of a verse, space-separated: what alignment compares."""
+    return " ".join(_WORD.findall(text.lower()))
+
+
 def rouge_l(a: str, b: str) -> float:
     """ROUGE-L F1 (0-1) between two strings, on their lowercased alphanumeric words (the scorer of
     metrics.rouge_l on that normalisation)."""
     from ..metrics import rouge_l as mean_rouge_l
-    x, y = _WORD.findall(a.lower()), _WORD.findall(b.lower())
-    if not x or not y:
-        return 0.0
-    return mean_rouge_l([" ".join(x)], [" ".join(y)]) / 100.0
+    return mean_rouge_l([_words(a)], [_words(b)]) / 100.0
 
 
 def alignment_score(pairs, stride: int = ALIGNMENT_STRIDE) -> float:
-    """Mean ROUGE-L F1 between source and target over every `stride`-th pair.
+    """Mean ROUGE-L F1 between source and target over every `stride`-th pair, in one call of the
+    scorer.
 
     `pairs` holds (book_index, src, trg) or (src, trg) tuples; the last two fields are used.
     """
+    from ..metrics import rouge_l as mean_rouge_l
     sample = pairs[::stride]
     if not sample:
         return 0.0
-    return sum(rouge_l(p[-2], p[-1]) for p in sample) / len(sample)
+    return mean_rouge_l([_words(p[-2]) for p in sample], [_words(p[-1]) for p in sample]) / 100.0
 
 
 def check_alignment(pairs, src: str, trg: str, min_alignment: float = DEFAULT_MIN_ALIGNMENT) -> float:

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from ..jsonl import DataError, JsonlReader
+from ..jsonl import DataError, JsonlReader, decode_line
 
 CACHE_VERSION = 1  # bump when the cached layout changes
 MIN_SEQ_LEN = 5  # [CLS] x1 [SEP] y1 [SEP]
@@ -70,10 +70,9 @@ def read_inputs(path):
     out = []
     for lineno, raw in enumerate(data.split(b"\n"), 1):
         try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise DataError(f"{name}:{lineno}: invalid UTF-8 (byte {e.start} of the line)") from None
-        text = text.lstrip("\ufeff") if lineno == 1 else text
+            text = decode_line(raw, lineno)
+        except ValueError as e:
+            raise DataError(f"{name}:{lineno}: {e}") from None
         if text.strip():
             out.append((text.strip(), None))
     if not out:
