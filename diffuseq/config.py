@@ -240,21 +240,24 @@ def explicit_keys(parser, argv):
     return set(vars(ns))
 
 
-def _recipe_of(argv):
-    """The --recipe named in argv (the default one when none is)."""
+def _probe(argv):
+    """(--recipe, --preset) as named in argv (the default recipe, and None, when they are not)."""
     probe = argparse.ArgumentParser(add_help=False)
     probe.add_argument("--recipe", default=recipes.DEFAULT)
+    probe.add_argument("--preset", default=None)
     ns, _ = probe.parse_known_args(argv)
-    return ns.recipe
+    return ns.recipe, ns.preset
 
 
 def parse_train_args(argv=None):
     """argv -> TrainConfig (exits with a usage message on bad arguments)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    name = _recipe_of(argv)
+    name, preset = _probe(argv)
     if name not in recipes.RECIPES:
         train_parser().error(f"argument --recipe: unknown recipe {name!r}; choose from {', '.join(recipes.RECIPES)}")
     parser = train_parser(name)
+    if preset in PRESETS:  # a preset on the command line sets the whole shape over the recipe's
+        parser.set_defaults(**PRESETS[preset])
     args = vars(parser.parse_args(argv))
     args["explicit"] = sorted(explicit_keys(parser, argv))
     if args["use_fp16"]:

@@ -55,6 +55,10 @@ def flush_denormals():
     return torch.set_flush_denormal(True)
 
 
+def world_size():
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
 def barrier():
     if dist.is_initialized():
         dist.barrier()

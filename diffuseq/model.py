@@ -57,11 +57,13 @@ class DenoiserConfig:
 
 
 def timestep_embedding(t, dim, max_period=10000):
-    """Sinusoidal embedding of (possibly fractional) timesteps t [B] -> [B, dim]."""
+    """Sinusoidal embedding of (possibly fractional) timesteps t [B] -> [B, dim]: cosines then
+    sines of half = dim // 2 frequencies, and one zero column when dim is odd."""
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device) / half)
     args = t.float()[:, None] * freqs[None]
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    return F.pad(emb, (0, dim % 2))
 
 
 class SelfAttention(nn.Module):

@@ -36,11 +36,17 @@ from .tokenizer import TokenizerError
 log = logging.getLogger("diffuseq")
 
 
-def gather_steps(parts):
+def gather_steps(parts, global_batch):
     """This process's part [local] of the global batch of each of some steps -> those global
-    batches one after the other [steps * global], in the order one process would see them."""
-    x = dist.all_gather_cat(torch.stack(parts))  # [world * steps, local], rank by rank
-    return x.view(-1, len(parts), x.shape[1]).transpose(0, 1).reshape(-1)
+    batches one after the other [steps * global], in the order one process would see them.
+    Parts may differ by one example between processes (rank_slice): each is padded to the
+    longest, and the padding dropped after the gather."""
+    x = torch.stack(parts).float()
+    width = -(-global_batch // dist.world_size())
+    x = torch.cat([x, x.new_full((x.shape[0], width - x.shape[1]), float("nan"))], 1)
+    x = dist.all_gather_cat(x)  # [world * steps, width], rank by rank
+    x = x.view(-1, len(parts), width).transpose(0, 1).reshape(-1)
+    return x[~torch.isnan(x)]
 
 
 class Prefetcher:
@@ -197,8 +203,8 @@ class Trainer:
         if not self.pending or self.sampler.name == "uniform":
             self.pending = []
             return
-        t = gather_steps([p[0] for p in self.pending])
-        losses = gather_steps([p[1] for p in self.pending])
+        t = gather_steps([p[0] for p in self.pending], self.args.bsz).long()
+        losses = gather_steps([p[1] for p in self.pending], self.args.bsz)
         self.sampler.update(t.cpu().numpy() - self.args.t_min, losses.cpu().numpy())
         self.pending = []
 
@@ -237,6 +243,9 @@ class Trainer:
         sums, step_losses = {}, []
         net = NetView(self.net, self.model)
         n = ids.shape[0]
+        # DDP averages gradients over processes: each divides by the mean share, so the step sees
+        # the mean over the global batch even when processes hold one example more or less
+        share = a.bsz / self.proc.world_size
         micro = list(range(0, n, a.microbatch))
         for i, s in enumerate(micro):
             sl = slice(s, s + a.microbatch)
@@ -244,7 +253,7 @@ class Trainer:
             with contextlib.nullcontext() if sync else self.net.no_sync():
                 terms = self._losses(net, ids[sl], mask[sl], t[sl], noise[:, sl], u[sl], sc[sl],
                                      None if keep is None else keep[sl], monitor=self._monitors(self.step + 1))
-                loss = (terms["loss"] * w[sl]).sum() / n
+                loss = (terms["loss"] * w[sl]).sum() / share
             self.scaler.scale(loss).backward()
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0) + v.detach().sum()
@@ -257,13 +266,13 @@ class Trainer:
         self.pending.append((t, torch.cat(step_losses)))
         if a.grad_clip > 0:
             self.scaler.unscale_(self.opt)
-            sums["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.model.parameters(), a.grad_clip) * n
+            sums["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.model.parameters(), a.grad_clip) * share
         self.scaler.step(self.opt)
         self.scaler.update()
         self.opt.zero_grad(set_to_none=True)
         self.ema.update()
         self.step += 1
-        return {k: v / n for k, v in sums.items()}
+        return {k: v / share for k, v in sums.items()}  # averaged over processes: global means
 
     @torch.no_grad()
     def validate(self):

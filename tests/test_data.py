@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffuseq.data.dataset import (BatchLoader, DataError, collate, load_split, make_eval_batches,
+from diffuseq.data.dataset import (rank_slice, BatchLoader, DataError, collate, load_split, make_eval_batches,
                                    read_pairs)
 from diffuseq.tokenizer import SPECIAL_TOKENS, load_bert_vocab, train_tokenizer
 
@@ -204,8 +204,29 @@ def test_ranks_split_the_global_batch(mixed, pad_to):
         for key in ("input_ids", "input_mask", "index"):
             assert torch.equal(torch.cat([p[key] for p in parts]), full[key])
         assert parts[1]["index"].tolist() == list(range(6, 12))
-    with pytest.raises(ValueError, match="not divisible"):
-        BatchLoader(mixed, 12, world_size=5)
+    with pytest.raises(ValueError, match="smaller than the 13 processes"):
+        BatchLoader(mixed, 12, world_size=13)
+
+
+@pytest.mark.parametrize("G,W", [(850, 8), (850, 16), (8192, 8), (8192, 16), (12, 5), (7, 7)])
+def test_uneven_rank_slices_tile_the_global_batch(G, W):
+    """Any number of processes covers the global batch exactly once, in order, each process's
+    share within one example of every other's (850 over 8: 107, 107, 106 x 6)."""
+    parts = [rank_slice(G, W, r) for r in range(W)]
+    assert parts[0][0] == 0 and parts[-1][1] == G
+    assert all(hi == lo for (_, hi), (lo, _) in zip(parts, parts[1:]))
+    sizes = [hi - lo for lo, hi in parts]
+    assert max(sizes) - min(sizes) <= 1 and sum(sizes) == G
+    assert sizes == sorted(sizes, reverse=True)
+
+
+def test_uneven_ranks_split_the_global_batch(mixed):
+    whole = BatchLoader(mixed, 12, seed=5, seq_len=32)
+    ranks = [BatchLoader(mixed, 12, rank=r, world_size=5, seed=5, seq_len=32) for r in range(5)]
+    for s in (0, 7):
+        parts = [r.batch_at(s) for r in ranks]
+        assert [len(p["index"]) for p in parts] == [3, 3, 2, 2, 2]
+        assert torch.equal(torch.cat([p["input_ids"] for p in parts]), whole.batch_at(s)["input_ids"])
 
 
 def test_every_example_once_per_epoch(mixed):

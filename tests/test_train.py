@@ -341,24 +341,24 @@ def torchrun():
     return [exe] if exe else [sys.executable, "-m", "torch.distributed.run"]
 
 
-@pytest.mark.parametrize("sampler,log_interval", [("uniform", 1), ("lossaware", 4)])
-def test_two_gloo_processes_train_as_one(small_task, tmp_path, sampler, log_interval):
-    """torchrun with 2 CPU processes of 4 examples each and one process with 2 microbatches of 4
-    see the same global batch of 8: they log the same losses (to the 4 printed decimals) and end
-    with the same weights (atol 1e-5: the gradients are summed in another order). With the
-    loss-aware sampler and a log interval of several steps, the sampler must also be fed the
-    losses of both processes in the single process's order."""
+@pytest.mark.parametrize("sampler,log_interval,nproc", [("uniform", 1, 2), ("lossaware", 4, 2), ("lossaware", 4, 3)])
+def test_gloo_processes_train_as_one(small_task, tmp_path, sampler, log_interval, nproc):
+    """torchrun with 2 CPU processes of 4 examples each (or 3 of 3, 3 and 2) and one process with
+    2 microbatches of 4 see the same global batch of 8: they log the same losses (to the 4
+    printed decimals) and end with the same weights (atol 1e-5, 5e-5 with three: the gradients
+    are summed in another order). With the loss-aware sampler and a log interval of several steps, the sampler
+    must also be fed the losses of every process in the single process's order."""
     over = dict(learning_steps=12, bsz=8, diffusion_steps=4, schedule_sampler=sampler,
                 log_interval=log_interval, save_interval=12)
     ddp, single = tmp_path / "ddp", tmp_path / "single"
     r = run_cli(cli_args(small_task, ddp, **over),
-                prefix=(*torchrun(), "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                prefix=(*torchrun(), "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
                         "--master_port", str(free_port()), TRAIN))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     r = run_cli(cli_args(small_task, single, microbatch=4, **over))
     assert r.returncode == 0, r.stderr
 
-    assert "2 process(es)" in (ddp / "log.txt").read_text()
+    assert f"{nproc} process(es)" in (ddp / "log.txt").read_text()
     logged_ddp, logged_single = logged_steps(ddp), logged_steps(single)
     assert sorted(logged_ddp) == sorted(logged_single) == list(range(log_interval, 13, log_interval))
     for step, terms in logged_single.items():
@@ -367,7 +367,10 @@ def test_two_gloo_processes_train_as_one(small_task, tmp_path, sampler, log_inte
     for name in ("model", "ema"):
         a, b = load_tensors(ddp / "ckpt_0000012", name), load_tensors(single / "ckpt_0000012", name)
         for k in a:
-            torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5, msg=lambda m: f"{name} {k}: {m}")
+            # three parts of 3, 3 and 2 sum in yet another order; Adam lifts such differences in
+            # near-zero gradients (attention biases) to a few 1e-5 after 12 steps
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5 if nproc == 2 else 5e-5,
+                                       msg=lambda m: f"{name} {k}: {m}")
     if sampler == "lossaware":
         sa = load_tensors(ddp / "ckpt_0000012", "training_state")["sampler"]
         sb = load_tensors(single / "ckpt_0000012", "training_state")["sampler"]
@@ -678,4 +681,7 @@ def test_a_two_process_run_resumes_as_one(small_task, tmp_path):
     for name in ("model", "ema"):
         a, b = load_tensors(ddp / "ckpt_0000006", name), load_tensors(single / "ckpt_0000006", name)
         for k in a:
-            torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5, msg=lambda m: f"{name} {k}: {m}")
+            # three parts of 3, 3 and 2 sum in yet another order; Adam lifts such differences in
+            # near-zero gradients (attention biases) to a few 1e-5 after 12 steps
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5 if nproc == 2 else 5e-5,
+                                       msg=lambda m: f"{name} {k}: {m}")

@@ -270,6 +270,15 @@ def _read_rows(dataset, indices):
     return flat, lengths, table.column("src_len").to_numpy()
 
 
+def rank_slice(global_batch, world_size, rank):
+    """(lo, hi): the part of a global batch that process `rank` of `world_size` trains on. The
+    remainder of an uneven split goes one example each to the first ranks (850 over 8: two
+    ranks of 107, six of 106), so any number of processes trains the same global batch."""
+    base, extra = divmod(global_batch, world_size)
+    lo = rank * base + min(rank, extra)
+    return lo, lo + base + (rank < extra)
+
+
 class BatchLoader:
     """Endless, deterministic training batches for one rank.
 
@@ -285,16 +294,17 @@ class BatchLoader:
     the default with bucketing or with a margin >= 0: there padding beyond it changes no loss), or
     to seq_len (margin < 0, the original's training, where every pad is a target).
 
-    Rank r gets the r-th contiguous chunk of the global batch and `index` [B] with the chunk's
-    positions in the global batch; all ranks pad to the same L.
+    Rank r gets the r-th contiguous chunk of the global batch (rank_slice: when the world size
+    does not divide the batch, the first ranks get one example more) and `index` [B] with the
+    chunk's positions in the global batch; all ranks pad to the same L.
     """
 
     POOL = 50  # global batches per bucketing pool
 
     def __init__(self, dataset, global_batch, rank=0, world_size=1, seed=0, seq_len=128, pad_id=0,
                  bucket=False, pin_memory=False, start_step=0, pad_to=None, margin=-1):
-        if global_batch % world_size:
-            raise ValueError(f"global batch {global_batch} is not divisible by the {world_size} ranks")
+        if global_batch < world_size:
+            raise ValueError(f"global batch {global_batch} is smaller than the {world_size} processes")
         if len(dataset) == 0:
             raise ValueError("the dataset is empty")
         self.dataset, self.global_batch, self.seed = dataset, global_batch, seed
@@ -302,8 +312,7 @@ class BatchLoader:
         self.pad_to = pad_to or default_pad_to(margin, bucket)
         self.pin_memory = pin_memory and torch.cuda.is_available()
         self.start_step = start_step
-        per_rank = global_batch // world_size
-        self.lo, self.hi = rank * per_rank, (rank + 1) * per_rank
+        self.lo, self.hi = rank_slice(global_batch, world_size, rank)
         self.lengths = dataset.with_format("arrow")["length"].to_numpy().astype(np.int64)
         self.n = len(self.lengths)
         self.steps_per_epoch = -(-self.n // global_batch) if bucket else self.n / global_batch
