@@ -100,7 +100,8 @@ class TrainConfig:
         choices=['uniform', 'lossaware'])
     t_min: int = arg(0, 'diffusion',
         'noise floor: train only on timesteps >= t_min, where the target cannot be read off z_t without the '
-        'source; decoding then gives the model a time input of at least t_min (0: off)')
+        "source; decoding then gives the model a time input of at least t_min (0: off). A recipe's floor "
+        'scales with a --diffusion_steps given on the command line (600 of 2000 becomes 30 of 100)')
     learned_mean_embed: bool = arg(False, 'diffusion',
         'DiffuSeq-v2: noise the target toward a learned soft absorbing state m instead of 0 (the flag alone '
         'means true)')
@@ -260,6 +261,10 @@ def parse_train_args(argv=None):
         parser.set_defaults(**PRESETS[preset])
     args = vars(parser.parse_args(argv))
     args["explicit"] = sorted(explicit_keys(parser, argv))
+    T0 = parser.get_default("diffusion_steps")
+    if args["diffusion_steps"] != T0 and "t_min" not in args["explicit"]:
+        # the recipe's noise floor is a share of its T: it follows a T given on the command line
+        args["t_min"] = round(args["t_min"] * args["diffusion_steps"] / T0)
     if args["use_fp16"]:
         args["precision"] = "fp16"
     if args["denoise"] and not args["learned_mean_embed"]:

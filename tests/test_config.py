@@ -112,3 +112,25 @@ def test_parser_is_built_from_the_config_fields():
     fields = set(TrainConfig.__dataclass_fields__) - {"explicit"}
     dests = {a.dest for a in train_parser()._actions if a.option_strings and a.dest != "help"}
     assert fields == dests
+
+
+def test_noise_floor_follows_a_given_T():
+    """The default recipe's floor (600 of 2000) is a share of T: --diffusion_steps 100 trains
+    from 30, an explicit --t_min wins, and the recipe's own T keeps its floor."""
+    assert parse_train_args([]).t_min == 600
+    assert parse_train_args(["--diffusion_steps", "100"]).t_min == 30
+    assert parse_train_args(["--diffusion_steps", "100", "--t_min", "5"]).t_min == 5
+    assert parse_train_args(["--recipe", "original-v1", "--diffusion_steps", "100"]).t_min == 0
+
+
+def test_a_preset_sets_the_shape_over_the_recipe(capsys):
+    """--preset base over the default recipe (2 layers of width 128) gives BERT-base's 12 x 768,
+    in the config and in --help; a shape flag beside it still wins."""
+    a = parse_train_args(["--preset", "base"])
+    assert (a.layers, a.width, a.heads, a.ffn) == (12, 768, 12, 3072)
+    assert parse_train_args(["--preset", "base", "--layers", "4"]).layers == 4
+    assert parse_train_args([]).layers == 2
+    with pytest.raises(SystemExit):
+        parse_train_args(["--preset", "base", "--help"])
+    out = capsys.readouterr().out
+    assert "number of layers (default: 12)" in out and "transformer width (default: 768)" in out
