@@ -24,9 +24,11 @@ mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 : > "$OUT/parts.jsonl"
 export PYTHONUNBUFFERED=1
+# the interpreter of every part: PYTHON when set (a test sets its own), else python3
+PY=${PYTHON:-python3}
 
 if [ -d .whl ] && ls .whl/*.whl > /dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 fi
 
@@ -61,7 +63,7 @@ fi
 PREC=$([ $DEV = cuda ] && echo bf16 || echo fp32)
 
 # 1. the machine
-part env 60 python3 bench/gpu_env.py --device $DEV --size $MATMUL --json "$OUT/env.json"
+part env 60 "$PY" bench/gpu_env.py --device $DEV --size $MATMUL --json "$OUT/env.json"
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
 
 # 2. a model worth decoding: the default recipe at a larger size for QUALITY_BIG_MINUTES (5), its
@@ -72,33 +74,33 @@ rm -rf "$RUNB"
 part quality_big_train $((QB_MINUTES * 60 + 120)) bash scripts/run_default.sh --train-only \
   --checkpoint_path "$RUNB" $QB_SHAPE --learning_steps $QUALITY_STEPS --max_minutes $QB_MINUTES \
   --device $DEV --save_interval $QB_EVERY --eval_interval $QB_EVERY --keep_checkpoints 1 --progress false
-part quality_big_tune 150 python3 tune_decode.py --model_dir "$RUNB" --device $DEV --bsz 512 \
+part quality_big_tune 150 "$PY" tune_decode.py --model_dir "$RUNB" --device $DEV --bsz 512 \
   $([ "$EXAMPLES" -gt 0 ] && echo --max_examples $EXAMPLES)
 for proto in chosen paper; do
-  part "quality_big_$proto" 120 bash -c "python3 run_decode_solver.py --model_dir '$RUNB' --split test --bsz 512 \
+  part "quality_big_$proto" 120 bash -c "$PY run_decode_solver.py --model_dir '$RUNB' --split test --bsz 512 \
     --device $DEV --out_dir '$OUT/quality_big_$proto' --progress false \
     $([ "$EXAMPLES" -gt 0 ] && echo --max_examples $EXAMPLES) \
     $([ $proto = paper ] && echo --init noise --absorb_rate 0 --step 10) \
-    && python3 scripts/eval_seq2seq.py \"\$(ls $OUT/quality_big_$proto/*/*.jsonl | head -1)\" --baseline \
+    && $PY scripts/eval_seq2seq.py \"\$(ls $OUT/quality_big_$proto/*/*.jsonl | head -1)\" --baseline \
        --json '$OUT/quality_big_${proto}_scores.json'"
 done
 rm -rf "$RUNB"/ckpt_*   # too large to bring back: the figures are the record
 
 # 3. training throughput: presets at seq_len 128 in bf16, with a profile of the first (the MFU target
 #    is base's, whose profile comes from train_big_batch's first row)
-part train_presets 150 python3 bench/bench_train.py --device $DEV --presets $PRESETS --precisions $PREC \
+part train_presets 150 "$PY" bench/bench_train.py --device $DEV --presets $PRESETS --precisions $PREC \
   --seq_len $SEQ --bsz $BSZ --repeats $REPS --no_baseline --profile "$OUT/profile_train_tiny.txt" \
   --json "$OUT/train_presets.json"
 
 # 4. decoding throughput of base, eager: DPM-Solver++ K = 10, 20 and ancestral K = 100
 for preset in $DEC_FIRST; do
-  part "decode_${preset}_eager" 120 python3 bench/bench_decode.py --device $DEV --preset $preset \
+  part "decode_${preset}_eager" 120 "$PY" bench/bench_decode.py --device $DEV --preset $preset \
     --precision $PREC --seq_len $SEQ --bszs $DEC_BSZ --dpm 10,20 --ancestral 100 --repeats 3 \
     --json "$OUT/decode_${preset}_eager.json"
 done
 
 # 5. a batch that fills the GPU, base first and profiled
-part train_big_batch 120 python3 bench/bench_train.py --device $DEV --presets $PAIR_BIG_FIRST --precisions $PREC \
+part train_big_batch 120 "$PY" bench/bench_train.py --device $DEV --presets $PAIR_BIG_FIRST --precisions $PREC \
   --seq_len $SEQ --bsz $BIG_BSZ --repeats $REPS --no_baseline --profile "$OUT/profile_train_big.txt" \
   --json "$OUT/train_big_batch.json"
 
@@ -109,34 +111,34 @@ rm -rf "$RUN"
 part quality_train $((QUALITY_MINUTES * 60 + 90)) bash scripts/run_default.sh --train-only \
   --checkpoint_path "$RUN" --learning_steps $QUALITY_STEPS --max_minutes $QUALITY_MINUTES \
   --device $DEV --save_interval 100000 --progress false
-part quality_tune 90 python3 tune_decode.py --model_dir "$RUN" --device $DEV --bsz 512 \
+part quality_tune 90 "$PY" tune_decode.py --model_dir "$RUN" --device $DEV --bsz 512 \
   $([ "$EXAMPLES" -gt 0 ] && echo --max_examples $EXAMPLES)
-part quality_decode 90 python3 run_decode_solver.py --model_dir "$RUN" --split test --bsz 512 \
+part quality_decode 90 "$PY" run_decode_solver.py --model_dir "$RUN" --split test --bsz 512 \
   --device $DEV --out_dir "$OUT/quality_outputs" --progress false \
   $([ "$EXAMPLES" -gt 0 ] && echo --max_examples $EXAMPLES)
-part quality_score 60 bash -c "python3 scripts/eval_seq2seq.py \"\$(ls $OUT/quality_outputs/*/*.jsonl | head -1)\" \
+part quality_score 60 bash -c "$PY scripts/eval_seq2seq.py \"\$(ls $OUT/quality_outputs/*/*.jsonl | head -1)\" \
   --baseline --json $OUT/quality_scores.json"
 size=$(du -sm "$RUN" 2>/dev/null | cut -f1)
 if [ -n "$size" ] && [ "$size" -ge 16 ]; then rm -rf "$RUN"/ckpt_*; fi   # keep a checkpoint only under 16 MB
 
 # 7. the tests that need CUDA (they skip on CPU)
-part gpu_tests 150 python3 -m pytest -q -m gpu tests/test_gpu.py
+part gpu_tests 150 "$PY" -m pytest -q -m gpu tests/test_gpu.py
 
 # 8. the rest: tiny decoding, then what torch.compile (CUDA graphs when decoding) buys, training
 #    at the batch that fills the GPU
 for preset in $DEC_REST; do
-  part "decode_${preset}_eager" 120 python3 bench/bench_decode.py --device $DEV --preset $preset \
+  part "decode_${preset}_eager" 120 "$PY" bench/bench_decode.py --device $DEV --preset $preset \
     --precision $PREC --seq_len $SEQ --bszs $DEC_BSZ --dpm 10,20 --ancestral 100 --repeats 3 \
     --json "$OUT/decode_${preset}_eager.json"
 done
 for preset in $DEC_FIRST $DEC_REST; do
-  part "decode_${preset}_compiled" 200 python3 bench/bench_decode.py --device $DEV --preset $preset \
+  part "decode_${preset}_compiled" 200 "$PY" bench/bench_decode.py --device $DEV --preset $preset \
     --precision $PREC --seq_len $SEQ --bszs $DEC_BSZ --dpm 10,20 --ancestral 100 --repeats 3 --compile \
     --json "$OUT/decode_${preset}_compiled.json"
 done
-part train_compiled 240 python3 bench/bench_train.py --device $DEV --presets $PAIR_BIG_FIRST --precisions $PREC \
+part train_compiled 240 "$PY" bench/bench_train.py --device $DEV --presets $PAIR_BIG_FIRST --precisions $PREC \
   --seq_len $SEQ --bsz $BIG_BSZ --repeats $REPS --warmup 3 --no_baseline --compile \
   --profile "$OUT/profile_train_compiled.txt" --json "$OUT/train_compiled.json"
 
 # 9. one table
-python3 bench/gpu_summary.py "$OUT"
+"$PY" bench/gpu_summary.py "$OUT"

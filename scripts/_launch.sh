@@ -6,6 +6,8 @@
 #   NODE_RANK      this node's index, 0 .. NNODES-1                     default 0
 #   MASTER_ADDR    address of node 0, MASTER_PORT its port (29500)      needed when NNODES > 1
 #   RDZV_ENDPOINT  host:port of a c10d rendezvous instead of MASTER_*  (elastic; RDZV_ID names the job)
+#   PYTHON         the interpreter to run                               default python
+PYTHON=${PYTHON:-python}
 launch() {
   local entry=$1; shift
   local nproc=${NPROC:-1} nnodes=${NNODES:-1}
@@ -19,9 +21,9 @@ launch() {
     else
       rdzv=(--standalone)
     fi
-    OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} torchrun --nnodes "$nnodes" --nproc_per_node "$nproc" "${rdzv[@]}" \
+    OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} "$PYTHON" -m torch.distributed.run --nnodes "$nnodes" --nproc_per_node "$nproc" "${rdzv[@]}" \
       "$entry" "$@"
   else
-    python "$entry" "$@"
+    "$PYTHON" "$entry" "$@"
   fi
 }

@@ -23,19 +23,19 @@ GRID=${GRID:-quick}
 OUT=${OUT:-diffusion_models/default_bible}
 DATA=datasets/bible_kjv_web
 
-[ -f "$DATA/test.jsonl" ] || python -m diffuseq.data.bible --src kjv --trg web --out "$DATA"
+[ -f "$DATA/test.jsonl" ] || "${PYTHON:-python}" -m diffuseq.data.bible --src kjv --trg web --out "$DATA"
 
-python train.py --recipe bible-tiny --checkpoint_path "$OUT" --learning_steps "$STEPS" --keep_checkpoints 1 "$@"
+"${PYTHON:-python}" train.py --recipe bible-tiny --checkpoint_path "$OUT" --learning_steps "$STEPS" --keep_checkpoints 1 "$@"
 [ $TRAIN_ONLY = 1 ] && exit 0
 
 # 3. choose the decoding on 200 valid verses (decoding.json beside the weights), decode the test split
-python tune_decode.py --model_dir "$OUT" --max_examples "$TUNE_EXAMPLES" --grid "$GRID"
-python run_decode_solver.py --model_dir "$OUT" --split test --bsz 100 --out_dir generation_outputs \
+"${PYTHON:-python}" tune_decode.py --model_dir "$OUT" --max_examples "$TUNE_EXAMPLES" --grid "$GRID"
+"${PYTHON:-python}" run_decode_solver.py --model_dir "$OUT" --split test --bsz 100 --out_dir generation_outputs \
   --progress false ${MAX_EXAMPLES:+--max_examples "$MAX_EXAMPLES"} | tee "$OUT/decode.log"
 result=$(sed -n 's/^wrote //p' "$OUT/decode.log")
 scores="${result%.jsonl}.scores.json"
-python scripts/eval_seq2seq.py "$result" --baseline --json "$scores"
-python - "$scores" "$result" <<'PY'
+"${PYTHON:-python}" scripts/eval_seq2seq.py "$result" --baseline --json "$scores"
+"${PYTHON:-python}" - "$scores" "$result" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))
 model, base = s["model"], s["copy source"]

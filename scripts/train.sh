@@ -11,6 +11,6 @@ cd "$(dirname "$0")/.."
 source scripts/_launch.sh
 a=" $* "
 if [[ $a != *" --data_dir "* && ( $a != *" --recipe "* || $a == *" --recipe bible-tiny "* ) ]]; then
-  [ -f datasets/bible_kjv_web/train.jsonl ] || python -m diffuseq.data.bible --src kjv --trg web --out datasets/bible_kjv_web
+  [ -f datasets/bible_kjv_web/train.jsonl ] || "${PYTHON:-python}" -m diffuseq.data.bible --src kjv --trg web --out datasets/bible_kjv_web
 fi
 launch train.py "$@"

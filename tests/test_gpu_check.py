@@ -1,7 +1,9 @@
 """bench/gpu_check.sh --cpu-smoke runs every part of the GPU check in a tiny size on CPU, so the
 script cannot rot between GPU runs."""
 import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,8 @@ def test_gpu_check_cpu_smoke(tmp_path):
     pytest.importorskip("pythonbible")
     out = tmp_path / "out"
     r = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), str(out), "--cpu-smoke"],
-                       capture_output=True, text=True, timeout=1500, cwd=tmp_path)
+                       capture_output=True, text=True, timeout=1500, cwd=tmp_path,
+                       env={**os.environ, "PYTHON": sys.executable})  # this interpreter, venv or not
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     parts = [json.loads(line) for line in (out / "parts.jsonl").read_text().splitlines()]
     names = [p["part"] for p in parts]

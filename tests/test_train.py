@@ -65,7 +65,8 @@ def cli_args(data, run, **over):
 
 
 def cli_env():
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    # scripts run this interpreter (PYTHON), whatever `python` is first on PATH
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "PYTHON": sys.executable}
 
 
 def run_cli(argv, prefix=(sys.executable, TRAIN), timeout=300):
@@ -337,8 +338,7 @@ def free_port():
 
 
 def torchrun():
-    exe = shutil.which("torchrun")
-    return [exe] if exe else [sys.executable, "-m", "torch.distributed.run"]
+    return [sys.executable, "-m", "torch.distributed.run"]  # this interpreter's torchrun
 
 
 @pytest.mark.parametrize("sampler,log_interval,nproc", [("uniform", 1, 2), ("lossaware", 4, 2), ("lossaware", 4, 3)])
