@@ -57,6 +57,10 @@ class TrainConfig:
         'of the loss and hidden from attention, so training costs only real tokens and decoding at a '
         'predicted length (+ this margin) sees what training saw. -1: every position up to the padded length '
         'is target, as the original trains (default: 8 with a length head, -1 without)')
+    layout: str = arg('ours', 'data',
+        "how a pair is laid out: ours, [CLS] x [SEP] y [SEP] with the source cut first when too long; original, "
+        "the original DiffuSeq's [CLS] x [SEP] [SEP] [CLS] y [SEP], the longer side cut first",
+        choices=['ours', 'original'])
     vocab: str = arg('own', 'data',
         'own: train a tokenizer on the training split; bert: a local BERT vocab.txt (--vocab_path)',
         choices=['own', 'bert'])
@@ -106,6 +110,14 @@ class TrainConfig:
         'DiffuSeq-v2: noise the target toward a learned soft absorbing state m instead of 0 (the flag alone '
         'means true)')
     reg_rate: float = arg(0.01, 'diffusion', 'L2 penalty on m (with --learned_mean_embed)')
+    m_reg: str = arg('squared', 'diffusion',
+        "form of the penalty on m: squared, reg_rate * |m|^2 / D; norm, reg_rate * |m| (the original's)",
+        choices=['squared', 'norm'])
+    m_init: str = arg('zeros', 'diffusion',
+        "m at the start: zeros, or normal, N(0, 1/D) (the original's)", choices=['zeros', 'normal'])
+    loss_positions: str = arg('target', 'diffusion',
+        "where the loss terms are averaged: target, the target part only; all, every position, source and "
+        "separators included, with tT measured from 0 (the original's objective)", choices=['target', 'all'])
     denoise: bool = arg(False, 'diffusion',
         'DiffuSeq-v2 discrete noise: absorb target tokens into m with probability denoise_rate * sqrt(1 - '
         'abar_t) (needs --learned_mean_embed; the flag alone means true)')
@@ -295,7 +307,7 @@ def model_config(args, vocab_size):
                           dropout=args.dropout, diffusion_steps=args.diffusion_steps,
                           learned_mean_embed=args.learned_mean_embed, grad_checkpoint=args.grad_checkpoint,
                           segment_positions=args.segment_positions, self_cond=args.self_cond,
-                          lm_bias=args.lm_bias, length_head=args.length_head, **shape)
+                          lm_bias=args.lm_bias, length_head=args.length_head, m_init=args.m_init, **shape)
 
 
 def save_args(args, path):

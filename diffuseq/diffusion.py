@@ -111,7 +111,7 @@ def target_lengths(ids, mask, pad_id):
 
 def training_losses(model, sched, input_ids, input_mask, t, noise, *, denoise_rate=0.0,
                     reg_rate=0.0, u=None, self_cond_u=None, monitor=True, pad_id=0, length_weight=0.1,
-                    keep=None):
+                    keep=None, positions="target", m_reg="squared"):
     """The DiffuSeq objective for one batch, per example.
 
     z_0 = Emb(w) + sigma_0 * noise0 (the embedding seen through the first noise level), z_t from
@@ -129,6 +129,11 @@ def training_losses(model, sched, input_ids, input_mask, t, noise, *, denoise_ra
     The terms are means over the target part, input_mask [B, L]; keep [B, L] (bool, or None =
     all) hides the positions where it is False from attention and from every term, so that
     positions past a target region (see target_region) change nothing.
+
+    positions="all" is the original DiffuSeq's objective: mse, tT and decoder_nll are means over
+    every position of the sequence (the source, which the model must give back as it got it, the
+    separators and the [PAD]s too), and tT is measured from 0, not from m. m_reg="norm" is its
+    regulariser, reg_rate * |m| (the norm, not squared); "squared" is reg_rate * |m|^2 / D.
 
     noise: [2, B, L, D] standard normal (noise0, eps). u: [B, L] uniform for discrete noise.
     self_cond_u: [B] uniform; with a self-conditioned model, the examples below 0.5 see the
@@ -151,15 +156,24 @@ def training_losses(model, sched, input_ids, input_mask, t, noise, *, denoise_ra
     pred = model(zt, t, y, prev, keep).float()
 
     target = torch.where((t == 0).view(-1, 1, 1), emb, z0)
-    mse = masked_mean((pred - target) ** 2, input_mask)
     t_last = torch.full_like(t, sched.num_steps - 1)
-    mean_T, _ = q_mean_std(sched, z0, t_last, m)
-    tT = masked_mean((mean_T - (0 if m is None else m)) ** 2, input_mask)
-    decoder_nll = rounding_terms(model, z0, input_ids, input_mask)
+    if positions == "all":
+        every = torch.ones_like(input_mask) if keep is None else keep.to(input_mask.dtype)
+        mse = masked_mean((pred - target) ** 2, every)
+        tT = masked_mean(q_mean_std(sched, z0, t_last)[0] ** 2, every)
+        decoder_nll = rounding_terms(model, z0, input_ids, every)
+    elif positions == "target":
+        mse = masked_mean((pred - target) ** 2, input_mask)
+        mean_T, _ = q_mean_std(sched, z0, t_last, m)
+        tT = masked_mean((mean_T - (0 if m is None else m)) ** 2, input_mask)
+        decoder_nll = rounding_terms(model, z0, input_ids, input_mask)
+    else:
+        raise ValueError(f"unknown loss positions {positions!r}; choose target or all")
     loss = mse + tT + decoder_nll
     terms = {"mse": mse, "tT": tT, "decoder_nll": decoder_nll}
     if m is not None and reg_rate > 0:
-        terms["reg"] = (reg_rate * m.float().pow(2).mean()).expand_as(loss)
+        penalty = m.float().norm() if m_reg == "norm" else m.float().pow(2).mean()
+        terms["reg"] = (reg_rate * penalty).expand_as(loss)
         loss = loss + terms["reg"]
     if getattr(cfg, "length_head", False):
         want = target_lengths(input_ids, input_mask, pad_id).clamp(0, cfg.seq_len - 1)

@@ -51,6 +51,7 @@ class DenoiserConfig:
     self_cond: bool = False
     lm_bias: bool = False
     length_head: bool = False
+    m_init: str = "zeros"  # the absorbing state m at the start: zeros, or "normal" N(0, 1/D) (the original's)
 
     def to_dict(self):
         return asdict(self)
@@ -212,6 +213,8 @@ class Denoiser(nn.Module):
         self.output_down_proj = nn.Sequential(nn.Linear(W, W), nn.Tanh(), nn.Linear(W, D))
         # DiffuSeq-v2's soft absorbing state: the y part is noised toward it
         self.mean_embed = nn.Parameter(torch.zeros(D)) if cfg.learned_mean_embed else None
+        if self.mean_embed is not None and cfg.m_init == "normal":
+            nn.init.normal_(self.mean_embed, std=D ** -0.5)
         self.lm_bias = nn.Parameter(torch.zeros(cfg.vocab_size)) if cfg.lm_bias else None
         if cfg.length_head:  # source -> number of target tokens, one class per length
             self.length_feat = nn.Linear(2 * D, W)

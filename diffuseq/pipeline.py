@@ -135,7 +135,8 @@ class DiffuSeq:
 
     # ------------------------------------------------------------------ inputs and outputs
     def inputs(self, sources, references=None):
-        """Token ids and masks [B, L] of [CLS] x [SEP] followed by the target region.
+        """Token ids and masks [B, L] of [CLS] x [SEP] (the original layout: [CLS] x [SEP] [SEP])
+        followed by the target region.
 
         The source is truncated as in training (to leave room for the reference when given)."""
         xs = self.tokenizer.encode_batch(sources)
@@ -143,7 +144,8 @@ class DiffuSeq:
         ids = torch.full((len(xs), self.seq_len), self.tokenizer.pad_id, dtype=torch.long)
         mask = torch.ones_like(ids)
         for i, (x, y) in enumerate(zip(xs, ys)):
-            z, src_len, _ = make_input(x, y, self.seq_len, self.tokenizer.cls_id, self.tokenizer.sep_id)
+            z, src_len, _ = make_input(x, y, self.seq_len, self.tokenizer.cls_id, self.tokenizer.sep_id,
+                                       self.args.layout)
             ids[i, :src_len] = torch.tensor(z[:src_len])
             mask[i, :src_len] = 0
         return ids, mask
@@ -183,10 +185,12 @@ class DiffuSeq:
         then [SEP], then [PAD]s, cut to the region. ids, mask [B, L] -> ids [B, L]."""
         out = ids.clone()
         pad, sep = self.tokenizer.pad_id, self.tokenizer.sep_id
-        src_len = (1 - mask).sum(1).tolist()  # [CLS] x [SEP]
+        src_len = (1 - mask).sum(1).tolist()  # [CLS] x [SEP] ([CLS] x [SEP] [SEP] in the original layout)
         region = mask.bool() if keep is None else mask.bool() & keep
+        original = self.args.layout == "original"
         for i, n in enumerate(src_len):
-            fill = ids[i, 1:n - 1].tolist() + [sep]
+            x = ids[i, 1:n - 2 if original else n - 1].tolist()
+            fill = ([self.tokenizer.cls_id] if original else []) + x + [sep]
             room = int(region[i].sum())
             fill = (fill + [pad] * room)[:room]
             out[i, n:n + room] = torch.tensor(fill, dtype=ids.dtype)

@@ -32,13 +32,16 @@ class Recipe:
 
 # The original DiffuSeq's QQP run (its scripts/train.sh and config.json): BERT-base shape, BERT
 # vocabulary, 2,000 sqrt-scheduled steps, importance-sampled timesteps, linear decay from 1e-4 with
-# no warm-up and no clipping. The original's --bsz is per process (4 processes of 2,048, 64 per
-# forward pass); --bsz here is the global batch, so 8,192 is the same batch on any number of GPUs.
+# no warm-up and no clipping, fp32; its layout ([CLS] x [SEP] [SEP] [CLS] y [SEP]), its objective
+# (every term averaged over every position) and its output head (tied, with a bias). The original's
+# --bsz is per process (4 processes of 2,048, 64 per forward pass); --bsz here is the global batch,
+# so 8,192 is the same batch on any number of GPUs (an uneven split gives some processes one more).
 ORIGINAL = dict(dataset="qqp", data_dir="datasets/QQP", vocab="bert", preset="base", hidden_dim=128,
                 seq_len=128, diffusion_steps=2000, noise_schedule="sqrt", schedule_sampler="lossaware",
                 bsz=8192, microbatch=64, lr=1e-4, warmup_steps=0, lr_schedule="linear", learning_steps=50000,
                 grad_clip=0.0, weight_decay=0.0, ema_rate=0.9999, dropout=0.1, seed=102, save_interval=10000,
-                length_head=False, length_margin=-1, segment_positions=False, t_min=0)
+                log_interval=20, length_head=False, length_margin=-1, segment_positions=False, t_min=0,
+                layout="original", loss_positions="all", lm_bias=True, precision="fp32")
 
 # The small-CPU recipe measured in docs/quality.md: DiffuSeq-v2 noise, positions counted per
 # segment, a 16-dimensional embedding space, a noise floor, a length head, a constant rate.
@@ -88,7 +91,7 @@ RECIPES = {r.name: r for r in [
     Recipe("original-v2", "the original DiffuSeq-v2's QQP run: v1 plus the soft absorbing state, discrete "
            "noise at rate 0.5 and fp16, global batch 850 (2 processes of 425)",
            dict(ORIGINAL, learned_mean_embed=True, denoise=True, denoise_rate=0.5, precision="fp16",
-                bsz=850, microbatch=425, save_interval=5000)),
+                bsz=850, microbatch=425, save_interval=5000, m_init="normal", m_reg="norm", reg_rate=0.01)),
     Recipe("bible-tiny", "the default job: King James -> World English Bible verses, 4,000 steps, ~9 "
            "minutes on a 2-core CPU", dict(SMALL, dataset="bible_kjv_web", data_dir="datasets/bible_kjv_web",
                                            seq_len=160, learning_steps=4000, save_interval=1000,

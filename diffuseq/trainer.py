@@ -179,7 +179,8 @@ class Trainer:
         a = self.args
         if not self.proc.is_main:
             dist.barrier()  # rank 0 tokenizes and caches first
-        ds, stats = load_split(a.data_dir, split, self.tokenizer, a.seq_len, skip_bad_lines=a.skip_bad_lines)
+        ds, stats = load_split(a.data_dir, split, self.tokenizer, a.seq_len, skip_bad_lines=a.skip_bad_lines,
+                               layout=a.layout)
         if self.proc.is_main:
             dist.barrier()
             log.info("%s: %d pairs, %d truncated to seq_len %d%s%s", split, stats.n_pairs, stats.n_truncated,
@@ -214,7 +215,8 @@ class Trainer:
         with torch.autocast(dev.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
             return training_losses(net, self.sched, ids, mask, t, noise, u=u, self_cond_u=sc,
                                    reg_rate=a.reg_rate, denoise_rate=a.denoise_rate if a.denoise else 0.0,
-                                   monitor=monitor, pad_id=self.tokenizer.pad_id, keep=keep)
+                                   monitor=monitor, pad_id=self.tokenizer.pad_id, keep=keep,
+                                   positions=a.loss_positions, m_reg=a.m_reg)
 
     MONITOR_STEPS = 10  # steps before each log line that also compute the monitoring terms
 

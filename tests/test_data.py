@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffuseq.data.dataset import (rank_slice, BatchLoader, DataError, collate, load_split, make_eval_batches,
+from diffuseq.data.dataset import (make_input, rank_slice, BatchLoader, DataError, collate, load_split, make_eval_batches,
                                    read_pairs)
 from diffuseq.tokenizer import SPECIAL_TOKENS, load_bert_vocab, train_tokenizer
 
@@ -290,3 +290,27 @@ def test_a_split_is_built_under_its_own_name_and_quietly_off_a_terminal(tmp_path
     assert str(ds.split) == "valid"
     err = capfd.readouterr().err
     assert "Generating" not in err and "tokenizing" not in err and "%|" not in err
+
+
+def _original_layout(x, y, L, cls=1, sep=2):
+    """The original DiffuSeq's rule as its data code states it, spelled out independently."""
+    src, trg = [cls] + x, [cls] + y
+    while len(src) + len(trg) > L - 3:
+        if len(src) > len(trg):
+            src = src[:-1]
+        elif len(src) < len(trg):
+            trg = trg[:-1]
+        else:
+            src, trg = src[:-1], trg[:-1]
+    ids = src + [sep] + [sep] + trg + [sep]
+    return ids, [0] * (len(src) + 2) + [1] * (len(trg) + 1)
+
+
+@pytest.mark.parametrize("nx,ny,L", [(3, 2, 128), (10, 2, 12), (5, 5, 12), (2, 30, 16), (7, 6, 14), (0, 0, 5)])
+def test_original_layout_and_truncation(nx, ny, L):
+    x, y = list(range(10, 10 + nx)), list(range(50, 50 + ny))
+    ids, mask = _original_layout(x, y, L)
+    z, src_len, truncated = make_input(x, y, L, 1, 2, layout="original")
+    assert z == ids and [0] * src_len + [1] * (len(z) - src_len) == mask
+    assert len(z) <= L and truncated == (nx + ny + 5 > L)
+    assert z[src_len] == 1 and z[src_len - 2:src_len] == [2, 2]  # the target part begins with [CLS]

@@ -226,3 +226,56 @@ def test_trainer_absorbs_at_the_trained_rate_only_with_denoise(tmp_path, denoise
     p = 0.8 * (1 - abar) ** 0.5
     se = (p * (1 - p) / total) ** 0.5
     assert abs(hits / total - p) < 5 * se, (hits / total, p)
+
+
+def test_original_objective_averages_every_position():
+    """positions="all" (the original DiffuSeq's objective), written out by hand: mse is the mean
+    of (f(z_t) - z_0)^2 over every position and dimension (against Emb(w) at t = 0), tT the mean
+    of (sqrt(abar_{T-1}) z_0)^2 with no m, decoder_nll the mean cross-entropy of the tied logits
+    (with the bias) of z_0 over every position; m_reg="norm" adds reg_rate * |m|."""
+    torch.manual_seed(0)
+    cfg = DenoiserConfig(vocab_size=50, seq_len=12, hidden_dim=16, width=32, layers=1, heads=2, ffn=64,
+                         dropout=0.0, diffusion_steps=100, learned_mean_embed=True, lm_bias=True, m_init="normal")
+    model = Denoiser(cfg).eval()
+    with torch.no_grad():
+        model.lm_bias.uniform_(-0.5, 0.5)
+    sched = DiscreteSchedule.from_name("sqrt", 100)
+    ids = torch.randint(5, 50, (4, 12))
+    mask = torch.zeros(4, 12, dtype=torch.long)
+    mask[:, 5:] = 1
+    t = torch.tensor([0, 10, 50, 99])
+    noise = torch.randn(2, 4, 12, 16)
+    terms = training_losses(model, sched, ids, mask, t, noise, reg_rate=0.01, positions="all", m_reg="norm")
+
+    m = model.mean_embed
+    emb = model.word_embedding(ids)
+    z0 = emb + sched.sqrt_one_minus_alphas_cumprod[0] * noise[0]
+    ab = torch.tensor(sched.alphas_cumprod, dtype=torch.float32)[t].view(-1, 1, 1)
+    zt = ab.sqrt() * (z0 - m) + m + (1 - ab).sqrt() * noise[1]
+    zt = torch.where(mask.bool().unsqueeze(-1), zt, z0)
+    pred = model(zt, t)
+    target = torch.where((t == 0).view(-1, 1, 1), emb, z0)
+    mse = ((pred - target) ** 2).mean((1, 2))
+    tT = ((sched.alphas_cumprod[-1] ** 0.5 * z0) ** 2).mean((1, 2))
+    logits = z0 @ model.word_embedding.weight.t() + model.lm_bias
+    nll = F.cross_entropy(logits.transpose(1, 2), ids, reduction="none").mean(1)
+    reg = 0.01 * m.norm()
+    for k, want in (("mse", mse), ("tT", tT), ("decoder_nll", nll), ("reg", reg.expand(4))):
+        torch.testing.assert_close(terms[k], want, rtol=1e-5, atol=1e-6, msg=k)
+    torch.testing.assert_close(terms["loss"], mse + tT + nll + reg, rtol=1e-5, atol=1e-6)
+    # the source's tokens now count: changing them changes decoder_nll (the target-only one does not)
+    ids2 = ids.clone()
+    ids2[:, 1:4] = 7
+    assert not torch.allclose(training_losses(model, sched, ids2, mask, t, noise, positions="all")["decoder_nll"],
+                              terms["decoder_nll"])
+
+
+def test_original_m_starts_normal_with_std_one_over_root_D():
+    torch.manual_seed(0)
+    stds = [Denoiser(DenoiserConfig(vocab_size=10, hidden_dim=256, width=32, layers=1, heads=2, ffn=32,
+                                    learned_mean_embed=True, m_init="normal")).mean_embed.std().item()
+            for _ in range(20)]
+    assert abs(sum(stds) / 20 - 256 ** -0.5) < 0.005
+    zero = Denoiser(DenoiserConfig(vocab_size=10, hidden_dim=8, width=32, layers=1, heads=2, ffn=32,
+                                   learned_mean_embed=True))
+    assert (zero.mean_embed == 0).all()

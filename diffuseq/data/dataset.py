@@ -91,12 +91,32 @@ class SplitStats:
     from_cache: bool = False
 
 
-def make_input(x, y, seq_len, cls_id, sep_id):
-    """Source ids x, target ids y -> (z, src_len, truncated), z = [CLS] x [SEP] y [SEP], len(z) <= seq_len.
+LAYOUTS = ("ours", "original")
 
-    The source is cut first; it keeps at least one token, and only when the target alone does not
-    fit is the target cut too (its final [SEP] is always kept).
+
+def make_input(x, y, seq_len, cls_id, sep_id, layout="ours"):
+    """Source ids x, target ids y -> (z, src_len, truncated), len(z) <= seq_len, with the target
+    part (the part that is noised) from src_len on.
+
+    layout "ours": z = [CLS] x [SEP] y [SEP]. The source is cut first; it keeps at least one
+    token, and only when the target alone does not fit is the target cut too (its final [SEP] is
+    always kept).
+    layout "original" (the original DiffuSeq's): z = [CLS] x [SEP] [SEP] [CLS] y [SEP], the
+    target part starting at the second [CLS]. While [CLS] x and [CLS] y together exceed
+    seq_len - 3, the longer loses its last token (both when they are equally long).
     """
+    if layout == "original":
+        src, trg = [cls_id] + list(x), [cls_id] + list(y)
+        truncated = len(src) + len(trg) > seq_len - 3
+        while len(src) + len(trg) > seq_len - 3:
+            longer = len(src) - len(trg)
+            if longer >= 0:
+                src.pop()
+            if longer <= 0:
+                trg.pop()
+        return src + [sep_id, sep_id] + trg + [sep_id], len(src) + 2, truncated
+    if layout != "ours":
+        raise ValueError(f"unknown layout {layout!r}; choose {' or '.join(LAYOUTS)}")
     truncated = len(x) + len(y) + 3 > seq_len
     if truncated:
         x = x[:max(1, seq_len - 3 - len(y))]
@@ -104,11 +124,11 @@ def make_input(x, y, seq_len, cls_id, sep_id):
     return [cls_id] + x + [sep_id] + y + [sep_id], len(x) + 2, truncated
 
 
-def _tokenize(batch, tokenizer, seq_len):
+def _tokenize(batch, tokenizer, seq_len, layout="ours"):
     cls_id, sep_id = tokenizer.cls_id, tokenizer.sep_id
     out = {"input_ids": [], "src_len": [], "length": [], "truncated": []}
     for x, y in zip(tokenizer.encode_batch(batch["src"]), tokenizer.encode_batch(batch["trg"])):
-        z, src_len, truncated = make_input(x, y, seq_len, cls_id, sep_id)
+        z, src_len, truncated = make_input(x, y, seq_len, cls_id, sep_id, layout)
         out["input_ids"].append(z)
         out["src_len"].append(src_len)
         out["length"].append(len(z))
@@ -130,21 +150,24 @@ def _writable_cache(cache_dir):
         return fallback
 
 
-def _cache_key(path, tokenizer, seq_len, skip_bad_lines):
+def _cache_key(path, tokenizer, seq_len, skip_bad_lines, layout="ours"):
     st = os.stat(path)
     h = hashlib.sha256()
-    for part in (CACHE_VERSION, os.path.abspath(path), st.st_size, st.st_mtime_ns,
-                 tokenizer.to_str(), seq_len, skip_bad_lines):
+    parts = (CACHE_VERSION, os.path.abspath(path), st.st_size, st.st_mtime_ns, tokenizer.to_str(), seq_len,
+             skip_bad_lines) + (() if layout == "ours" else (layout,))  # keys of "ours" stay as they were
+    for part in parts:
         h.update(str(part).encode() + b"\0")
     return h.hexdigest()[:20]
 
 
-def load_split(data_dir, split, tokenizer, seq_len, cache_dir=None, skip_bad_lines=False, num_proc=1):
+def load_split(data_dir, split, tokenizer, seq_len, cache_dir=None, skip_bad_lines=False, num_proc=1,
+               layout="ours"):
     """Tokenize data_dir/{split}.jsonl once (cached) -> (datasets.Dataset, SplitStats).
 
     Columns: input_ids (unpadded z = [CLS] x [SEP] y [SEP], len <= seq_len), src_len (where y
     starts: tokens up to and including the first [SEP]) and length (= len(input_ids)).
-    The cache key covers the file (size, mtime), the tokenizer's JSON and seq_len.
+    The cache key covers the file (size, mtime), the tokenizer's JSON, seq_len and the layout
+    (see make_input).
     """
     import datasets  # here, not at the top: decoding reads jsonl without it (a second saved at start-up)
 
@@ -156,7 +179,7 @@ def load_split(data_dir, split, tokenizer, seq_len, cache_dir=None, skip_bad_lin
     if not sys.stderr.isatty():  # a log file gets the counts, not a flood of progress bars
         datasets.disable_progress_bars()
     cache_dir = _writable_cache(cache_dir or os.path.join(data_dir, ".cache"))
-    key = _cache_key(path, tokenizer, seq_len, skip_bad_lines)
+    key = _cache_key(path, tokenizer, seq_len, skip_bad_lines, layout)
     final = os.path.join(cache_dir, f"{split}-{key}")
     stats_file = os.path.join(final, "diffuseq_stats.json")
     if os.path.isfile(stats_file):
@@ -186,7 +209,7 @@ def load_split(data_dir, split, tokenizer, seq_len, cache_dir=None, skip_bad_lin
             raise
         ds = raw.map(
             _tokenize, batched=True, batch_size=1000, num_proc=num_proc if num_proc > 1 else None,
-            fn_kwargs={"tokenizer": tokenizer, "seq_len": seq_len}, remove_columns=["src", "trg"],
+            fn_kwargs={"tokenizer": tokenizer, "seq_len": seq_len, "layout": layout}, remove_columns=["src", "trg"],
             new_fingerprint=f"tok-{key}", desc=f"tokenizing {split}",
             features=datasets.Features({
                 "input_ids": datasets.Sequence(datasets.Value("int32")),
