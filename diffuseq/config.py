@@ -89,6 +89,9 @@ class TrainConfig:
         'self-conditioning: the model also sees its previous estimate of z_0 (in training, half the examples '
         'get one from a first pass without gradient)')
     lm_bias: bool = arg(False, 'model', "a learned bias on the tied output head (the original's lm_head has one)")
+    proj_when_needed: bool = arg(False, 'model',
+        "as the original: no up and down projections around the transformer when --hidden_dim equals its width "
+        '(false: always there)')
     length_head: bool = arg(False, 'model',
         "learn to predict the target's length from the source; decoding then gives each example a target "
         'region of the predicted length (plus --length_margin), and training needs no padding (false: the '
@@ -307,7 +310,8 @@ def model_config(args, vocab_size):
                           dropout=args.dropout, diffusion_steps=args.diffusion_steps,
                           learned_mean_embed=args.learned_mean_embed, grad_checkpoint=args.grad_checkpoint,
                           segment_positions=args.segment_positions, self_cond=args.self_cond,
-                          lm_bias=args.lm_bias, length_head=args.length_head, m_init=args.m_init, **shape)
+                          lm_bias=args.lm_bias, length_head=args.length_head, m_init=args.m_init,
+                          proj_when_needed=args.proj_when_needed, **shape)
 
 
 def save_args(args, path):

@@ -12,7 +12,7 @@ from .config import HelpFormatter, _bool
 from .data.dataset import DataError, read_inputs
 from .decoding import decode_file, load_model
 from .pipeline import INITS, LENGTHS
-from .samplers import get_sampler
+from .samplers import SAMPLERS, get_sampler
 from .tokenizer import TokenizerError
 from .choice import describe
 
@@ -27,6 +27,9 @@ def decode_parser(solver):
           "object per input, in input order (no reference where the input has none). --input - reads "
           "sources from standard input and prints one output line per input.",
         formatter_class=HelpFormatter)
+    p.add_argument("--sampler", choices=list(SAMPLERS), default="dpm" if solver else "ancestral",
+                   help="; ".join(f"{s.name}: {s.about}" for s in SAMPLERS.values())
+                   + ". original-v1 and original-v2 are the original code's decoders, exactly (docs/reproduce.md)")
     p.add_argument("--model_dir", required=True,
                    help="a checkpoint folder (ckpt_NNNNNNN) or a run folder (its best checkpoint by validation loss, else its latest)")
     p.add_argument("--split", default="test", help="which <split>.jsonl of the data folder to decode")
@@ -50,6 +53,10 @@ def decode_parser(solver):
                         "the absorbing state m with probability absorb_rate x the step's noise std "
                         "(default: the saved choice, else the trained --denoise_rate for noise starts of "
                         "models trained with --denoise, 0 otherwise)")
+    p.add_argument("--cleanup", choices=["cut", "original"], default="cut",
+                   help="how a target region becomes text: cut, at its first [SEP] or [PAD], without special "
+                        "tokens; original, as the original's scoring: [CLS], [SEP] and [PAD] dropped wherever "
+                        "they are, the rest ([UNK], words after a [SEP]) kept")
     p.add_argument("--use_saved", type=_bool, default=True,
                    help="take the settings not given here from the checkpoint's decoding.json, written by "
                         "tune_decode.py (false: the built-in defaults)")
@@ -123,9 +130,9 @@ def main(argv=None, solver=False):
             kw.update(final_call=args.final_call)
         else:
             kw.update(variance=args.variance)
-        sampler = "dpm" if solver else "ancestral"
+        sampler = args.sampler
         settings = model.settings(sampler, args.use_saved, **given)
-        settings.setdefault("steps", get_sampler(sampler).default_steps)
+        settings.setdefault("steps", get_sampler(sampler).default_steps or model.args.diffusion_steps)
         if proc.is_main:
             saved = " (saved choice: decoding.json)" if args.use_saved and model.saved else ""
             say(f"decoding with {describe(settings)}{saved}")
@@ -134,14 +141,15 @@ def main(argv=None, solver=False):
                 inputs = inputs[:args.max_examples]
             t0 = time.time()
             for line in model.generate([s for s, _ in inputs], seed=args.seed, bsz=args.bsz, use_saved=False,
-                                       **settings, **kw):
+                                       cleanup=args.cleanup, **settings, **kw):
                 print(line, flush=True)
             speed, paths = len(inputs) / max(time.time() - t0, 1e-9), []
         else:
             path = args.input or os.path.join(args.data_dir or model.args.data_dir, f"{args.split}.jsonl")
             paths, speed = decode_file(
                 model, path, args.out_dir, seeds=[args.seed + k for k in range(args.num_samples)], bsz=args.bsz,
-                proc=proc, progress=args.progress, max_examples=args.max_examples, **settings, **kw)
+                proc=proc, progress=args.progress, max_examples=args.max_examples, cleanup=args.cleanup,
+                **settings, **kw)
     except (CheckpointError, DataError, TokenizerError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

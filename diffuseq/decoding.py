@@ -34,7 +34,7 @@ def decode_split(model, data_dir, split, out_dir, sampler="dpm", steps=None, see
     return decode_file(model, os.path.join(data_dir, f"{split}.jsonl"), out_dir, sampler, steps, seeds, **kw)
 
 
-def decode_inputs(model, inputs, seed, batches, sampler, steps, bar=None, **kw):
+def decode_inputs(model, inputs, seed, batches, sampler, steps, bar=None, cleanup="cut", **kw):
     """{index: output row} of the inputs in `batches` (enumerated batch index, input indices)."""
     rows = {}
     for b, index in batches:
@@ -42,7 +42,7 @@ def decode_inputs(model, inputs, seed, batches, sampler, steps, bar=None, **kw):
         ids, mask = model.inputs(src, ref if all(r is not None for r in ref) else None)
         out = model.sample_ids(ids, mask, sampler, steps, seed=batch_seed(seed, b), **kw)
         # the user's strings verbatim; scoring normalises both sides itself (metrics.normalize)
-        for i, s, r, g in zip(index, src, ref, model.detokenize(out, mask)):
+        for i, s, r, g in zip(index, src, ref, model.detokenize(out, mask, cleanup)):
             rows[i] = {"source": s, "recover": g} if r is None else {"source": s, "reference": r, "recover": g}
         if bar is not None:
             bar.update(len(index))
@@ -60,7 +60,7 @@ def decode_file(model, path, out_dir, sampler="dpm", steps=None, seeds=(0,), bsz
     inputs = read_inputs(path)
     if max_examples:
         inputs = inputs[:max_examples]
-    steps = steps or get_sampler(sampler).default_steps
+    steps = steps or get_sampler(sampler).default_steps or model.args.diffusion_steps
     refs = [r for _, r in inputs]
     batches = model.length_batches([s for s, _ in inputs], refs if None not in refs else None, bsz,
                                    kw.get("length_margin"), kw.get("lengths", "predicted"))

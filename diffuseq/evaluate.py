@@ -27,6 +27,16 @@ ROWS = [
 ]
 
 
+SPECIALS = ("[CLS]", "[SEP]", "[PAD]")
+
+
+def original_clean(text):
+    """The original scorer's clean-up: the special tokens deleted wherever they occur."""
+    for tok in SPECIALS:
+        text = text.replace(tok, "")
+    return " ".join(text.split())
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description="Score the .jsonl files written by decoding (all scores on 0-100).\n\n"
@@ -44,6 +54,9 @@ def parse_args(argv=None):
     p.add_argument("--bertscore_model", metavar="PATH",
                    help="folder of a model saved on local disk (save_pretrained) for BERTScore; "
                         "needs the bert-score and transformers packages; nothing is downloaded")
+    p.add_argument("--clean", choices=["none", "original"], default="none",
+                   help="original: first delete [CLS], [SEP] and [PAD] wherever they occur in every text, as the "
+                        "original's scorer does (to score the original's own output files, which keep them)")
     p.add_argument("--json", metavar="OUT.json", help="also write the numbers to this file")
     p.add_argument("--baseline", action="store_true",
                    help="also score copying the source (hypothesis = source) for comparison")
@@ -72,6 +85,10 @@ def main(argv=None):
     path = args.path or args.folder
     try:
         sources, refs, candidates = load_outputs(path)
+        if args.clean == "original":
+            sources = [original_clean(x) for x in sources]
+            refs = [None if r is None else original_clean(r) for r in refs]
+            candidates = [[original_clean(c) for c in cs] for cs in candidates]
         scored = [i for i, r in enumerate(refs) if r is not None]
         if not scored:
             print(f"{path}: none of its {len(refs)} outputs has a reference (the inputs had no \"trg\"): "

@@ -51,6 +51,7 @@ class DenoiserConfig:
     self_cond: bool = False
     lm_bias: bool = False
     length_head: bool = False
+    proj_when_needed: bool = False  # the original's rule: no up/down projection when hidden_dim == width
     m_init: str = "zeros"  # the absorbing state m at the start: zeros, or "normal" N(0, 1/D) (the original's)
 
     def to_dict(self):
@@ -201,8 +202,10 @@ class Denoiser(nn.Module):
         self.word_embedding = nn.Embedding(cfg.vocab_size, D)
         nn.init.normal_(self.word_embedding.weight, std=1.0)  # roughly unit scale, like the noise
         self.time_embed = nn.Sequential(nn.Linear(D, 4 * D), nn.SiLU(), nn.Linear(4 * D, W))
-        self.input_up_proj = nn.Sequential(nn.Linear(2 * D if cfg.self_cond else D, W), nn.Tanh(),
-                                           nn.Linear(W, W))
+        # the original builds the projections only where the sizes differ (proj_when_needed)
+        skip = cfg.proj_when_needed and D == W
+        self.input_up_proj = nn.Identity() if skip and not cfg.self_cond else nn.Sequential(
+            nn.Linear(2 * D if cfg.self_cond else D, W), nn.Tanh(), nn.Linear(W, W))
         self.position_embeddings = nn.Embedding(cfg.seq_len, W)
         self.segment_embeddings = nn.Embedding(2, W) if cfg.segment_positions else None
         self.ln = nn.LayerNorm(W, eps=1e-12)
@@ -210,7 +213,7 @@ class Denoiser(nn.Module):
         self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.layers))
         self.pack = None  # pack rows where keep leaves positions out: None = on CPU (see forward)
         self._packed = None  # (keep, its Packing) of the last call
-        self.output_down_proj = nn.Sequential(nn.Linear(W, W), nn.Tanh(), nn.Linear(W, D))
+        self.output_down_proj = nn.Identity() if skip else nn.Sequential(nn.Linear(W, W), nn.Tanh(), nn.Linear(W, D))
         # DiffuSeq-v2's soft absorbing state: the y part is noised toward it
         self.mean_embed = nn.Parameter(torch.zeros(D)) if cfg.learned_mean_embed else None
         if self.mean_embed is not None and cfg.m_init == "normal":

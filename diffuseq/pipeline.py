@@ -150,10 +150,11 @@ class DiffuSeq:
             mask[i, :src_len] = 0
         return ids, mask
 
-    def detokenize(self, out, mask):
-        """Token ids [B, L] -> the generated text of each row (its target region)."""
+    def detokenize(self, out, mask, cleanup="cut"):
+        """Token ids [B, L] -> the generated text of each row (its target region); cleanup: see
+        Tokenizer.decode_batch ("original" keeps what follows the first [SEP], as the original)."""
         rows = [row[m.bool()].tolist() for row, m in zip(out.cpu(), mask.cpu())]
-        return self.tokenizer.decode_batch(rows)
+        return self.tokenizer.decode_batch(rows, cleanup)
 
     # ------------------------------------------------------------------ lengths
     @torch.no_grad()
@@ -235,10 +236,10 @@ class DiffuSeq:
             t = torch.full((ids.shape[0],), t_start, device=self.device, dtype=torch.long)
             z = q_sample(self.sched, y0, t, noise, mask, m)
         spec = get_sampler(dec.sampler)
-        clamping = dec.clamping if dec.clamping is not None else dec.sampler == "ancestral" and m is None
+        clamping = dec.clamping if dec.clamping is not None else bool(spec.clamps and spec.clamps(m))
         clamp = Clamp(self.model.word_embedding.weight, region) if clamping else None
         _, z0 = spec.run(self.denoiser(mask, keep), self.sched, z, x_start, mask, m=m,
-                         steps=dec.steps or spec.default_steps, t_start=t_start, options=dec.options,
+                         steps=dec.steps or spec.default_steps or T, t_start=t_start, options=dec.options,
                          clamp=clamp, clamp_step=dec.clamp_step, clamp_first=dec.clamp_first,
                          absorb_rate=absorb_rate, generator=g, progress=progress)
         # rounding to tokens where it is read: the target region, not the source or the padding
@@ -265,7 +266,8 @@ class DiffuSeq:
             out["t_start"] = default_source_t(self.args.diffusion_steps)  # named where it is shown
         return out
 
-    def generate(self, sources, sampler=None, steps=None, num_samples=1, seed=0, bsz=64, use_saved=True, **kw):
+    def generate(self, sources, sampler=None, steps=None, num_samples=1, seed=0, bsz=64, use_saved=True,
+                 cleanup="cut", **kw):
         """Source strings -> generated strings (a list of num_samples lists when num_samples > 1).
 
         Settings not given come from the checkpoint's decoding.json (see settings), if any."""
@@ -277,7 +279,7 @@ class DiffuSeq:
             for b, index in enumerate(batches):
                 ids, mask = self.inputs([sources[i] for i in index])
                 out = self.sample_ids(ids, mask, seed=batch_seed(seed + k, b), **kw)
-                for i, t in zip(index, self.detokenize(out, mask)):
+                for i, t in zip(index, self.detokenize(out, mask, cleanup)):
                     texts[i] = t
             outs.append(texts)
         return outs[0] if num_samples == 1 else outs

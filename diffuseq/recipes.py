@@ -41,7 +41,7 @@ ORIGINAL = dict(dataset="qqp", data_dir="datasets/QQP", vocab="bert", preset="ba
                 bsz=8192, microbatch=64, lr=1e-4, warmup_steps=0, lr_schedule="linear", learning_steps=50000,
                 grad_clip=0.0, weight_decay=0.0, ema_rate=0.9999, dropout=0.1, seed=102, save_interval=10000,
                 log_interval=20, length_head=False, length_margin=-1, segment_positions=False, t_min=0,
-                layout="original", loss_positions="all", lm_bias=True, precision="fp32")
+                layout="original", loss_positions="all", lm_bias=True, proj_when_needed=True, precision="fp32")
 
 # The small-CPU recipe measured in docs/quality.md: DiffuSeq-v2 noise, positions counted per
 # segment, a 16-dimensional embedding space, a noise floor, a length head, a constant rate.

@@ -38,13 +38,14 @@ def sampling_std(sched, n, variance="small"):
 @torch.no_grad()
 def ancestral_sample(denoise, sched, z, x_start, mask, m=None, clamp=None, clamp_step=0,
                      clamp_first=True, variance="small", denoise_rate=0.0, generator=None,
-                     progress=None):
+                     progress=None, centre=True):
     """Ancestral sampling over a (possibly respaced) DiscreteSchedule.
 
     At each step z_0 is predicted, replaced by its nearest word embedding (`clamp`, the rounding
     trick) where clamps_at(training timestep, clamp_step, clamp_first), and z_{t-1} drawn from
     N(posterior mean, sampling_std^2). With denoise_rate r > 0 and an absorbing state m, each y
-    token is then absorbed into m with probability r times that standard deviation.
+    token is then absorbed into m with probability r times that standard deviation. centre=False
+    takes the posterior mean c1 z0 + c2 z_t as if m were 0, as DiffuSeq-v2's code does.
     """
     z = _reimpose(z, x_start, mask)
     z0 = z
@@ -55,7 +56,7 @@ def ancestral_sample(denoise, sched, z, x_start, mask, m=None, clamp=None, clamp
         z0 = denoise(z, t_model)
         if clamp is not None and clamps_at(sched.timestep_map[n], clamp_step, clamp_first):
             z0 = _reimpose(clamp(z0), x_start, mask)
-        z = q_posterior_mean(sched, z0, z, t, m)
+        z = q_posterior_mean(sched, z0, z, t, m if centre else None)
         if n > 0:
             std = sampling_std(sched, n, variance)
             noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
@@ -207,6 +208,41 @@ def dpm_solver_sample(denoise, ns, z, x_start, mask, m=None, steps=10, order=2,
     return shift(w), _reimpose(shift(z0), x_start, mask)
 
 
+@torch.no_grad()
+def original_v2_solve(denoise, ns, z, x_start, mask, steps=10, order=2, progress=None):
+    """DiffuSeq-v2's own solver, as its code runs it (not DPM-Solver++ as published): a grid
+    uniform in time from t = 1 to 1/T; the model told the time t * T, one training step above the
+    level alpha_t of its input (whose training timestep is t * T - 1); before every update the
+    state is replaced by the model's prediction of z_0 (the source laid back in), so the starting
+    noise reaches only the first call; multistep updates of order up to `order` (lower at the
+    start, and at the end with fewer than 10 steps); no absorbing state (the start is N(0, I)
+    whatever m is), no rounding, no final call: tokens are read from the last update's state.
+    The prediction goes through the noise parameterisation and back, in float32, as there.
+    `steps` model calls. Returns (z, z): the state is what is read."""
+    T = ns.num_steps
+    ts = torch.linspace(1.0, 1.0 / T, steps + 1, dtype=torch.float32).double()
+    B = z.shape[0]
+
+    def x0_hat(x, t):
+        out = denoise(x, (t * T).float().expand(B).to(x.device))
+        a, s = ns.marginal_alpha(t).float().item(), ns.marginal_std(t).float().item()
+        eps = (x - a * out) / s
+        return _reimpose((x - s * eps) / a, x_start, mask)
+
+    x = x0_hat(_reimpose(z, x_start, mask), ts[0])
+    hist_t, hist_x0 = [ts[0]], [x]
+    idx = range(1, steps + 1)
+    for k in (progress(idx) if progress else idx):
+        p = min(order, k)
+        if steps < 10:
+            p = min(p, steps + 1 - k)
+        x = _reimpose(_dpm_update(x, hist_t, ts[k], hist_x0, p, ns), x_start, mask)
+        if k < steps:
+            x = x0_hat(x, ts[k])
+            hist_t, hist_x0 = (hist_t + [ts[k]])[-3:], (hist_x0 + [x])[-3:]
+    return x, x
+
+
 # ---------------------------------------------------------------------------- the registry
 # Each sampler has an options dataclass (what only it reads) and a runner that turns the training
 # schedule and a start timestep into the sampler's own schedule. What every sampler reads (steps,
@@ -236,6 +272,43 @@ def run_ancestral(denoise, sched, z, x_start, mask, *, steps, t_start, options, 
                             denoise_rate=absorb_rate, **common)
 
 
+@dataclass
+class OriginalV1Options:
+    pass  # the original's choices are fixed: the whole chain, beta_t noise, rounding at every step
+
+
+@dataclass
+class OriginalV2Options:
+    order: int = 2  # the original runs order 2
+
+
+def run_original_v1(denoise, sched, z, x_start, mask, *, steps, t_start, options, **common):
+    """The DiffuSeq papers' ancestral decoding as the original code runs it: every one of the T
+    steps, noise of variance beta_t ("large"), the posterior mean taken as if m were 0, and (for
+    DiffuSeq-v2 models) each target token absorbed into m with probability denoise_rate *
+    sqrt(beta_t); rounding at every step unless --clamping false."""
+    if steps not in (None, 0, sched.num_steps):
+        raise ValueError(f"original-v1 runs all {sched.num_steps} steps of the chain, as the papers decoded "
+                         "(its code has no correct shorter chain); for fewer steps use --sampler ancestral")
+    if t_start is not None:
+        raise ValueError("original-v1 decodes from noise only (--init noise)")
+    absorb_rate = common.pop("absorb_rate")
+    return ancestral_sample(denoise, sched, z, x_start, mask, variance="large", denoise_rate=absorb_rate,
+                            centre=False, **common)
+
+
+def run_original_v2(denoise, sched, z, x_start, mask, *, steps, t_start, options, m=None, progress=None,
+                    **common):
+    """DiffuSeq-v2's own solver (original_v2_solve) on the training schedule; it starts from N(0, I)
+    on the target, so a start drawn around m is moved back."""
+    if t_start is not None:
+        raise ValueError("original-v2 decodes from noise only (--init noise)")
+    if m is not None:
+        z = z - _offset(mask, m)
+    return original_v2_solve(denoise, NoiseScheduleVP(sched.alphas_cumprod), z, x_start, mask, steps=steps,
+                             order=options.order, progress=progress)
+
+
 def run_dpm(denoise, sched, z, x_start, mask, *, steps, t_start, options, **common):
     """DPM-Solver++ on the continuous-time view of the training schedule `sched`, from training
     timestep t_start (None: T - 1)."""
@@ -249,16 +322,25 @@ def run_dpm(denoise, sched, z, x_start, mask, *, steps, t_start, options, **comm
 class Sampler:
     name: str
     options: type
-    default_steps: int
+    default_steps: int  # 0: every step of the training chain
     run: object
+    about: str = ""
+    clamps: object = None  # m -> whether rounding is on when nobody says (None: never)
 
 
-SAMPLERS = {s.name: s for s in (Sampler("ancestral", AncestralOptions, 50, run_ancestral),
-                                  Sampler("dpm", DPMOptions, 10, run_dpm))}
+SAMPLERS = {s.name: s for s in (
+    Sampler("ancestral", AncestralOptions, 50, run_ancestral, "ancestral sampling over evenly spaced steps",
+            clamps=lambda m: m is None),
+    Sampler("dpm", DPMOptions, 10, run_dpm, "multistep DPM-Solver++ (ODE or SDE), orders 1-3"),
+    Sampler("original-v1", OriginalV1Options, 0, run_original_v1,
+            "the DiffuSeq papers' ancestral decoding as the original code runs it (all T steps)",
+            clamps=lambda m: True),
+    Sampler("original-v2", OriginalV2Options, 10, run_original_v2,
+            "DiffuSeq-v2's own solver as its code runs it"))}
 
 
 def get_sampler(name):
     try:
         return SAMPLERS[name]
     except KeyError:
-        raise ValueError(f"unknown sampler {name!r}; choose {' or '.join(SAMPLERS)}") from None
+        raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}") from None

@@ -89,8 +89,17 @@ class Tokenizer:
         """list (or 1-D tensor) of ids -> text, cut at the first [SEP] or [PAD]."""
         return self._finish(self.hf.decode(self._clean(ids), skip_special_tokens=True))
 
-    def decode_batch(self, batch):
-        """list of id lists (or a [B, L] tensor) -> list of B texts."""
+    def decode_batch(self, batch, cleanup="cut"):
+        """list of id lists (or a [B, L] tensor) -> list of B texts. cleanup "cut": each text ends
+        at its first [SEP] or [PAD], without special tokens; "original", as the original DiffuSeq
+        scores its outputs: [CLS], [SEP] and [PAD] are dropped wherever they are, and everything
+        else is kept ([UNK] and any words after the first [SEP] included)."""
+        if cleanup == "original":
+            drop = {self.cls_id, self.sep_id, self.pad_id}
+            kept = [[int(i) for i in ids if int(i) not in drop] for ids in batch]
+            return [self._finish(t) for t in self.hf.decode_batch(kept, skip_special_tokens=False)]
+        if cleanup != "cut":
+            raise ValueError(f"unknown cleanup {cleanup!r}; choose cut or original")
         cleaned = [self._clean(ids) for ids in batch]
         return [self._finish(t) for t in self.hf.decode_batch(cleaned, skip_special_tokens=True)]
 
