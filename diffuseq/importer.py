@@ -145,7 +145,7 @@ def profile_args(targs, shape, out_dir, vocab_dir):
                vocab="bert", vocab_path=vocab_dir, width=width, layers=layers, heads=heads, ffn=ffn,
                learned_mean_embed=v2, denoise=bool(targs.get("denoise", False)),
                denoise_rate=float(targs.get("denoise_rate", 0.5)),
-               precision="fp16" if targs.get("use_fp16") else "fp32", checkpoint_path=out_dir,
+               precision="fp16" if targs.get("use_fp16") else base["precision"], checkpoint_path=out_dir,
                notes=f"imported from {targs.get('checkpoint_path', '?')}")
     return TrainConfig.from_dict(dict(base, **own))
 

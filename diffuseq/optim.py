@@ -9,7 +9,16 @@ def autocast_dtype(precision, device):
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return None
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return {"fp32": None, "tf32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def allow_tf32(precision):
+    """--precision tf32: fp32 weights and activations, matrix products in TF32 on GPUs that have it
+    (what PyTorch 1.7-1.11 did by default, so what the original DiffuSeq ran on A100s); a no-op
+    on CPU."""
+    if precision == "tf32":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
 
 def lr_at(step, args):

@@ -32,7 +32,7 @@ class Recipe:
 
 # The original DiffuSeq's QQP run (its scripts/train.sh and config.json): BERT-base shape, BERT
 # vocabulary, 2,000 sqrt-scheduled steps, importance-sampled timesteps, linear decay from 1e-4 with
-# no warm-up and no clipping, fp32; its layout ([CLS] x [SEP] [SEP] [CLS] y [SEP]), its objective
+# no warm-up and no clipping, fp32 with TF32 products on GPUs (PyTorch 1.9's default, which it ran); its layout ([CLS] x [SEP] [SEP] [CLS] y [SEP]), its objective
 # (every term averaged over every position) and its output head (tied, with a bias). The original's
 # --bsz is per process (4 processes of 2,048, 64 per forward pass); --bsz here is the global batch,
 # so 8,192 is the same batch on any number of GPUs (an uneven split gives some processes one more).
@@ -41,7 +41,7 @@ ORIGINAL = dict(dataset="qqp", data_dir="datasets/QQP", vocab="bert", preset="ba
                 bsz=8192, microbatch=64, lr=1e-4, warmup_steps=0, lr_schedule="linear", learning_steps=50000,
                 grad_clip=0.0, weight_decay=0.0, ema_rate=0.9999, dropout=0.1, seed=102, save_interval=10000,
                 log_interval=20, length_head=False, length_margin=-1, segment_positions=False, t_min=0,
-                layout="original", loss_positions="all", lm_bias=True, proj_when_needed=True, precision="fp32")
+                layout="original", loss_positions="all", lm_bias=True, proj_when_needed=True, precision="tf32")
 
 # The small-CPU recipe measured in docs/quality.md: DiffuSeq-v2 noise, positions counted per
 # segment, a 16-dimensional embedding space, a noise floor, a length head, a constant rate.

@@ -28,7 +28,7 @@ from .diffusion import target_region, training_losses
 from .logs import COLUMNS, RunLog, Window
 from .model import Denoiser, load_bert_encoder
 from .noise import draw_noise
-from .optim import EMA, autocast_dtype, build_optimizer, lr_at
+from .optim import EMA, allow_tf32, autocast_dtype, build_optimizer, lr_at
 from .resample import create_sampler
 from .schedule import DiscreteSchedule
 from .tokenizer import TokenizerError
@@ -155,6 +155,7 @@ class Trainer:
             raise ValueError(f"--t_min {args.t_min} must lie in [0, --diffusion_steps {args.diffusion_steps})")
         self.sampler = create_sampler(args.schedule_sampler, args.diffusion_steps - args.t_min)
         self.amp_dtype = autocast_dtype(args.precision, proc.device)
+        allow_tf32(args.precision)
         self.scaler = torch.amp.GradScaler(proc.device.type, enabled=self.amp_dtype == torch.float16)
         self.opt = build_optimizer(self.model, args, proc.device)
         self.ema = EMA(self.model.parameters(), args.ema_rate)
@@ -304,7 +305,8 @@ class Trainer:
         log.info("model: %s, %.2fM parameters (%.2fM without embeddings), device %s, %d process(es), "
                  "precision %s", json.dumps(self.cfg.to_dict()), self.model.num_params() / 1e6,
                  self.model.num_params(True) / 1e6, proc.device, proc.world_size,
-                 {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype])
+                 {None: "tf32" if a.precision == "tf32" else "fp32", torch.bfloat16: "bf16",
+                  torch.float16: "fp16"}[self.amp_dtype])
         log.info(COLUMNS)
         self.model.train()
         bar = None
