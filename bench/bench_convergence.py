@@ -1,7 +1,7 @@
 """Training convergence of two recipes (DiffuSeq v1 against v2), read from the decoding choices
 that `tune_decode.py` wrote into each checkpoint of each run: valid BLEU against steps, each
-checkpoint decoded with its own best setting, and with the paper's protocol (noise start, the
-deterministic solver). Prints the table, the steps each recipe needs to reach the other's BLEU,
+checkpoint decoded with its own best setting, and generating from noise with our deterministic
+solver (no absorption). Prints the table, the steps each recipe needs to reach the other's BLEU,
 and draws the curves.
 
     for s in 1000 2000 4000 8000; do python tune_decode.py --model_dir RUN/ckpt_000$s; done  # each run

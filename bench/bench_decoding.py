@@ -27,7 +27,7 @@ from diffuseq.metrics import evaluate
 from diffuseq.choice import describe
 from diffuseq.tuning import GRIDS, copy_line, scaled, table, tune
 
-EXTRA = {  # name -> settings, for --only and the paper's protocol rows
+EXTRA = {  # name -> settings, for --only and the generation-from-noise rows (our decoders)
     "anc10": dict(sampler="ancestral", steps=10, init="noise"),
     "anc20": dict(sampler="ancestral", steps=20, init="noise"),
     "anc50": dict(sampler="ancestral", steps=50, init="noise"),

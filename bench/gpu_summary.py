@@ -65,7 +65,7 @@ def main(out):
                         [[k, v.get("sentence_bleu"), v.get("bleu"), v.get("rouge_l"), v.get("avg_len")]
                          for k, v in q.items() if isinstance(v, dict)]), ""]
     for proto, title in (("chosen", "the decoding chosen on valid"),
-                         ("paper", "the paper's protocol: noise start, DPM-Solver++ 10 without absorption")):
+                         ("paper", "generation from noise: our DPM-Solver++ 10 without absorption")):
         q = load(os.path.join(out, f"quality_big_{proto}_scores.json"))
         if q:
             summary[f"quality_big_{proto}"] = q

@@ -128,9 +128,12 @@ class TrainConfig:
         'r of --denoise: the largest share of target tokens absorbed into m (at t = T)')
     bsz: int = arg(64, 'optimisation', 'global batch size (over all processes)')
     microbatch: Optional[int] = arg(None, 'optimisation',
-        'examples per forward pass on each process; gradients are accumulated (default: all)')
+        "examples per forward pass on each process; gradients are accumulated over a step's passes (not set: "
+        "the process's whole share of the batch in one pass)")
     lr: float = arg(0.0001, 'optimisation', 'peak learning rate of AdamW')
-    warmup_steps: int = arg(500, 'optimisation', 'linear warm-up, then linear decay to 0')
+    warmup_steps: int = arg(500, 'optimisation',
+        'steps of linear warm-up to --lr; after them --lr_schedule sets the rate (linear decay to 0, or '
+        'constant)')
     lr_schedule: str = arg('linear', 'optimisation',
         "after the warm-up: linear decay to 0 at learning_steps (the original's), or the peak rate to the end",
         choices=['linear', 'constant'])
@@ -144,8 +147,9 @@ class TrainConfig:
     ema_rate: float = arg(0.9999, 'optimisation', 'decay of the exponential moving average of weights')
     precision: str = arg('auto', 'optimisation',
         'auto: bf16 autocast on GPUs that support it, fp32 on CPU (bf16 on a CPU pays only with AVX512-BF16 '
-        'or AMX instructions; elsewhere it is many times slower); fp16 uses a grad scaler',
-        choices=['auto', 'fp32', 'bf16', 'fp16'])
+        'or AMX instructions; elsewhere it is many times slower); fp16 uses a grad scaler; tf32: fp32 with TF32 '
+        "matrix products on GPUs that have them (the original's A100 runs, under PyTorch 1.9's defaults)",
+        choices=['auto', 'fp32', 'tf32', 'bf16', 'fp16'])
     use_fp16: bool = arg(False, 'optimisation', 'alias of --precision fp16')
     compile: bool = arg(False, 'optimisation', 'torch.compile the denoiser')
     pack: str = arg('auto', 'optimisation',

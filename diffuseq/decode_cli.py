@@ -23,7 +23,7 @@ def decode_parser(solver):
                      if solver else "Decode with ancestral sampling over respaced timesteps.")
         + " Inputs: a split of the data folder (--split), or any file (--input): jsonl with \"src\" "
           "(and \"trg\", the reference, if there is one), or plain text, one source per line. Writes "
-          "<out_dir>/<run>_<checkpoint>/<name>.seed<S>.step<K>.jsonl with one {source, reference, recover} "
+          "<out_dir>/<run>_<checkpoint>/<name>.seed<S>.step<K>[.source<t>].jsonl with one {source, reference, recover} "
           "object per input, in input order (no reference where the input has none). --input - reads "
           "sources from standard input and prints one output line per input.",
         formatter_class=HelpFormatter)
@@ -99,6 +99,9 @@ def decode_parser(solver):
         p.add_argument("--sde", type=_bool, default=None,
                        help="solve the reverse SDE (SDE-DPM-Solver++, order 1 or 2, fresh noise each step) "
                             "instead of the probability-flow ODE (default false)")
+        p.add_argument("--after_absorb", choices=["keep", "first"], default=None,
+                       help="with absorption inside the solve: keep, the multistep history runs on across the "
+                            "re-masks; first, the step after each absorption is first order (default keep)")
         p.add_argument("--final_call", type=_bool, default=True,
                        help="one more model call after the last step predicts z_0 from where the solve ends "
                             "(t = 1/T); false reads z there: --step calls instead of --step + 1, as the "
@@ -126,7 +129,7 @@ def main(argv=None, solver=False):
         given = dict(steps=args.step, init=args.init, t_start=args.t_start, absorb_rate=args.absorb_rate,
                      lengths=args.lengths)
         if solver:
-            given.update(order=args.order, skip=args.skip_type, sde=args.sde)
+            given.update(order=args.order, skip=args.skip_type, sde=args.sde, after_absorb=args.after_absorb)
             kw.update(final_call=args.final_call)
         else:
             kw.update(variance=args.variance)

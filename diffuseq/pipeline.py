@@ -221,6 +221,11 @@ class DiffuSeq:
             t_start = default_source_t(T)
         if t_start is not None and not 0 <= t_start < T:
             raise ValueError(f"t_start {t_start} is outside the training timesteps 0..{T - 1}")
+        if dec.init == "noise" and t_start is not None and t_start < T - 1:
+            # pure noise is the process at T only: at a lower level z_t still holds z_0, which a
+            # noise start does not have
+            raise ValueError(f"a noise start begins at t = {T - 1}, where z_t is pure noise; to begin at "
+                             f"t_start {t_start} start from the source (--init source)")
         absorb_rate = dec.absorb_rate
         if absorb_rate is None:
             absorb_rate = self.args.denoise_rate if self.args.denoise and dec.init == "noise" else 0.0

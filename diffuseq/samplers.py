@@ -141,7 +141,8 @@ def _dpm_update(x, ts, t, history, order, ns):
 @torch.no_grad()
 def dpm_solver_sample(denoise, ns, z, x_start, mask, m=None, steps=10, order=2,
                       skip="time_uniform", t_start=None, clamp=None, clamp_step=0, clamp_first=True,
-                      progress=None, final_call=True, absorb_rate=0.0, sde=False, generator=None):
+                      progress=None, final_call=True, absorb_rate=0.0, sde=False, generator=None,
+                      after_absorb="keep"):
     """Multistep DPM-Solver++ (data prediction) of order 1, 2 or 3 on the probability-flow ODE.
 
     `ns` is a NoiseScheduleVP; the solve runs from continuous time t_start (default T) down.
@@ -159,6 +160,9 @@ def dpm_solver_sample(denoise, ns, z, x_start, mask, m=None, steps=10, order=2,
     probability r * sqrt(beta~_n), the same std for a one-step gap). sde=True solves the reverse
     SDE instead of the ODE (SDE-DPM-Solver++, order 1 or 2), with fresh Gaussian noise each step.
     Both draw from `generator`. With r = 0 and sde False the solve is deterministic.
+    after_absorb: a multistep update mixes the last two predictions of z_0, and with absorption
+    the older one was made before the tokens were re-masked; "keep" mixes them all the same,
+    "first" makes the step after an absorption first order for the examples that lost tokens.
     Returns (z at the end of the solve, z_0)."""
     if order not in (1, 2, 3):
         raise ValueError("DPM-Solver++ order must be 1, 2 or 3")
@@ -181,23 +185,34 @@ def dpm_solver_sample(denoise, ns, z, x_start, mask, m=None, steps=10, order=2,
             z0 = _reimpose(clamp(z0), x_start, mask)
         return unshift(z0)
 
+    if after_absorb not in ("keep", "first"):
+        raise ValueError(f"unknown after_absorb {after_absorb!r}; choose keep or first")
     w = _reimpose(unshift(z), w_start, mask)
     hist_t, hist_x0 = [ts[0]], [data_pred(w, ts[0])]
+    hit = None  # [B] bool: which examples the last step absorbed tokens of
     idx = range(1, steps + 1)
     for i in (progress(idx) if progress else idx):
         step_order = min(order, i)
         if steps < 10:
             step_order = min(step_order, steps + 1 - i)
-        if sde:
-            noise = torch.randn(w.shape, generator=generator, device=w.device, dtype=w.dtype)
-            w = _dpm_sde_update(w, hist_t, ts[i], hist_x0, step_order, ns, noise)
-        else:
-            w = _dpm_update(w, hist_t, ts[i], hist_x0, step_order, ns)
+
+        def update(k):
+            if sde:
+                return _dpm_sde_update(w, hist_t, ts[i], hist_x0, k, ns, noise)
+            return _dpm_update(w, hist_t, ts[i], hist_x0, k, ns)
+
+        noise = torch.randn(w.shape, generator=generator, device=w.device, dtype=w.dtype) if sde else None
+        w_next = update(step_order)
+        if after_absorb == "first" and step_order > 1 and hit is not None and hit.any():
+            w_next = torch.where(hit.view(-1, 1, 1), update(1), w_next)
+        w = w_next
+        hit = None
         if absorb_rate > 0 and m is not None and i < steps:
             # in coordinates w = z - m, the absorbing state is 0
             p = absorb_rate * float(step_std(ns, hist_t[-1], ts[i]))
             u = torch.rand(w.shape[:2], generator=generator, device=w.device)
             w = absorb(w, mask, torch.zeros_like(m), torch.full((w.shape[0],), p, device=w.device), u)
+            hit = ((u < p) & mask.bool()).any(1)  # the examples that lost tokens to m
         w = _reimpose(w, w_start, mask)
         if i == steps and not final_call:
             break
@@ -259,6 +274,7 @@ class DPMOptions:
     skip: str = "logSNR"  # step spacing: uniform in "logSNR" or in time ("time_uniform")
     sde: bool = False  # solve the reverse SDE (SDE-DPM-Solver++) instead of the ODE
     final_call: bool = True  # read tokens from one more prediction of z_0 where the solve ends
+    after_absorb: str = "keep"  # "first": a step after an absorption is first order (dpm_solver_sample)
 
 
 def run_ancestral(denoise, sched, z, x_start, mask, *, steps, t_start, options, **common):
@@ -315,7 +331,8 @@ def run_dpm(denoise, sched, z, x_start, mask, *, steps, t_start, options, **comm
     ns = NoiseScheduleVP(sched.alphas_cumprod)
     ts = None if t_start is None else (t_start + 1.0) / sched.num_steps
     return dpm_solver_sample(denoise, ns, z, x_start, mask, steps=steps, order=options.order, skip=options.skip,
-                             t_start=ts, final_call=options.final_call, sde=options.sde, **common)
+                             t_start=ts, final_call=options.final_call, sde=options.sde,
+                             after_absorb=options.after_absorb, **common)
 
 
 @dataclass(frozen=True)

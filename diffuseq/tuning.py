@@ -36,7 +36,7 @@ def _source(t_start, steps, sampler="dpm", lengths=None):
 GRIDS = {
     "quick": [
         _noise("dpm", 10),                      # DPM-Solver++ with absorption (the trained rate)
-        _noise("dpm", 10, absorb_rate=0.0),     # the paper's deterministic solver
+        _noise("dpm", 10, absorb_rate=0.0),     # DPM-Solver++ without absorption (deterministic)
         *[_source(t, 1, lengths=n) for t in (1, 50, 200, 400) for n in (None, "source")],
         _source(400, 3), _source(800, 3), _source(1200, 10),
     ],

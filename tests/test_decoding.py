@@ -347,3 +347,14 @@ def test_clamping_by_default_only_for_ancestral_sampling_without_an_absorbing_st
     m.sample_ids(ids, mask, "dpm", 2)
     m.sample_ids(ids, mask, "ancestral", 2, clamping=False)
     assert seen == [False, True, True, False, False]
+
+
+def test_a_noise_start_below_T_is_refused(small_run):
+    """Pure noise is the process at T only: a noise start at a lower t_start would begin from a
+    level it is not at, so it is an error that says what to do instead."""
+    model = load_model(str(small_run[1]), device="cpu")
+    T = model.args.diffusion_steps
+    ids, mask = model.inputs(["w1 w2 w3"])
+    with pytest.raises(ValueError, match=f"noise start begins at t = {T - 1}.*--init source"):
+        model.sample_ids(ids, mask, "dpm", 2, init="noise", t_start=T // 2)
+    model.sample_ids(ids, mask, "dpm", 2, init="noise", t_start=T - 1)  # from T - 1 it is the usual start

@@ -341,3 +341,23 @@ def test_clamped_prediction_is_what_the_step_uses():
     y = mask.bool()
     assert torch.equal(z0[y], target.expand_as(z0[y]))
     assert torch.equal((z0 @ emb.t()).argmax(-1)[y], torch.full_like(ids[y], 7))
+
+
+def test_after_absorb_first_makes_the_next_step_first_order(setup):
+    """With absorption certain at every step, "first" makes every step after one first order: the
+    2M solve then equals the first-order solve with the same draws (12 steps: the last is of
+    order 2 too), while "keep" does not; with
+    no absorption the two are the same solve."""
+    sched, ns, f = setup
+    z = torch.randn(3, 6, 4, generator=torch.Generator().manual_seed(1))
+    x_start, mask, m = torch.zeros(3, 6, 4), torch.tensor([[0, 1, 1, 1, 1, 1]] * 3), torch.full((4,), 0.3)
+
+    def run(order, after, rate):
+        return dpm_solver_sample(f, ns, z, x_start, mask, m=m, steps=12, order=order, absorb_rate=rate,
+                                 after_absorb=after, generator=torch.Generator().manual_seed(2))[1]
+
+    torch.testing.assert_close(run(2, "first", 1e6), run(1, "keep", 1e6))
+    assert not torch.allclose(run(2, "keep", 1e6), run(1, "keep", 1e6))
+    torch.testing.assert_close(run(2, "first", 0.0), run(2, "keep", 0.0))
+    with pytest.raises(ValueError, match="after_absorb"):
+        run(2, "never", 0.5)
