@@ -122,7 +122,7 @@ def compare(branch="v2", pt=None, train_steps=200, n=64, parts=("tokens", "forwa
               "u": torch.rand(n, L, generator=g)}
     save_file(inputs, os.path.join(work, "inputs.safetensors"))
     theirs = run_original(branch, pt, os.path.join(work, "inputs.safetensors"), os.path.join(work, "out.safetensors"),
-                          parts, steps, seed)
+                          [p for p in parts if p != "ancestral"], steps, seed)  # the chain runs on fewer pairs
     ids, mask = theirs["input_ids"].long(), theirs["input_mask"].long()
 
     if "tokens" in parts:
