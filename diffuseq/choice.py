@@ -67,6 +67,8 @@ def merge(saved, given, sampler=None):
     out = {}
     if saved and (sampler is None or saved.get("sampler") == sampler):
         out.update({k: v for k, v in saved.items() if v is not None})
+        if given.get("init") not in (None, saved.get("init")) and given.get("t_start") is None:
+            out.pop("t_start", None)  # a start time belongs to the start it was chosen with
     out.update({k: v for k, v in given.items() if v is not None})
     if sampler is not None:
         out["sampler"] = sampler

@@ -18,9 +18,9 @@ import torch
 from . import checkpoint as ckpt
 from .adapters import Clamp, Denoise
 from .config import load_args, model_config
-from .data.dataset import make_input
 from .diffusion import q_sample
 from .dist import pick_device
+from .layout import Layout
 from .lengths import LENGTHS, LengthRule
 from .model import Denoiser
 from .samplers import SAMPLERS, get_sampler
@@ -93,6 +93,27 @@ class Decoding:
             raise ValueError(f"unknown lengths {dec.lengths!r}; choose one of {', '.join(LENGTHS)}")
         return dec
 
+    def start_time(self, T):
+        """The training timestep decoding starts from (None: T - 1, pure noise), checked: a source
+        start defaults to 0.2 T, and a noise start cannot begin lower than T - 1, since at a lower
+        level z_t still holds z_0, which a noise start does not have."""
+        t_start = self.t_start
+        if self.init == "source" and t_start is None:
+            t_start = default_source_t(T)
+        if t_start is not None and not 0 <= t_start < T:
+            raise ValueError(f"t_start {t_start} is outside the training timesteps 0..{T - 1}")
+        if self.init == "noise" and t_start is not None and t_start < T - 1:
+            raise ValueError(f"a noise start begins at t = {T - 1}, where z_t is pure noise; to begin at "
+                             f"t_start {t_start} start from the source (--init source)")
+        return t_start
+
+    def absorption(self, args):
+        """The absorption rate while sampling: the given one, else the trained --denoise_rate for
+        noise starts of --denoise models, else 0."""
+        if self.absorb_rate is not None:
+            return self.absorb_rate
+        return args.denoise_rate if args.denoise and self.init == "noise" else 0.0
+
 
 class DiffuSeq:
     """A trained denoiser with its tokenizer, diffusion schedule and training arguments, ready to
@@ -105,6 +126,7 @@ class DiffuSeq:
         self.device = torch.device(device)
         self.seq_len = model.cfg.seq_len
         self.regions = LengthRule(model, args.length_margin)  # where each input's target lies
+        self.layout = Layout(tokenizer, self.seq_len, args.layout)  # strings <-> ids
         self.sched = DiscreteSchedule.from_name(args.noise_schedule, args.diffusion_steps)
         self.saved = saved  # decoding settings chosen on validation (decoding.json), or None
         self.dtype = dtype  # autocast dtype of the denoiser (None: fp32)
@@ -135,26 +157,12 @@ class DiffuSeq:
 
     # ------------------------------------------------------------------ inputs and outputs
     def inputs(self, sources, references=None):
-        """Token ids and masks [B, L] of [CLS] x [SEP] (the original layout: [CLS] x [SEP] [SEP])
-        followed by the target region.
-
-        The source is truncated as in training (to leave room for the reference when given)."""
-        xs = self.tokenizer.encode_batch(sources)
-        ys = self.tokenizer.encode_batch(references) if references is not None else [[]] * len(xs)
-        ids = torch.full((len(xs), self.seq_len), self.tokenizer.pad_id, dtype=torch.long)
-        mask = torch.ones_like(ids)
-        for i, (x, y) in enumerate(zip(xs, ys)):
-            z, src_len, _ = make_input(x, y, self.seq_len, self.tokenizer.cls_id, self.tokenizer.sep_id,
-                                       self.args.layout)
-            ids[i, :src_len] = torch.tensor(z[:src_len])
-            mask[i, :src_len] = 0
-        return ids, mask
+        """Token ids and masks [B, L] of the sources, each followed by its target region (Layout)."""
+        return self.layout.inputs(sources, references)
 
     def detokenize(self, out, mask, cleanup="cut"):
-        """Token ids [B, L] -> the generated text of each row (its target region); cleanup: see
-        Tokenizer.decode_batch ("original" keeps what follows the first [SEP], as the original)."""
-        rows = [row[m.bool()].tolist() for row, m in zip(out.cpu(), mask.cpu())]
-        return self.tokenizer.decode_batch(rows, cleanup)
+        """Token ids [B, L] -> the generated text of each row's target region (Layout)."""
+        return self.layout.detokenize(out, mask, cleanup)
 
     # ------------------------------------------------------------------ lengths
     @torch.no_grad()
@@ -180,23 +188,6 @@ class DiffuSeq:
         return [order[s:s + bsz] for s in range(0, len(order), bsz)]
 
     # ------------------------------------------------------------------ sampling
-    def source_start(self, ids, mask, keep=None):
-        """The source laid over the target region, for decoding as an edit of the source:
-        position i of y gets token i of x (with segment positions, y_i and x_i share a position),
-        then [SEP], then [PAD]s, cut to the region. ids, mask [B, L] -> ids [B, L]."""
-        out = ids.clone()
-        pad, sep = self.tokenizer.pad_id, self.tokenizer.sep_id
-        src_len = (1 - mask).sum(1).tolist()  # [CLS] x [SEP] ([CLS] x [SEP] [SEP] in the original layout)
-        region = mask.bool() if keep is None else mask.bool() & keep
-        original = self.args.layout == "original"
-        for i, n in enumerate(src_len):
-            x = ids[i, 1:n - 2 if original else n - 1].tolist()
-            fill = ([self.tokenizer.cls_id] if original else []) + x + [sep]
-            room = int(region[i].sum())
-            fill = (fill + [pad] * room)[:room]
-            out[i, n:n + room] = torch.tensor(fill, dtype=ids.dtype)
-        return out
-
     def denoiser(self, mask, keep=None):
         """The model as the samplers see it for one batch (adapters.Denoise)."""
         return Denoise(self.net, mask, keep, t_min=self.args.t_min, self_cond=self.model.cfg.self_cond,
@@ -216,19 +207,7 @@ class DiffuSeq:
         if self.regions.cuts(dec.lengths):
             ids, mask, keep = self.regions.cut(ids, mask, self.regions.margin(dec.length_margin), dec.lengths)
         T = self.args.diffusion_steps
-        t_start = dec.t_start
-        if dec.init == "source" and t_start is None:
-            t_start = default_source_t(T)
-        if t_start is not None and not 0 <= t_start < T:
-            raise ValueError(f"t_start {t_start} is outside the training timesteps 0..{T - 1}")
-        if dec.init == "noise" and t_start is not None and t_start < T - 1:
-            # pure noise is the process at T only: at a lower level z_t still holds z_0, which a
-            # noise start does not have
-            raise ValueError(f"a noise start begins at t = {T - 1}, where z_t is pure noise; to begin at "
-                             f"t_start {t_start} start from the source (--init source)")
-        absorb_rate = dec.absorb_rate
-        if absorb_rate is None:
-            absorb_rate = self.args.denoise_rate if self.args.denoise and dec.init == "noise" else 0.0
+        t_start, absorb_rate = dec.start_time(T), dec.absorption(self.args)
         g = torch.Generator(device=self.device).manual_seed(seed)
         x_start = self.model.get_embeds(ids)
         m = self.model.mean_embed
@@ -237,7 +216,7 @@ class DiffuSeq:
         if dec.init == "noise":
             z = noise if m is None else noise + m
         else:
-            y0 = self.model.get_embeds(self.source_start(ids, mask, keep))
+            y0 = self.model.get_embeds(self.layout.source_start(ids, mask, keep))
             t = torch.full((ids.shape[0],), t_start, device=self.device, dtype=torch.long)
             z = q_sample(self.sched, y0, t, noise, mask, m)
         spec = get_sampler(dec.sampler)

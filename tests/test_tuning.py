@@ -77,7 +77,7 @@ def test_source_start_lays_x_over_y_then_sep_then_pad(run):
     ids, mask = m.inputs(["w1 w2 w3", "w4"])
     keep = torch.zeros_like(mask, dtype=torch.bool)
     keep[:, :9] = True  # regions of 9 - 5 = 4 and 9 - 3 = 6 positions
-    filled = m.source_start(ids, mask, keep)
+    filled = m.layout.source_start(ids, mask, keep)
     tok = m.tokenizer
     x0 = tok.encode_batch(["w1 w2 w3"])[0]
     x1 = tok.encode_batch(["w4"])[0]
@@ -104,7 +104,7 @@ def test_source_start_noises_the_laid_source_to_t_start(run):
     t_start = 17
     m.sample_ids(ids, mask, "dpm", 2, seed=4, init="source", t_start=t_start)
     ids_c, mask_c, keep = m.regions.cut(ids, mask, m.regions.margin())
-    y0 = m.model.get_embeds(m.source_start(ids_c, mask_c, keep))
+    y0 = m.model.get_embeds(m.layout.source_start(ids_c, mask_c, keep))
     noise = torch.randn(y0.shape, generator=torch.Generator().manual_seed(4))
     want = q_sample(m.sched, y0, torch.full((2,), t_start), noise, mask_c, m.model.mean_embed)
     z, t = seen[0]
