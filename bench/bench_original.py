@@ -154,7 +154,7 @@ def compare(branch="v2", pt=None, train_steps=200, n=64, parts=("tokens", "forwa
                                                                               "original"))]
     if "ancestral" in parts:
         k = n_ancestral
-        a_in = {kk: v[:k] for kk, v in inputs.items()} | {"noise": inputs["noise"][:, :k]}
+        a_in = {kk: v[:k] for kk, v in inputs.items()} | {"noise": inputs["noise"][:, :k].contiguous()}
         save_file(a_in, os.path.join(work, "inputs_a.safetensors"))
         t0 = time.time()
         th_a = run_original(branch, pt, os.path.join(work, "inputs_a.safetensors"),

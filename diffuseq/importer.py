@@ -25,7 +25,7 @@ import torch
 
 from . import checkpoint as ckpt
 from .config import TrainConfig, model_config, save_args
-from .model import Denoiser
+from .model import Denoiser, bert_layer
 from .recipes import get as get_recipe
 from .tokenizer import TokenizerError, load_bert_vocab
 
@@ -117,12 +117,7 @@ def convert_state(state, seq_len, learned_m):
         out["mean_embed"] = s["mean_embed"]
     i = 0
     while f"input_transformers.layer.{i}.attention.self.query.weight" in s:
-        p, q = f"input_transformers.layer.{i}.", f"layers.{i}."
-        for kind in ("weight", "bias"):
-            out[f"{q}attn.qkv.{kind}"] = torch.cat([s[f"{p}attention.self.{n}.{kind}"] for n in ("query", "key", "value")])
-            for ours, theirs in (("attn.out", "attention.output.dense"), ("ln1", "attention.output.LayerNorm"),
-                                 ("fc1", "intermediate.dense"), ("fc2", "output.dense"), ("ln2", "output.LayerNorm")):
-                out[f"{q}{ours}.{kind}"] = s[f"{p}{theirs}.{kind}"]
+        out.update(bert_layer(s, "input_transformers.layer.", i))
         i += 1
     return {k: v.float().contiguous() for k, v in out.items()}
 

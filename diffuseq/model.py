@@ -312,6 +312,23 @@ class Denoiser(nn.Module):
         return c.layers * per_layer + 2 * (D * W + W * W) * 2 + 2 * D * c.vocab_size
 
 
+# our layer's modules -> BERT's (HF BertLayer), beside query/key/value, which stack into attn.qkv
+BERT_LAYER = (("attn.out", "attention.output.dense"), ("ln1", "attention.output.LayerNorm"),
+              ("fc1", "intermediate.dense"), ("fc2", "output.dense"), ("ln2", "output.LayerNorm"))
+
+
+def bert_layer(sd, prefix, i):
+    """Our tensors of layer i from a BERT encoder's state dict `sd` whose layer i is named
+    `<prefix><i>.` (KeyError when one is missing)."""
+    p, q = f"{prefix}{i}.", f"layers.{i}."
+    out = {}
+    for kind in ("weight", "bias"):
+        out[f"{q}attn.qkv.{kind}"] = torch.cat([sd[f"{p}attention.self.{n}.{kind}"] for n in ("query", "key", "value")])
+        for ours, theirs in BERT_LAYER:
+            out[f"{q}{ours}.{kind}"] = sd[f"{p}{theirs}.{kind}"]
+    return out
+
+
 def load_bert_encoder(model, path):
     """Initialise the encoder layers and position embeddings from local BERT weights.
 
@@ -334,21 +351,11 @@ def load_bert_encoder(model, path):
     sd = {k.removeprefix("bert."): v for k, v in sd.items()}
     new = {}
     for i in range(model.cfg.layers):
-        p = f"encoder.layer.{i}."
-        q = f"layers.{i}."
         try:
-            new[q + "attn.qkv.weight"] = torch.cat([sd[p + f"attention.self.{n}.weight"]
-                                                    for n in ("query", "key", "value")])
-            new[q + "attn.qkv.bias"] = torch.cat([sd[p + f"attention.self.{n}.bias"]
-                                                  for n in ("query", "key", "value")])
+            new.update(bert_layer(sd, "encoder.layer.", i))
         except KeyError as e:
             raise ValueError(f"--init_from {path}: not a BERT checkpoint of >= {model.cfg.layers} "
                              f"layers (missing {e})") from None
-        for ours, theirs in (("attn.out", "attention.output.dense"), ("ln1", "attention.output.LayerNorm"),
-                             ("fc1", "intermediate.dense"), ("fc2", "output.dense"),
-                             ("ln2", "output.LayerNorm")):
-            for kind in ("weight", "bias"):
-                new[f"{q}{ours}.{kind}"] = sd[f"{p}{theirs}.{kind}"]
     pos = sd.get("embeddings.position_embeddings.weight")
     if pos is not None and pos.shape[0] >= model.cfg.seq_len:
         new["position_embeddings.weight"] = pos[: model.cfg.seq_len]
