@@ -39,6 +39,10 @@ EXTRA = {  # name -> settings, for --only and the generation-from-noise rows (ou
     "dpm10": dict(sampler="dpm", steps=10, init="noise"),
     "dpm10_uniform": dict(sampler="dpm", steps=10, init="noise", skip="time_uniform"),
     "dpm10_uniform_paper": dict(sampler="dpm", steps=10, init="noise", skip="time_uniform", absorb_rate=0.0),
+    "dpm10_first": dict(sampler="dpm", steps=10, init="noise", after_absorb="first"),
+    "dpm20": dict(sampler="dpm", steps=20, init="noise"),
+    "dpm20_first": dict(sampler="dpm", steps=20, init="noise", after_absorb="first"),
+    "original_v2_10": dict(sampler="original-v2", steps=10, init="noise"),
     "source50_1": dict(sampler="dpm", steps=1, init="source", t_start=50, lengths="source"),
     "source1_1": dict(sampler="dpm", steps=1, init="source", t_start=1, lengths="source"),
 }
