@@ -25,7 +25,7 @@ import torch
 
 from . import checkpoint as ckpt
 from .config import TrainConfig, model_config, save_args
-from .model import Denoiser, bert_layer
+from .model import BERT_LAYER, Denoiser, bert_layer
 from .recipes import get as get_recipe
 from .tokenizer import TokenizerError, load_bert_vocab
 
@@ -185,3 +185,30 @@ def import_original(run_dir, out_dir=None, step=None, heads=None):
     return ckpt.save_checkpoint(out_dir, step, {
         "model.safetensors": model.state_dict(), "args.json": os.path.join(out_dir, "args.json"),
         "tokenizer.json": os.path.join(out_dir, "tokenizer.json")})
+
+
+def export_original(model, max_positions=512):
+    """Our denoiser's weights under the original's names (the inverse of convert_state), for the
+    original code to start from: its TransformerNetModel loads the result. Position rows past
+    seq_len are zeros (the original never reads them at that seq_len)."""
+    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    cfg = model.cfg
+    out = {"position_ids": torch.arange(max_positions)[None], "word_embedding.weight": sd["word_embedding.weight"],
+           "lm_head.weight": sd["word_embedding.weight"], "lm_head.bias": sd["lm_bias"],
+           "position_embeddings.weight": torch.cat([sd["position_embeddings.weight"],
+                                                    torch.zeros(max_positions - cfg.seq_len, cfg.width)]),
+           "LayerNorm.weight": sd["ln.weight"], "LayerNorm.bias": sd["ln.bias"]}
+    if cfg.learned_mean_embed:
+        out["mean_embed"] = sd["mean_embed"]
+    for k, v in sd.items():
+        if k.split(".")[0] in ("time_embed", "input_up_proj", "output_down_proj"):
+            out[k] = v
+    for i in range(cfg.layers):
+        p, q = f"input_transformers.layer.{i}.", f"layers.{i}."
+        for kind in ("weight", "bias"):
+            for j, name in enumerate(("query", "key", "value")):
+                out[f"{p}attention.self.{name}.{kind}"] = sd[f"{q}attn.qkv.{kind}"].chunk(3)[j].clone()
+            for ours, theirs in BERT_LAYER:
+                out[f"{p}{theirs}.{kind}"] = sd[f"{q}{ours}.{kind}"]
+    return out
+

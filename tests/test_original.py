@@ -219,3 +219,14 @@ def test_equal_outputs_to_the_original_code(tmp_path):
         assert rec[f"loss_{k}_diff"] <= 1e-5 * max(1.0, rec[f"loss_{k}_mean"]), k
     assert rec["solver_state_diff"] <= 1e-4
     assert rec["solver_token_agreement"] == 1.0 and rec["solver_pipeline_token_agreement"] == 1.0
+
+
+def test_export_and_import_round_trip(tmp_path):
+    """Our weights under the original's names (for the original code to start from) come back
+    unchanged through the import's mapping."""
+    from diffuseq.importer import convert_state, export_original
+    ours = _fake_original_run(tmp_path / "run")
+    back = convert_state(export_original(ours), ours.cfg.seq_len, True)
+    assert set(back) == set(ours.state_dict())
+    for k, v in ours.state_dict().items():
+        assert torch.equal(back[k], v), k

@@ -1,0 +1,170 @@
+"""The original DiffuSeq-v2 and our original-v2 profile trained side by side from the same initial
+weights, and the noise between two seeds of each, on qqp_small at the peer's tiny shape.
+
+For each seed s, our Trainer builds the initial weights (seed s) and they are written under the
+original's names (diffuseq.importer.export_original); the original's own train.py starts from them
+(--resume_checkpoint) with its --seed s, and ours trains with --seed s. Both: 2 layers, width
+128, 2 heads, FFN 512, hidden_dim 128, batch 64, fp32, lr 1e-4 decaying linearly over the run,
+loss-aware timesteps, EMA 0.99 (0.9999 would leave a 1,000-step run at 90% its initial weights),
+checkpoints every --save steps. Every checkpoint of both is then scored by one function: the
+validation loss of the original's objective (ours, shown equal to theirs by bench_original.py) on
+the first 256 pairs of qqp_small valid with fixed timesteps and noise, and at the end the BLEU of
+DiffuSeq-v2's own solver (10 steps, our implementation of it, shown equal too) on 200 pairs.
+
+    taskset -c 1 python bench/bench_original_curves.py --side original --seed 1 &
+    taskset -c 0 python bench/bench_original_curves.py --side ours --seed 1 ...
+    python bench/bench_original_curves.py --score     # after the runs: bench/peer/original_curves.json
+"""
+import argparse
+import glob
+import json
+import os
+import subprocess
+import sys
+import time
+
+import torch
+
+import common
+from bench_original import ORIGINAL, PEER, PEER_DATA, PEER_PY, peer_ready
+from diffuseq.config import parse_train_args
+from diffuseq.data.dataset import load_split, make_eval_batches
+from diffuseq.diffusion import training_losses
+from diffuseq.importer import export_original, import_original
+from diffuseq.metrics import evaluate
+from diffuseq.pipeline import DiffuSeq
+from diffuseq.trainer import Trainer
+
+WORK = "/tmp/original-curves"
+QQP = os.path.join(common.ROOT, "..", "shared", "data", "qqp_small")
+VOCAB = os.path.join(PEER, "data", "vocab.txt")
+
+
+def our_args(seed, steps, save, run):
+    return parse_train_args([
+        "--recipe", "original-v2", "--data_dir", QQP, "--dataset", "qqp_small", "--vocab_path", VOCAB,
+        "--width", "128", "--layers", "2", "--heads", "2", "--ffn", "512", "--bsz", "64", "--microbatch", "64",
+        "--precision", "fp32", "--learning_steps", str(steps), "--save_interval", str(save), "--eval_interval", "0",
+        "--ema_rate", "0.99", "--seed", str(seed), "--checkpoint_path", run, "--progress", "false"])
+
+
+def train_ours(seed, steps, save):
+    run = os.path.join(WORK, f"ours_s{seed}")
+    t0 = time.time()
+    Trainer(our_args(seed, steps, save, run)).train()
+    return time.time() - t0
+
+
+def train_original(seed, steps, save):
+    run = os.path.join(WORK, f"original_s{seed}")
+    os.makedirs(run, exist_ok=True)
+    init = os.path.join(run, "init", "model000000.pt")
+    os.makedirs(os.path.dirname(init), exist_ok=True)
+    tr = Trainer(our_args(seed, steps, save, os.path.join(WORK, f"init_s{seed}")))  # its seed-s initial weights
+    torch.save(export_original(tr.model), init)
+    args = ["--checkpoint_path", run, "--dataset", "qqp", "--data_dir", PEER_DATA, "--data_split_num", "0",
+            "--vocab", "bert", "--use_plm_init", "no", "--lr", "0.0001", "--use_fp16", "False", "--batch_size", "64",
+            "--microbatch", "64", "--diffusion_steps", "2000", "--noise_schedule", "sqrt", "--schedule_sampler",
+            "lossaware", "--resume_checkpoint", init, "--seq_len", "128", "--hidden_t_dim", "128", "--seed",
+            str(seed), "--hidden_dim", "128", "--learning_steps", str(steps), "--save_interval", str(save),
+            "--ema_rate", "0.99", "--config_name", "/tmp/peer-data/bert-tiny-local", "--notes", "curves",
+            "--learned_mean_embed", "True", "--denoise", "True", "--denoise_rate", "0.5", "--reg_rate", "0.0"]
+    env = {**os.environ, "OPENAI_LOGDIR": run, "PYTHONPATH": os.path.join(PEER, "harness", "stubs"),
+           "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled"}
+    t0 = time.time()
+    with open(os.path.join(run, "train.out"), "w") as log:
+        subprocess.run([PEER_PY, os.path.join(PEER, "harness", "peer_run.py"), "train.py", *args],
+                       cwd=ORIGINAL["v2"], env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
+    return time.time() - t0
+
+
+def checkpoints(side, seed):
+    """{step: a checkpoint folder of ours} for every saved step of one run (the original's
+    imported)."""
+    run = os.path.join(WORK, f"{side}_s{seed}")
+    if side == "ours":
+        return {int(os.path.basename(p)[5:]): p for p in glob.glob(os.path.join(run, "ckpt_*"))}
+    out = {}
+    for pt in sorted(glob.glob(os.path.join(run, "ema_0.99_*.pt"))):
+        step = int(pt[-9:-3])
+        out[step] = import_original(pt, os.path.join(run, "imported"), step)
+    return out
+
+
+@torch.no_grad()
+def valid_loss(model, batches, seed=0):
+    """The original objective's mean loss terms on fixed batches, timesteps and noise."""
+    net, args = model.model, model.args
+    g = torch.Generator().manual_seed(seed)
+    sums, n = {}, 0
+    for b in batches:
+        ids, mask = b["input_ids"], b["input_mask"]
+        B, L = ids.shape
+        t = torch.randint(0, args.diffusion_steps, (B,), generator=g)
+        noise = torch.randn(2, B, L, args.hidden_dim, generator=g)
+        u = torch.rand(B, L, generator=g)
+        terms = training_losses(net, model.sched, ids, mask, t, noise, u=u, denoise_rate=args.denoise_rate,
+                                reg_rate=args.reg_rate, positions="all", m_reg="norm", monitor=False)
+        for k in ("loss", "mse", "decoder_nll"):
+            sums[k] = sums.get(k, 0.0) + float(terms[k].sum())
+        n += B
+    return {k: v / n for k, v in sums.items()}
+
+
+def score(seeds, n_valid=256, n_bleu=200):
+    torch.set_num_threads(1)
+    rows = [json.loads(line) for line in open(os.path.join(QQP, "valid.jsonl"))]
+    rec = {"config": "qqp_small, tiny (2 x 128, 2 heads, FFN 512), D 128, batch 64, fp32, EMA 0.99",
+           "runs": {}}
+    for side in ("original", "ours"):
+        for seed in seeds:
+            cks = checkpoints(side, seed)
+            if not cks:
+                continue
+            curve = {}
+            for step, path in sorted(cks.items()):
+                model = DiffuSeq.from_pretrained(path, "cpu")
+                ds, _ = load_split(QQP, "valid", model.tokenizer, model.seq_len, layout=model.args.layout)
+                batches = list(make_eval_batches(ds.select(range(n_valid)), 64, model.seq_len, model.tokenizer.pad_id))
+                curve[step] = valid_loss(model, batches)
+            last = DiffuSeq.from_pretrained(cks[max(cks)], "cpu")
+            src, ref = [r["src"] for r in rows[:n_bleu]], [r["trg"] for r in rows[:n_bleu]]
+            hyp = last.generate(src, sampler="original-v2", steps=10, seed=seed, lengths="full", use_saved=False,
+                                cleanup="original")
+            scores = evaluate([[h] for h in hyp], ref, mbr=False)
+            rec["runs"][f"{side}_s{seed}"] = {"valid": curve, "final_step": max(cks),
+                                              "bleu_original_v2_10": scores["sentence_bleu"],
+                                              "rouge_l": scores["rouge_l"], "examples": hyp[:5]}
+    for k, v in rec["runs"].items():
+        print(k, {s: round(c["loss"], 4) for s, c in v["valid"].items()}, "BLEU", round(v["bleu_original_v2_10"], 2))
+    return rec
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--side", choices=["ours", "original"])
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--save", type=int, default=200)
+    p.add_argument("--score", action="store_true")
+    p.add_argument("--seeds", default="1,2")
+    a = p.parse_args(argv)
+    why = peer_ready("v2")
+    if why:
+        print(f"error: {why}", file=sys.stderr)
+        return 2
+    os.makedirs(WORK, exist_ok=True)
+    if a.score:
+        rec = score([int(s) for s in a.seeds.split(",")])
+        rec["command"] = "python bench/bench_original_curves.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        rec["date"] = time.strftime("%Y-%m-%d")
+        common.write_json(os.path.join(common.ROOT, "bench", "peer", "original_curves.json"), rec)
+        return 0
+    seconds = (train_ours if a.side == "ours" else train_original)(a.seed, a.steps, a.save)
+    with open(os.path.join(WORK, f"{a.side}_s{a.seed}.seconds"), "w") as f:
+        f.write(f"{seconds:.1f}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
