@@ -19,8 +19,9 @@ from .choice import describe
 
 def decode_parser(solver):
     p = argparse.ArgumentParser(
-        description=("Decode with multistep DPM-Solver++ in a few steps."
-                     if solver else "Decode with ancestral sampling over respaced timesteps.")
+        description=("Decode with multistep DPM-Solver++ in a few steps (--sampler picks another decoder)."
+                     if solver else "Decode with ancestral sampling over respaced timesteps (--sampler picks "
+                                    "another decoder).")
         + " Inputs: a split of the data folder (--split), or any file (--input): jsonl with \"src\" "
           "(and \"trg\", the reference, if there is one), or plain text, one source per line. Writes "
           "<out_dir>/<run>_<checkpoint>/<name>.seed<S>.step<K>[.source<t>].jsonl with one {source, reference, recover} "
