@@ -8,7 +8,7 @@ original's names (diffuseq.importer.export_original); the original's own train.p
 loss-aware timesteps, EMA 0.99 (0.9999 would leave a 1,000-step run at 90% its initial weights),
 checkpoints every --save steps. Every checkpoint of both is then scored by one function: the
 validation loss of the original's objective (ours, shown equal to theirs by bench_original.py) on
-the first 256 pairs of qqp_small valid with fixed timesteps and noise, and at the end the BLEU of
+the 201 pairs of qqp_small valid with fixed timesteps and noise, and at the end the BLEU of
 DiffuSeq-v2's own solver (10 steps, our implementation of it, shown equal too) on 200 pairs.
 
     taskset -c 1 python bench/bench_original_curves.py --side original --seed 1 &
@@ -111,7 +111,7 @@ def valid_loss(model, batches, seed=0):
     return {k: v / n for k, v in sums.items()}
 
 
-def score(seeds, n_valid=256, n_bleu=200):
+def score(seeds, n_valid=201, n_bleu=200):
     torch.set_num_threads(1)
     rows = [json.loads(line) for line in open(os.path.join(QQP, "valid.jsonl"))]
     rec = {"config": "qqp_small, tiny (2 x 128, 2 heads, FFN 512), D 128, batch 64, fp32, EMA 0.99",
@@ -125,7 +125,8 @@ def score(seeds, n_valid=256, n_bleu=200):
             for step, path in sorted(cks.items()):
                 model = DiffuSeq.from_pretrained(path, "cpu")
                 ds, _ = load_split(QQP, "valid", model.tokenizer, model.seq_len, layout=model.args.layout)
-                batches = list(make_eval_batches(ds.select(range(n_valid)), 64, model.seq_len, model.tokenizer.pad_id))
+                batches = list(make_eval_batches(ds.select(range(min(n_valid, len(ds)))), 64, model.seq_len,
+                                                 model.tokenizer.pad_id))
                 curve[step] = valid_loss(model, batches)
             last = DiffuSeq.from_pretrained(cks[max(cks)], "cpu")
             src, ref = [r["src"] for r in rows[:n_bleu]], [r["trg"] for r in rows[:n_bleu]]
@@ -158,7 +159,8 @@ def main(argv=None):
         rec = score([int(s) for s in a.seeds.split(",")])
         rec["command"] = "python bench/bench_original_curves.py " + " ".join(argv if argv is not None else sys.argv[1:])
         rec["date"] = time.strftime("%Y-%m-%d")
-        common.write_json(os.path.join(common.ROOT, "bench", "peer", "original_curves.json"), rec)
+        with open(os.path.join(common.ROOT, "bench", "peer", "original_curves.json"), "w") as f:
+            json.dump(rec, f, indent=1)
         return 0
     seconds = (train_ours if a.side == "ours" else train_original)(a.seed, a.steps, a.save)
     with open(os.path.join(WORK, f"{a.side}_s{a.seed}.seconds"), "w") as f:
