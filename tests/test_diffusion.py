@@ -80,17 +80,21 @@ def test_discrete_noise_absorbs_expected_fraction():
     assert abs(frac - p) < 5 * se, (frac, p)
 
 
-def test_training_losses_terms_are_finite_and_masked():
+def _loss_case(**over):
+    """A 1-layer v2 model over 100 timesteps and a batch of 4 (target from position 5), with
+    timesteps 0, 10, 50, 99 and Gaussian noise."""
     torch.manual_seed(0)
     cfg = DenoiserConfig(vocab_size=50, seq_len=12, hidden_dim=16, width=32, layers=1, heads=2,
-                         ffn=64, dropout=0.0, diffusion_steps=100, learned_mean_embed=True)
-    model = Denoiser(cfg)
-    sched = DiscreteSchedule.from_name("sqrt", 100)
+                         ffn=64, dropout=0.0, diffusion_steps=100, learned_mean_embed=True, **over)
     ids = torch.randint(5, 50, (4, 12))
     mask = torch.zeros(4, 12, dtype=torch.long)
     mask[:, 5:] = 1
-    t = torch.tensor([0, 10, 50, 99])
-    noise = torch.randn(2, 4, 12, 16)
+    return (Denoiser(cfg), DiscreteSchedule.from_name("sqrt", 100), ids, mask, torch.tensor([0, 10, 50, 99]),
+            torch.randn(2, 4, 12, 16))
+
+
+def test_training_losses_terms_are_finite_and_masked():
+    model, sched, ids, mask, t, noise = _loss_case()
     terms = training_losses(model, sched, ids, mask, t, noise, denoise_rate=0.5, reg_rate=0.01,
                             u=torch.rand(4, 12))
     for k in ("loss", "mse", "tT", "decoder_nll", "reg", "nll", "acc"):
@@ -233,18 +237,10 @@ def test_original_objective_averages_every_position():
     of (f(z_t) - z_0)^2 over every position and dimension (against Emb(w) at t = 0), tT the mean
     of (sqrt(abar_{T-1}) z_0)^2 with no m, decoder_nll the mean cross-entropy of the tied logits
     (with the bias) of z_0 over every position; m_reg="norm" adds reg_rate * |m|."""
-    torch.manual_seed(0)
-    cfg = DenoiserConfig(vocab_size=50, seq_len=12, hidden_dim=16, width=32, layers=1, heads=2, ffn=64,
-                         dropout=0.0, diffusion_steps=100, learned_mean_embed=True, lm_bias=True, m_init="normal")
-    model = Denoiser(cfg).eval()
+    model, sched, ids, mask, t, noise = _loss_case(lm_bias=True, m_init="normal")
+    model.eval()
     with torch.no_grad():
         model.lm_bias.uniform_(-0.5, 0.5)
-    sched = DiscreteSchedule.from_name("sqrt", 100)
-    ids = torch.randint(5, 50, (4, 12))
-    mask = torch.zeros(4, 12, dtype=torch.long)
-    mask[:, 5:] = 1
-    t = torch.tensor([0, 10, 50, 99])
-    noise = torch.randn(2, 4, 12, 16)
     terms = training_losses(model, sched, ids, mask, t, noise, reg_rate=0.01, positions="all", m_reg="norm")
 
     m = model.mean_embed
