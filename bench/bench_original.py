@@ -34,7 +34,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import common
-from diffuseq.data.dataset import make_input
+from diffuseq.data.dataset import collate, load_split
 from diffuseq.diffusion import training_losses
 from diffuseq.importer import import_original
 from diffuseq.pipeline import DiffuSeq
@@ -79,18 +79,13 @@ def run_original(branch, pt, inputs, out, parts, steps, seed):
     return load_file(out)
 
 
-def our_tokens(model, path, n):
-    """The first n pairs of `path` laid out by our data code (the model's layout), padded to L."""
-    rows = [json.loads(line) for line in open(path)][:n]
-    tok, L = model.tokenizer, model.seq_len
-    xs, ys = tok.encode_batch([r["src"].strip() for r in rows]), tok.encode_batch([r["trg"].strip() for r in rows])
-    ids = torch.full((n, L), tok.pad_id, dtype=torch.long)
-    mask = torch.ones(n, L, dtype=torch.long)
-    for i, (x, y) in enumerate(zip(xs, ys)):
-        z, src_len, _ = make_input(x, y, L, tok.cls_id, tok.sep_id, model.args.layout)
-        ids[i, :len(z)] = torch.tensor(z)
-        mask[i, :src_len] = 0
-    return ids, mask
+def our_tokens(model, path, n, work):
+    """The first n pairs of `path` as our training data code lays them out (the model's layout),
+    padded to seq_len."""
+    ds, _ = load_split(os.path.dirname(path), os.path.basename(path)[:-len(".jsonl")], model.tokenizer,
+                       model.seq_len, cache_dir=os.path.join(work, "cache"), layout=model.args.layout)
+    batch = collate([ds[i] for i in range(n)], model.seq_len, model.tokenizer.pad_id)
+    return batch["input_ids"], batch["input_mask"]
 
 
 def agree(a, b, mask):
@@ -126,7 +121,7 @@ def compare(branch="v2", pt=None, train_steps=200, n=64, parts=("tokens", "forwa
     ids, mask = theirs["input_ids"].long(), theirs["input_mask"].long()
 
     if "tokens" in parts:
-        our_ids, our_mask = our_tokens(model, os.path.join(PEER_DATA, "valid.jsonl"), n)
+        our_ids, our_mask = our_tokens(model, os.path.join(PEER_DATA, "valid.jsonl"), n, work)
         rec["tokens_rows_diff"] = int(((our_ids != ids) | (our_mask != mask)).any(1).sum())
     if "forward" in parts:
         pred = net(inputs["z"], t)

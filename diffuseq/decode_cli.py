@@ -136,7 +136,7 @@ def main(argv=None, solver=False):
             kw.update(variance=args.variance)
         sampler = args.sampler
         settings = model.settings(sampler, args.use_saved, **given)
-        settings.setdefault("steps", get_sampler(sampler).default_steps or model.args.diffusion_steps)
+        settings.setdefault("steps", get_sampler(sampler).steps(model.args.diffusion_steps))
         if proc.is_main:
             saved = " (saved choice: decoding.json)" if args.use_saved and model.saved else ""
             say(f"decoding with {describe(settings)}{saved}")

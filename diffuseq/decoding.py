@@ -60,7 +60,7 @@ def decode_file(model, path, out_dir, sampler="dpm", steps=None, seeds=(0,), bsz
     inputs = read_inputs(path)
     if max_examples:
         inputs = inputs[:max_examples]
-    steps = steps or get_sampler(sampler).default_steps or model.args.diffusion_steps
+    steps = steps or get_sampler(sampler).steps(model.args.diffusion_steps)
     refs = [r for _, r in inputs]
     batches = model.length_batches([s for s, _ in inputs], refs if None not in refs else None, bsz,
                                    kw.get("length_margin"), kw.get("lengths", "predicted"))

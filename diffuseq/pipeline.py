@@ -223,7 +223,7 @@ class DiffuSeq:
         clamping = dec.clamping if dec.clamping is not None else bool(spec.clamps and spec.clamps(m))
         clamp = Clamp(self.model.word_embedding.weight, region) if clamping else None
         _, z0 = spec.run(self.denoiser(mask, keep), self.sched, z, x_start, mask, m=m,
-                         steps=dec.steps or spec.default_steps or T, t_start=t_start, options=dec.options,
+                         steps=dec.steps or spec.steps(T), t_start=t_start, options=dec.options,
                          clamp=clamp, clamp_step=dec.clamp_step, clamp_first=dec.clamp_first,
                          absorb_rate=absorb_rate, generator=g, progress=progress)
         # rounding to tokens where it is read: the target region, not the source or the padding

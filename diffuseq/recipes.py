@@ -32,8 +32,9 @@ class Recipe:
 
 # The original DiffuSeq's QQP run (its scripts/train.sh and config.json): BERT-base shape, BERT
 # vocabulary, 2,000 sqrt-scheduled steps, importance-sampled timesteps, linear decay from 1e-4 with
-# no warm-up and no clipping, fp32 with TF32 products on GPUs (PyTorch 1.9's default, which it ran); its layout ([CLS] x [SEP] [SEP] [CLS] y [SEP]), its objective
-# (every term averaged over every position) and its output head (tied, with a bias). The original's
+# no warm-up and no clipping, fp32 with TF32 products on GPUs (PyTorch 1.9's default, which it
+# ran); its layout ([CLS] x [SEP] [SEP] [CLS] y [SEP]), its objective (every term averaged over
+# every position) and its output head (tied, with a bias). The original's
 # --bsz is per process (4 processes of 2,048, 64 per forward pass); --bsz here is the global batch,
 # so 8,192 is the same batch on any number of GPUs (an uneven split gives some processes one more).
 ORIGINAL = dict(dataset="qqp", data_dir="datasets/QQP", vocab="bert", preset="base", hidden_dim=128,

@@ -303,7 +303,7 @@ def run_original_v1(denoise, sched, z, x_start, mask, *, steps, t_start, options
     steps, noise of variance beta_t ("large"), the posterior mean taken as if m were 0, and (for
     DiffuSeq-v2 models) each target token absorbed into m with probability denoise_rate *
     sqrt(beta_t); rounding at every step unless --clamping false."""
-    if steps not in (None, 0, sched.num_steps):
+    if steps != sched.num_steps:
         raise ValueError(f"original-v1 runs all {sched.num_steps} steps of the chain, as the papers decoded "
                          "(its code has no correct shorter chain); for fewer steps use --sampler ancestral")
     if t_start is not None:
@@ -343,6 +343,10 @@ class Sampler:
     run: object
     about: str = ""
     clamps: object = None  # m -> whether rounding is on when nobody says (None: never)
+
+    def steps(self, T):
+        """The steps when nobody says, for a model of T training timesteps."""
+        return self.default_steps or T
 
 
 SAMPLERS = {s.name: s for s in (
