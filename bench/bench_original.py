@@ -94,6 +94,7 @@ def agree(a, b, mask):
     return float((a[m] == b[m]).float().mean())
 
 
+@torch.no_grad()
 def compare(branch="v2", pt=None, train_steps=200, n=64, parts=("tokens", "forward", "losses", "solver"),
             steps=10, seed=7, n_ancestral=4, work=None):
     work = work or tempfile.mkdtemp(prefix="original-")
@@ -107,7 +108,6 @@ def compare(branch="v2", pt=None, train_steps=200, n=64, parts=("tokens", "forwa
     model = DiffuSeq.from_pretrained(ours_dir, "cpu")
     net, args = model.model, model.args
     rec["profile"] = args.recipe
-    torch.set_grad_enabled(False)
 
     # the inputs both sides get
     g = torch.Generator().manual_seed(seed)

@@ -213,6 +213,7 @@ def test_equal_outputs_to_the_original_code(tmp_path):
         pytest.skip(why)
     rec = bench_original.compare("v2", None, train_steps=3, n=8, parts=("tokens", "forward", "losses", "solver"),
                                  work=str(tmp_path))
+    assert torch.is_grad_enabled()  # the comparison leaves autograd as it found it
     assert rec["tokens_rows_diff"] == 0
     assert rec["forward_diff"] <= 1e-5
     for k in ("mse", "nll", "loss"):
