@@ -17,10 +17,11 @@ def nearest_embedding(z, emb):
 class Denoise:
     """(z, t) -> predicted z_0 for one batch: the net with the batch's target mask and region,
     the time input raised to the run's noise floor t_min, autocast to `dtype`, and, for a
-    self-conditioned model, each call fed the previous call's prediction."""
+    self-conditioned model, each call fed the previous call's prediction. With the model's
+    `logits` (z [..., D] -> vocabulary logits), `confidence` gives how sure it is of each token."""
 
-    def __init__(self, net, mask, keep=None, t_min=0, self_cond=False, dtype=None, copy=False):
-        self.net, self.mask, self.keep = net, mask, keep
+    def __init__(self, net, mask, keep=None, t_min=0, self_cond=False, dtype=None, copy=False, logits=None):
+        self.net, self.mask, self.keep, self.logits = net, mask, keep, logits
         self.t_min, self.self_cond, self.dtype, self.copy = float(t_min), self_cond, dtype, copy
         self.prev = None
 
@@ -33,6 +34,14 @@ class Denoise:
         if self.self_cond:
             self.prev = z0 * self.mask.unsqueeze(-1)
         return z0
+
+    def confidence(self, z0):
+        """The probability of the token each vector of z0 [B, L, D] rounds to: [B, L] (0 outside
+        the target region, where nothing is read)."""
+        region = self.mask.bool() if self.keep is None else self.mask.bool() & self.keep
+        out = torch.zeros(region.shape, device=z0.device)
+        out[region] = self.logits(z0[region]).float().softmax(-1).amax(-1)
+        return out
 
 
 class Clamp:

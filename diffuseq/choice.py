@@ -9,7 +9,7 @@ from .samplers import SAMPLERS as _REGISTRY
 FILE = "decoding.json"
 # the keys a saved choice may hold, with their types
 SETTINGS = {"sampler": str, "steps": int, "init": str, "t_start": int, "absorb_rate": float,
-            "skip": str, "order": int, "sde": bool, "lengths": str, "after_absorb": str}
+            "skip": str, "order": int, "sde": bool, "lengths": str, "after_absorb": str, "remask": str}
 SAMPLERS = tuple(_REGISTRY)
 
 
@@ -23,6 +23,7 @@ def describe(s):
     parts += [f"{s['lengths']} length"] if s.get("lengths") else []
     parts += [f"order {s['order']}"] if s.get("order") else []
     parts += [f"after absorb {s['after_absorb']}"] if s.get("after_absorb") else []
+    parts += [f"remask {s['remask']}"] if s.get("remask") else []
     return ", ".join(parts)
 
 

@@ -109,6 +109,14 @@ class TrainConfig:
         'noise floor: train only on timesteps >= t_min, where the target cannot be read off z_t without the '
         "source; decoding then gives the model a time input of at least t_min (0: off). A recipe's floor "
         'scales with a --diffusion_steps given on the command line (600 of 2000 becomes 30 of 100)')
+    source_rate: float = arg(0.0, 'diffusion',
+        'editor training: the share of training examples whose target part starts from the source laid over '
+        'it (as a decoding --init source does) instead of from the target, noised to a time drawn uniformly '
+        'from 0..--source_t_max and told that time, below the noise floor too; the model learns to edit its '
+        'source, and source starts decode with the true time (0: off; needs --schedule_sampler uniform)')
+    source_t_max: int = arg(400, 'diffusion',
+        'the largest timestep of --source_rate examples: 0.2 T, the --t_start a source start takes when '
+        'nobody says (it follows a --diffusion_steps given on the command line)')
     learned_mean_embed: bool = arg(False, 'diffusion',
         'DiffuSeq-v2: noise the target toward a learned soft absorbing state m instead of 0 (the flag alone '
         'means true)')
@@ -284,6 +292,8 @@ def parse_train_args(argv=None):
     if args["diffusion_steps"] != T0 and "t_min" not in args["explicit"]:
         # the recipe's noise floor is a share of its T: it follows a T given on the command line
         args["t_min"] = round(args["t_min"] * args["diffusion_steps"] / T0)
+    if args["diffusion_steps"] != T0 and "source_t_max" not in args["explicit"]:
+        args["source_t_max"] = round(args["source_t_max"] * args["diffusion_steps"] / T0)
     if args["use_fp16"]:
         args["precision"] = "fp16"
     if args["denoise"] and not args["learned_mean_embed"]:
@@ -297,6 +307,13 @@ def parse_train_args(argv=None):
                      "decodes the whole sequence: use --length_margin -1, or --length_head true")
     if not 0 <= args["t_min"] < args["diffusion_steps"]:
         parser.error(f"--t_min {args['t_min']} must lie in [0, --diffusion_steps {args['diffusion_steps']})")
+    if not 0.0 <= args["source_rate"] <= 1.0:
+        parser.error(f"--source_rate {args['source_rate']} is a share: give a value in [0, 1]")
+    if args["source_rate"] > 0 and args["schedule_sampler"] != "uniform":
+        parser.error("--source_rate draws the times of its examples itself: use --schedule_sampler uniform")
+    if not 0 <= args["source_t_max"] < args["diffusion_steps"]:
+        parser.error(f"--source_t_max {args['source_t_max']} must lie in [0, --diffusion_steps "
+                     f"{args['diffusion_steps']})")
     if args["checkpoint_path"] is None:
         name = f"diffuseq_{args['dataset']}_{args['preset']}" + (f"_{args['notes']}" if args["notes"] else "")
         args["checkpoint_path"] = f"diffusion_models/{name.replace(' ', '_')}"

@@ -103,6 +103,10 @@ def decode_parser(solver):
         p.add_argument("--after_absorb", choices=["keep", "first"], default=None,
                        help="with absorption inside the solve: keep, the multistep history runs on across the "
                             "re-masks; first, the step after each absorption is first order (default keep)")
+        p.add_argument("--remask", choices=["random", "confidence"], default=None,
+                       help="which target tokens an absorption inside the solve sends back to m: random, each "
+                            "with the step's probability; confidence, as many, those the model is least sure "
+                            "of (as mask-predict) (default random)")
         p.add_argument("--final_call", type=_bool, default=True,
                        help="one more model call after the last step predicts z_0 from where the solve ends "
                             "(t = 1/T); false reads z there: --step calls instead of --step + 1, as the "
@@ -130,7 +134,8 @@ def main(argv=None, solver=False):
         given = dict(steps=args.step, init=args.init, t_start=args.t_start, absorb_rate=args.absorb_rate,
                      lengths=args.lengths)
         if solver:
-            given.update(order=args.order, skip=args.skip_type, sde=args.sde, after_absorb=args.after_absorb)
+            given.update(order=args.order, skip=args.skip_type, sde=args.sde, after_absorb=args.after_absorb,
+                         remask=args.remask)
             kw.update(final_call=args.final_call)
         else:
             kw.update(variance=args.variance)

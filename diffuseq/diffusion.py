@@ -111,7 +111,7 @@ def target_lengths(ids, mask, pad_id):
 
 def training_losses(model, sched, input_ids, input_mask, t, noise, *, denoise_rate=0.0,
                     reg_rate=0.0, u=None, self_cond_u=None, monitor=True, pad_id=0, length_weight=0.1,
-                    keep=None, positions="target", m_reg="squared"):
+                    keep=None, positions="target", m_reg="squared", source_ids=None, from_source=None):
     """The DiffuSeq objective for one batch, per example.
 
     z_0 = Emb(w) + sigma_0 * noise0 (the embedding seen through the first noise level), z_t from
@@ -138,6 +138,11 @@ def training_losses(model, sched, input_ids, input_mask, t, noise, *, denoise_ra
     noise: [2, B, L, D] standard normal (noise0, eps). u: [B, L] uniform for discrete noise.
     self_cond_u: [B] uniform; with a self-conditioned model, the examples below 0.5 see the
     model's own first estimate of z_0 (the others see zeros, as the first decoding step does).
+
+    source_ids [B, L] and from_source [B] bool (editor training): for the examples where
+    from_source is true, z_t is drawn around the embedding of source_ids (the source laid over
+    the target part, as a decoding source start lays it) instead of around z_0; the model is
+    still asked for z_0, the target's, so it learns to turn a noised source into its target.
     """
     m = getattr(model, "mean_embed", None)
     y = input_mask  # where the target segment lies, as the model sees it (as in decoding)
@@ -145,7 +150,11 @@ def training_losses(model, sched, input_ids, input_mask, t, noise, *, denoise_ra
         input_mask = input_mask * keep  # the positions that count
     emb = model.get_embeds(input_ids).float()
     z0 = emb + sched.at("sqrt_one_minus_alphas_cumprod", torch.zeros_like(t)) * noise[0]
-    zt = q_sample(sched, z0, t, noise[1], input_mask, m)
+    start = z0
+    if from_source is not None and bool(from_source.any()):
+        laid = model.get_embeds(source_ids).float() + (z0 - emb)  # the same first noise level
+        start = torch.where(from_source.view(-1, 1, 1), laid, z0)
+    zt = q_sample(sched, start, t, noise[1], input_mask, m)
     if denoise_rate > 0 and m is not None:
         prob = denoise_rate * sched.tensor("sqrt_one_minus_alphas_cumprod", t.device)[t]
         zt = absorb(zt, input_mask, m, prob, u)

@@ -34,18 +34,16 @@ class Layout:
         position i of y gets token i of x (with segment positions, y_i and x_i share a position),
         then [SEP], then [PAD]s, cut to the region (the original layout: [CLS] first, as its
         targets begin). ids, mask [B, L] -> ids [B, L]."""
-        out = ids.clone()
         tok = self.tokenizer
-        src_len = (1 - mask).sum(1).tolist()
         region = mask.bool() if keep is None else mask.bool() & keep
-        original = self.kind == "original"
-        for i, n in enumerate(src_len):
-            x = ids[i, 1:n - 2 if original else n - 1].tolist()
-            fill = ([tok.cls_id] if original else []) + x + [tok.sep_id]
-            room = int(region[i].sum())
-            fill = (fill + [tok.pad_id] * room)[:room]
-            out[i, n:n + room] = torch.tensor(fill, dtype=ids.dtype)
-        return out
+        n = (1 - mask).sum(1, keepdim=True)  # source part: [CLS] x [SEP] ([SEP] again: original)
+        first = 1 if self.kind == "original" else 0  # the original's targets begin with [CLS]
+        lx = n - (3 if self.kind == "original" else 2)  # tokens of x
+        rel = torch.arange(ids.shape[1], device=ids.device)[None, :] - n  # place in the region
+        from_x = ids.gather(1, (rel - first + 1).clamp(0, ids.shape[1] - 1))
+        fill = torch.where(rel < first, tok.cls_id, torch.where(rel < first + lx, from_x, torch.where(
+            rel == first + lx, tok.sep_id, tok.pad_id)))
+        return torch.where(region, fill.to(ids.dtype), ids)
 
     def detokenize(self, out, mask, cleanup="cut"):
         """Token ids [B, L] -> the generated text of each row (its target region); cleanup: see

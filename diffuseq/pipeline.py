@@ -188,9 +188,13 @@ class DiffuSeq:
         return [order[s:s + bsz] for s in range(0, len(order), bsz)]
 
     # ------------------------------------------------------------------ sampling
-    def denoiser(self, mask, keep=None):
-        """The model as the samplers see it for one batch (adapters.Denoise)."""
-        return Denoise(self.net, mask, keep, t_min=self.args.t_min, self_cond=self.model.cfg.self_cond,
+    def denoiser(self, mask, keep=None, init="noise"):
+        """The model as the samplers see it for one batch (adapters.Denoise). A source start of a
+        model trained as an editor (--source_rate) tells the model the true time, below its noise
+        floor too, as it was trained."""
+        editor = init == "source" and getattr(self.args, "source_rate", 0) > 0
+        return Denoise(self.net, mask, keep, t_min=0 if editor else self.args.t_min,
+                       self_cond=self.model.cfg.self_cond, logits=self.model.get_logits,
                        dtype=self.dtype, copy=self.net is not self.model)
 
     @torch.no_grad()
@@ -222,7 +226,7 @@ class DiffuSeq:
         spec = get_sampler(dec.sampler)
         clamping = dec.clamping if dec.clamping is not None else bool(spec.clamps and spec.clamps(m))
         clamp = Clamp(self.model.word_embedding.weight, region) if clamping else None
-        _, z0 = spec.run(self.denoiser(mask, keep), self.sched, z, x_start, mask, m=m,
+        _, z0 = spec.run(self.denoiser(mask, keep, dec.init), self.sched, z, x_start, mask, m=m,
                          steps=dec.steps or spec.steps(T), t_start=t_start, options=dec.options,
                          clamp=clamp, clamp_step=dec.clamp_step, clamp_first=dec.clamp_first,
                          absorb_rate=absorb_rate, generator=g, progress=progress)

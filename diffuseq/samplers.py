@@ -138,11 +138,20 @@ def _dpm_update(x, ts, t, history, order, ns):
     return x_t
 
 
+def least_confident(conf, mask, share):
+    """[B, L] float: 0 on the round(share * n) target positions (mask [B, L]) of lowest confidence
+    conf [B, L] of each example (n: its target positions), 1 elsewhere."""
+    n = mask.sum(1)
+    k = torch.round(share * n.to(conf.dtype)).long()
+    rank = conf.masked_fill(~mask.bool(), float("inf")).argsort(1).argsort(1)  # 0 = least sure
+    return (~(rank < k[:, None])).to(conf.dtype)
+
+
 @torch.no_grad()
 def dpm_solver_sample(denoise, ns, z, x_start, mask, m=None, steps=10, order=2,
                       skip="time_uniform", t_start=None, clamp=None, clamp_step=0, clamp_first=True,
                       progress=None, final_call=True, absorb_rate=0.0, sde=False, generator=None,
-                      after_absorb="keep"):
+                      after_absorb="keep", remask="random", confidence=None):
     """Multistep DPM-Solver++ (data prediction) of order 1, 2 or 3 on the probability-flow ODE.
 
     `ns` is a NoiseScheduleVP; the solve runs from continuous time t_start (default T) down.
@@ -163,6 +172,10 @@ def dpm_solver_sample(denoise, ns, z, x_start, mask, m=None, steps=10, order=2,
     after_absorb: a multistep update mixes the last two predictions of z_0, and with absorption
     the older one was made before the tokens were re-masked; "keep" mixes them all the same,
     "first" makes the step after an absorption first order for the examples that lost tokens.
+    remask: which tokens an absorption takes. "random": each independently, as above;
+    "confidence": the same expected number (round(p * target tokens) of each example), those
+    the model is least sure of, by confidence(z0) [B, L] of the last prediction (the re-masking
+    of mask-predict and MaskGIT); it draws nothing.
     Returns (z at the end of the solve, z_0)."""
     if order not in (1, 2, 3):
         raise ValueError("DPM-Solver++ order must be 1, 2 or 3")
@@ -187,6 +200,10 @@ def dpm_solver_sample(denoise, ns, z, x_start, mask, m=None, steps=10, order=2,
 
     if after_absorb not in ("keep", "first"):
         raise ValueError(f"unknown after_absorb {after_absorb!r}; choose keep or first")
+    if remask not in ("random", "confidence"):
+        raise ValueError(f"unknown remask {remask!r}; choose random or confidence")
+    if remask == "confidence" and confidence is None:
+        raise ValueError("remask='confidence' needs the model's confidence function")
     w = _reimpose(unshift(z), w_start, mask)
     hist_t, hist_x0 = [ts[0]], [data_pred(w, ts[0])]
     hit = None  # [B] bool: which examples the last step absorbed tokens of
@@ -210,7 +227,11 @@ def dpm_solver_sample(denoise, ns, z, x_start, mask, m=None, steps=10, order=2,
         if absorb_rate > 0 and m is not None and i < steps:
             # in coordinates w = z - m, the absorbing state is 0
             p = absorb_rate * float(step_std(ns, hist_t[-1], ts[i]))
-            u = torch.rand(w.shape[:2], generator=generator, device=w.device)
+            if remask == "confidence":
+                u = least_confident(confidence(shift(hist_x0[-1])), mask, p)
+                p = 0.5  # u is 0 on the tokens to take, 1 elsewhere
+            else:
+                u = torch.rand(w.shape[:2], generator=generator, device=w.device)
             w = absorb(w, mask, torch.zeros_like(m), torch.full((w.shape[0],), p, device=w.device), u)
             hit = ((u < p) & mask.bool()).any(1)  # the examples that lost tokens to m
         w = _reimpose(w, w_start, mask)
@@ -275,6 +296,7 @@ class DPMOptions:
     sde: bool = False  # solve the reverse SDE (SDE-DPM-Solver++) instead of the ODE
     final_call: bool = True  # read tokens from one more prediction of z_0 where the solve ends
     after_absorb: str = "keep"  # "first": a step after an absorption is first order (dpm_solver_sample)
+    remask: str = "random"  # which tokens an absorption takes: "random" or the least "confidence"
 
 
 def run_ancestral(denoise, sched, z, x_start, mask, *, steps, t_start, options, **common):
@@ -332,7 +354,8 @@ def run_dpm(denoise, sched, z, x_start, mask, *, steps, t_start, options, **comm
     ts = None if t_start is None else (t_start + 1.0) / sched.num_steps
     return dpm_solver_sample(denoise, ns, z, x_start, mask, steps=steps, order=options.order, skip=options.skip,
                              t_start=ts, final_call=options.final_call, sde=options.sde,
-                             after_absorb=options.after_absorb, **common)
+                             after_absorb=options.after_absorb, remask=options.remask,
+                             confidence=getattr(denoise, "confidence", None), **common)
 
 
 @dataclass(frozen=True)

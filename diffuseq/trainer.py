@@ -27,7 +27,8 @@ from .data.dataset import BatchLoader, DataError, default_pad_to, load_split, ma
 from .diffusion import target_region, training_losses
 from .logs import COLUMNS, RunLog, Window
 from .model import Denoiser, load_bert_encoder
-from .noise import draw_noise
+from .layout import Layout
+from .noise import draw_noise, draw_source
 from .optim import EMA, allow_tf32, autocast_dtype, build_optimizer, lr_at
 from .resample import create_sampler
 from .schedule import DiscreteSchedule
@@ -141,6 +142,7 @@ class Trainer:
         self.args = args
         torch.manual_seed(args.seed)
         self.tokenizer = run_folder.prepare(args, proc, resume_dir)
+        self.layout = Layout(self.tokenizer, args.seq_len, args.layout)
         self.train_set = self._load("train")
         self.valid_set = self._load("valid") if os.path.isfile(
             os.path.join(args.data_dir, "valid.jsonl")) else None
@@ -210,14 +212,16 @@ class Trainer:
         self.sampler.update(t.cpu().numpy() - self.args.t_min, losses.cpu().numpy())
         self.pending = []
 
-    def _losses(self, net, ids, mask, t, noise, u, sc, keep=None, monitor=True):
-        """training_losses under this run's autocast and v2 settings."""
+    def _losses(self, net, ids, mask, t, noise, u, sc, keep=None, monitor=True, source=None):
+        """training_losses under this run's autocast and v2 settings; source: (laid source ids,
+        which examples start from them), for editor training."""
         a, dev = self.args, self.proc.device
         with torch.autocast(dev.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
             return training_losses(net, self.sched, ids, mask, t, noise, u=u, self_cond_u=sc,
                                    reg_rate=a.reg_rate, denoise_rate=a.denoise_rate if a.denoise else 0.0,
                                    monitor=monitor, pad_id=self.tokenizer.pad_id, keep=keep,
-                                   positions=a.loss_positions, m_reg=a.m_reg)
+                                   positions=a.loss_positions, m_reg=a.m_reg,
+                                   **({} if source is None else dict(source_ids=source[0], from_source=source[1])))
 
     MONITOR_STEPS = 10  # steps before each log line that also compute the monitoring terms
 
@@ -240,6 +244,11 @@ class Trainer:
         t, w, noise, u, sc = draw_noise(a, self.sampler, self.step, a.bsz, ids.shape[1], dev)
         t, w, noise, u, sc = t[index], w[index], noise[:, index], u[index], sc[index]
         keep = target_region(batch["length"], self.margin, ids.shape[1])
+        source = None
+        if a.source_rate > 0:  # editor training: these examples start from their laid source
+            use, t_src = draw_source(a, self.step, a.bsz, dev)
+            use, t = use[index], torch.where(use[index], t_src[index], t)
+            source = (self.layout.source_start(ids, mask, keep), use)
         torch.manual_seed((a.seed * 7919 + self.step * 104729 + self.proc.rank) % (2 ** 63))  # dropout
         for g in self.opt.param_groups:
             g["lr"] = lr_at(self.step, a)
@@ -255,7 +264,8 @@ class Trainer:
             sync = i == len(micro) - 1 or not isinstance(self.net, DDP)
             with contextlib.nullcontext() if sync else self.net.no_sync():
                 terms = self._losses(net, ids[sl], mask[sl], t[sl], noise[:, sl], u[sl], sc[sl],
-                                     None if keep is None else keep[sl], monitor=self._monitors(self.step + 1))
+                                     None if keep is None else keep[sl], monitor=self._monitors(self.step + 1),
+                                     source=None if source is None else (source[0][sl], source[1][sl]))
                 loss = (terms["loss"] * w[sl]).sum() / share
             self.scaler.scale(loss).backward()
             for k, v in terms.items():

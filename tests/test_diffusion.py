@@ -275,3 +275,43 @@ def test_original_m_starts_normal_with_std_one_over_root_D():
     zero = Denoiser(DenoiserConfig(vocab_size=10, hidden_dim=8, width=32, layers=1, heads=2, ffn=32,
                                    learned_mean_embed=True))
     assert (zero.mean_embed == 0).all()
+
+
+def test_editor_examples_are_noised_from_the_laid_source_and_scored_against_the_target():
+    """from_source rows: the model's input z_t is q(z_t | Emb(laid source) + the first noise) on the
+    target part, the source part untouched; the loss still asks for the target's z_0. Other rows
+    are unchanged by the option."""
+    model, sched, ids, mask, t, noise = _loss_case()
+    laid = ids.clone()
+    laid[:, 5:] = 9  # a "source" laid over the target part
+    use = torch.tensor([True, False, True, False])
+    seen = {}
+    forward = model.forward
+
+    def spy(z, tt, *a, **k):
+        seen["z"] = z.detach().clone()
+        return forward(z, tt, *a, **k)
+    model.forward = spy
+    terms = training_losses(model, sched, ids, mask, t, noise, source_ids=laid, from_source=use, monitor=False)
+    z_src = seen["z"]
+    plain = training_losses(model, sched, ids, mask, t, noise, monitor=False)
+    z_plain = seen["z"]
+    sigma0 = sched.at("sqrt_one_minus_alphas_cumprod", torch.zeros_like(t))
+    start = model.get_embeds(laid).detach() + sigma0 * noise[0]
+    want = q_sample(sched, start, t, noise[1], mask, model.mean_embed.detach())
+    assert torch.allclose(z_src[use], want[use], atol=1e-6)
+    assert torch.equal(z_src[~use], z_plain[~use])
+    assert torch.equal(z_src[:, :5], z_plain[:, :5])  # the source part is the same either way
+    assert torch.equal(terms["decoder_nll"], plain["decoder_nll"])  # the target's rounding term, both
+
+
+def test_draw_source_takes_the_share_at_times_up_to_the_maximum():
+    from types import SimpleNamespace
+    from diffuseq.noise import draw_source
+    args = SimpleNamespace(seed=3, source_rate=0.3, source_t_max=40)
+    use, t = draw_source(args, 5, 20_000, torch.device("cpu"))
+    assert abs(use.float().mean().item() - 0.3) < 0.02
+    assert int(t.min()) == 0 and int(t.max()) == 40
+    again = draw_source(args, 5, 20_000, torch.device("cpu"))
+    assert torch.equal(use, again[0]) and torch.equal(t, again[1])
+    assert not torch.equal(use, draw_source(args, 6, 20_000, torch.device("cpu"))[0])

@@ -361,3 +361,53 @@ def test_after_absorb_first_makes_the_next_step_first_order(setup):
     torch.testing.assert_close(run(2, "first", 0.0), run(2, "keep", 0.0))
     with pytest.raises(ValueError, match="after_absorb"):
         run(2, "never", 0.5)
+
+
+def test_least_confident_takes_the_rounded_share_of_each_target():
+    from diffuseq.samplers import least_confident
+    conf = torch.tensor([[0.9, 0.1, 0.5, 0.2, 0.8, 0.3], [0.05, 0.6, 0.7, 0.1, 0.2, 0.9]])
+    mask = torch.tensor([[0, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 0]])
+    u = least_confident(conf, mask, 0.4)  # 5 * 0.4 = 2 and 3 * 0.4 = 1.2 -> 1 token
+    assert u.tolist() == [[1, 0, 1, 0, 1, 1], [1, 1, 1, 0, 1, 1]]
+    assert least_confident(conf, mask, 0.0).eq(1).all()
+
+
+def test_confidence_remask_absorbs_the_least_sure_tokens_at_the_rate():
+    """Two solver steps with remask="confidence": after the first, exactly round(p * n) target
+    tokens of each example are m (p = rate * step std), and they are those of lowest confidence;
+    nothing is drawn, so two generators give the same solve."""
+    from diffuseq.samplers import solver_timesteps, step_std
+    torch.manual_seed(0)
+    B, L, D = 6, 30, 4
+    sched = DiscreteSchedule.from_name("sqrt", 2000)
+    ns = NoiseScheduleVP(sched.alphas_cumprod)
+    m = torch.tensor([0.3, -1.0, 2.0, 0.5])
+    mask = torch.zeros(B, L)
+    mask[:, 10:] = 1
+    x_start = torch.randn(B, L, D) * (1 - mask).unsqueeze(-1)
+    conf = torch.rand(B, L)
+    seen = []
+
+    def denoise(z, t):
+        seen.append(z.clone())
+        return torch.sin(z)
+
+    def run(seed):
+        seen.clear()
+        return dpm_solver_sample(denoise, ns, torch.randn(B, L, D, generator=torch.Generator().manual_seed(3)) + m,
+                                 x_start, mask, m=m, steps=2, order=1, skip="logSNR", absorb_rate=0.5,
+                                 remask="confidence", confidence=lambda z0: conf,
+                                 generator=torch.Generator().manual_seed(seed))
+    a = run(1)
+    at_m = (seen[1] == m).all(-1)
+    ts = solver_timesteps(ns, 2, "logSNR")
+    k = round(0.5 * float(step_std(ns, ts[0], ts[1])) * 20)
+    assert 1 <= k < 20
+    for b in range(B):
+        taken = at_m[b].nonzero().flatten()
+        assert len(taken) == k
+        assert set(taken.tolist()) == set((conf[b, 10:].argsort()[:k] + 10).tolist())
+    assert torch.equal(a[1], run(2)[1])
+    with pytest.raises(ValueError, match="confidence"):
+        dpm_solver_sample(denoise, ns, torch.randn(B, L, D), x_start, mask, m=m, steps=2, absorb_rate=0.5,
+                          remask="confidence")

@@ -1,0 +1,85 @@
+"""One trained run scored as docs/quality.md scores every model: decoding chosen on the choose
+pairs of bench/splits.py, scores on the held-out pairs, next to copying the source.
+
+    python bench/bench_heldout.py --model_dir RUN --data bible --name bible_default --threads 1
+
+Two rows: the best setting of the grid on the choose pairs ("best"), and the best generation
+from noise ("noise", DiffuSeq's protocol, named by the decoder it runs). Each is decoded with
+--seeds seeds: the row's BLEU and ROUGE-L are the first seed's, and the seeds give self-BLEU
+and Div-4 (the papers' diversity) and the mean sentence BLEU of one seed. The record
+(bench/quality/heldout_<name>.json) keeps the grid, the settings, the scores and the first 5
+held-out outputs of each row.
+"""
+import argparse
+import os
+import sys
+import time
+
+from common import ROOT, header_lines, write_json
+from splits import SPLITS, load_split_pairs, score
+
+import torch
+
+from diffuseq.choice import describe
+from diffuseq.decoding import load_model
+from diffuseq.metrics import evaluate
+from diffuseq.tuning import GRIDS, choose, scaled, tune
+
+
+def decode_row(model, settings, pairs, seeds, bsz):
+    src, ref = [s for s, _ in pairs], [r for _, r in pairs]
+    t0 = time.time()
+    outs = [model.generate(src, seed=k, bsz=bsz, use_saved=False, **settings) for k in range(seeds)]
+    seconds = time.time() - t0
+    row = dict(settings=settings, decoder=describe(settings), seconds_per_seed=round(seconds / seeds, 2),
+               **score(outs[0], pairs))
+    if seeds > 1:
+        div = evaluate([list(c) for c in zip(*outs)], ref, mbr=False)
+        row.update(seeds=seeds, self_bleu=round(div["self_bleu"], 2), div4=round(div["div4"], 2),
+                   sentence_bleu_mean_seed=round(div["sentence_bleu_mean_candidate"], 2))
+    row["examples"] = [dict(source=s, reference=r, output=o) for (s, r), o in zip(pairs[:5], outs[0])]
+    return row
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model_dir", required=True)
+    p.add_argument("--data", choices=sorted(SPLITS), required=True)
+    p.add_argument("--grid", choices=sorted(GRIDS), default="quick")
+    p.add_argument("--seeds", type=int, default=5, help="decodings of each row, for the diversity columns")
+    p.add_argument("--max_examples", type=int, default=None, help="only the first N held-out pairs")
+    p.add_argument("--bsz", type=int, default=100)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--name", required=True)
+    p.add_argument("--out", default=None, help="default bench/quality/heldout_<name>.json")
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    model = load_model(a.model_dir, "cpu")
+    chooser, held = load_split_pairs(a.data, "choose"), load_split_pairs(a.data, "test")[:a.max_examples]
+    head = header_lines("bench_heldout", model.device, f"{model.path}, choose on {len(chooser)}, score {len(held)}")
+    print(head, flush=True)
+    grid = scaled(GRIDS[a.grid], model.args.diffusion_steps)
+    rows = tune(model, [s for s, _ in chooser], [r for _, r in chooser], grid, a.bsz)
+    best = choose(rows)["best"]
+    noise = max((r for r in rows if r["settings"]["init"] == "noise"), key=lambda r: r["sentence_bleu"])["settings"]
+    out = {}
+    for name, settings in (("best", best), ("noise", noise)):
+        out[name] = decode_row(model, settings, held, a.seeds, a.bsz)
+        r = out[name]
+        print(f"{name}: {r['decoder']}: sentence BLEU {r['sentence_bleu']:.2f}, ROUGE-L {r['rouge_l']:.2f}"
+              + (f", self-BLEU {r['self_bleu']:.1f}, Div-4 {r['div4']:.1f}" if "div4" in r else ""), flush=True)
+    copy = score([s for s, _ in held], held)
+    print(f"copy: sentence BLEU {copy['sentence_bleu']:.2f}, ROUGE-L {copy['rouge_l']:.2f}")
+    path = a.out or os.path.join(ROOT, "bench", "quality", f"heldout_{a.name}.json")
+    run_args = model.args.to_dict()
+    write_json(path, "bench_heldout", model.device, dict(
+        header=head, command=" ".join(["python"] + sys.argv), model=model.path, data=a.data,
+        recipe=run_args.get("recipe"), train_steps=model.step if hasattr(model, "step") else None,
+        choose=len(chooser), held_out=len(held), grid=rows, rows=out, copy=copy))
+    print("wrote", path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
