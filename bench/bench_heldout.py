@@ -22,6 +22,7 @@ import torch
 
 from diffuseq.choice import describe
 from diffuseq.decoding import load_model
+from diffuseq.logs import read_curves
 from diffuseq.metrics import evaluate
 from diffuseq.tuning import GRIDS, choose, scaled, tune
 
@@ -73,9 +74,13 @@ def main(argv=None):
     print(f"copy: sentence BLEU {copy['sentence_bleu']:.2f}, ROUGE-L {copy['rouge_l']:.2f}")
     path = a.out or os.path.join(ROOT, "bench", "quality", f"heldout_{a.name}.json")
     run_args = model.args.to_dict()
+    curves = [c for c in read_curves(os.path.dirname(os.path.normpath(model.path))) if "elapsed" in c]
     write_json(path, "bench_heldout", model.device, dict(
         header=head, command=" ".join(["python"] + sys.argv), model=model.path, data=a.data,
-        recipe=run_args.get("recipe"), train_steps=model.step if hasattr(model, "step") else None,
+        recipe=run_args.get("recipe"), run_args={k: run_args[k] for k in ("source_rate", "source_t_max", "t_min",
+                                                                          "max_minutes", "learning_steps")},
+        train_minutes=round(curves[-1]["elapsed"] / 60, 1) if curves else None,
+        train_steps=curves[-1]["step"] if curves else None, checkpoint=os.path.basename(model.path),
         choose=len(chooser), held_out=len(held), grid=rows, rows=out, copy=copy))
     print("wrote", path)
     return 0

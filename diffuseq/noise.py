@@ -33,12 +33,12 @@ def draw_noise(args, sampler, step, batch, L, device, seed=None):
     return t.to(device), w.to(device), noise[:, :, :L], u[:, :L], sc
 
 
-def draw_source(args, step, batch, device):
+def draw_source(args, step, batch, device, seed=None):
     """Editor training (--source_rate): which of a batch of B at `step` start from their source
     laid over the target part, [B] bool, and the timesteps of those, [B], uniform in
     0..source_t_max (identical on every process; a stream of its own, so the other draws do not
-    change when the option is switched on)."""
-    g = step_generator(args.seed * 31 + 7, step, "cpu")
+    change when the option is switched on). seed: args.seed unless given, as draw_noise."""
+    g = step_generator((args.seed if seed is None else seed) * 31 + 7, step, "cpu")
     use = torch.rand(batch, generator=g) < args.source_rate
     t = torch.randint(0, args.source_t_max + 1, (batch,), generator=g)
     return use.to(device), t.to(device)

@@ -290,7 +290,8 @@ class Trainer:
     @torch.no_grad()
     def validate(self):
         """Mean loss terms over the first eval_batches batches of valid.jsonl, with the noise of
-        noise.draw_noise (uniform timesteps) from a stream of its own: the same at every call."""
+        noise.draw_noise (uniform timesteps) from a stream of its own: the same at every call.
+        An editor run (--source_rate) is validated on the same share of editor examples."""
         if self.valid_set is None:
             return None
         a, dev = self.args, self.proc.device
@@ -302,7 +303,12 @@ class Trainer:
             ids, mask = b["input_ids"].to(dev), b["input_mask"].to(dev)
             keep = target_region(b["length"].to(dev), self.margin, ids.shape[1])
             t, _, noise, u, sc = draw_noise(a, None, i, ids.shape[0], ids.shape[1], dev, seed=a.seed + 1)
-            terms = self._losses(self.model, ids, mask, t, noise, u, sc, keep)
+            source = None
+            if a.source_rate > 0:  # the same share of editor examples as training
+                use, t_src = draw_source(a, i, ids.shape[0], dev, seed=a.seed + 1)
+                t = torch.where(use, t_src, t)
+                source = (self.layout.source_start(ids, mask, keep), use)
+            terms = self._losses(self.model, ids, mask, t, noise, u, sc, keep, source=source)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0) + v.sum()
             count += ids.shape[0]

@@ -37,12 +37,14 @@ GRIDS = {
     "quick": [
         _noise("dpm", 10),                      # DPM-Solver++ with absorption (the trained rate)
         _noise("dpm", 10, absorb_rate=0.0),     # DPM-Solver++ without absorption (deterministic)
+        _noise("dpm", 10, remask="confidence"),  # re-masking the least sure tokens instead of random ones
         *[_source(t, 1, lengths=n) for t in (1, 50, 200, 400) for n in (None, "source")],
         _source(400, 3), _source(800, 3), _source(1200, 10),
     ],
     "full": [
         _noise("dpm", 5), _noise("dpm", 10), _noise("dpm", 20),
         _noise("dpm", 10, absorb_rate=0.0), _noise("dpm", 10, absorb_rate=0.25),
+        _noise("dpm", 10, remask="confidence"), _noise("dpm", 20, remask="confidence"),
         _noise("dpm", 10, sde=True, absorb_rate=0.0), _noise("dpm", 10, sde=True),
         _noise("dpm", 10, skip="time_uniform"), _noise("dpm", 10, lengths="source"),
         _noise("ancestral", 20), _noise("ancestral", 50),

@@ -1,0 +1,77 @@
+"""The held-out table of docs/quality.md from the records of bench/baseline_transformer.py and
+bench/bench_heldout.py: per data set, copying the source, the autoregressive baseline (greedy,
+beam 4) and each diffusion run's best decoding and best generation from noise.
+
+    python bench/report_quality.py                 # every data set with records
+    python bench/report_quality.py --data bible --runs bible_default bible_src50
+"""
+import argparse
+import glob
+import json
+import os
+import sys
+
+from common import ROOT
+
+QUALITY = os.path.join(ROOT, "bench", "quality")
+
+
+def _cells(s, div=None):
+    cells = [f"{s['sentence_bleu']:.1f}", f"{s['bleu']:.1f}", f"{s['rouge_l']:.1f}"]
+    if div is None or "self_bleu" not in div:
+        return cells + ["", ""]
+    return cells + [f"{div['self_bleu']:.1f}", f"{div['div4']:.1f}"]
+
+
+def rows_for(data, runs=None):
+    """Markdown rows of one data set: [label, minutes, decoding, scores...]."""
+    rows = []
+    base_path = os.path.join(QUALITY, f"baseline_{data}.json")
+    base = json.load(open(base_path)) if os.path.isfile(base_path) else None
+    heldout = []
+    for path in sorted(glob.glob(os.path.join(QUALITY, "heldout_*.json"))):
+        rec = json.load(open(path))
+        name = os.path.basename(path)[len("heldout_"):-len(".json")]
+        if rec.get("data") == data and (runs is None or name in runs):
+            heldout.append((name, rec))
+    copy = base["copy"] if base else (heldout[0][1]["copy"] if heldout else None)
+    if copy is None:
+        return []
+    rows.append(["copy the source", "", "", *_cells(copy)])
+    if base:
+        for name, label in (("greedy", "greedy"), ("beam4", "beam 4")):
+            rows.append([f"Transformer {base['args']['layers']}+{base['args']['layers']} layers, width "
+                         f"{base['args']['width']}", f"{base['minutes']:g}", label, *_cells(base["decoders"][name])])
+    for name, rec in heldout:
+        minutes = rec.get("train_minutes")
+        for which in ("best", "noise"):
+            r = rec["rows"][which]
+            rows.append([f"`{name}`" + (" (from noise)" if which == "noise" else ""),
+                         "" if minutes is None else f"{minutes:g}", r["decoder"], *_cells(r, r)])
+    return rows
+
+
+def markdown(data, runs=None):
+    rows = rows_for(data, runs)
+    if not rows:
+        return ""
+    head = ["model", "train min", "decoding", "sent. BLEU", "BLEU", "ROUGE-L", "self-BLEU", "Div-4"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out) + "\n"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", nargs="*", default=["bible", "qqp", "iwslt"])
+    p.add_argument("--runs", nargs="*", default=None, help="heldout record names (default: all of the data set)")
+    a = p.parse_args(argv)
+    for d in a.data:
+        table = markdown(d, a.runs)
+        if table:
+            print(f"### {d}\n\n{table}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
