@@ -24,11 +24,11 @@ from . import dist
 from . import run as run_folder
 from .config import model_config
 from .data.dataset import BatchLoader, DataError, default_pad_to, load_split, make_eval_batches
-from .diffusion import target_region, training_losses
+from .diffusion import target_region
 from .logs import COLUMNS, RunLog, Window
 from .model import Denoiser, load_bert_encoder
 from .layout import Layout
-from .noise import draw_noise, draw_source
+from .objective import Objective
 from .optim import EMA, allow_tf32, autocast_dtype, build_optimizer, lr_at
 from .resample import create_sampler
 from .schedule import DiscreteSchedule
@@ -159,6 +159,7 @@ class Trainer:
         self.amp_dtype = autocast_dtype(args.precision, proc.device)
         allow_tf32(args.precision)
         self.scaler = torch.amp.GradScaler(proc.device.type, enabled=self.amp_dtype == torch.float16)
+        self.objective = Objective(args, self.sched, self.layout, self.amp_dtype, proc.device)
         self.opt = build_optimizer(self.model, args, proc.device)
         self.ema = EMA(self.model.parameters(), args.ema_rate)
         self.step = 0
@@ -212,17 +213,6 @@ class Trainer:
         self.sampler.update(t.cpu().numpy() - self.args.t_min, losses.cpu().numpy())
         self.pending = []
 
-    def _losses(self, net, ids, mask, t, noise, u, sc, keep=None, monitor=True, source=None):
-        """training_losses under this run's autocast and v2 settings; source: (laid source ids,
-        which examples start from them), for editor training."""
-        a, dev = self.args, self.proc.device
-        with torch.autocast(dev.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
-            return training_losses(net, self.sched, ids, mask, t, noise, u=u, self_cond_u=sc,
-                                   reg_rate=a.reg_rate, denoise_rate=a.denoise_rate if a.denoise else 0.0,
-                                   monitor=monitor, pad_id=self.tokenizer.pad_id, keep=keep,
-                                   positions=a.loss_positions, m_reg=a.m_reg,
-                                   **({} if source is None else dict(source_ids=source[0], from_source=source[1])))
-
     MONITOR_STEPS = 10  # steps before each log line that also compute the monitoring terms
 
     def _logs_after(self, step):
@@ -241,14 +231,9 @@ class Trainer:
         steps before a log line (see _monitors)."""
         a, dev = self.args, self.proc.device
         ids, mask, index = batch["input_ids"], batch["input_mask"], batch["index"]
-        t, w, noise, u, sc = draw_noise(a, self.sampler, self.step, a.bsz, ids.shape[1], dev)
-        t, w, noise, u, sc = t[index], w[index], noise[:, index], u[index], sc[index]
         keep = target_region(batch["length"], self.margin, ids.shape[1])
-        source = None
-        if a.source_rate > 0:  # editor training: these examples start from their laid source
-            use, t_src = draw_source(a, self.step, a.bsz, dev)
-            use, t = use[index], torch.where(use[index], t_src[index], t)
-            source = (self.layout.source_start(ids, mask, keep), use)
+        draws = self.objective.draw(self.step, ids, mask, keep, self.sampler, index)
+        t = draws.t
         torch.manual_seed((a.seed * 7919 + self.step * 104729 + self.proc.rank) % (2 ** 63))  # dropout
         for g in self.opt.param_groups:
             g["lr"] = lr_at(self.step, a)
@@ -263,10 +248,10 @@ class Trainer:
             sl = slice(s, s + a.microbatch)
             sync = i == len(micro) - 1 or not isinstance(self.net, DDP)
             with contextlib.nullcontext() if sync else self.net.no_sync():
-                terms = self._losses(net, ids[sl], mask[sl], t[sl], noise[:, sl], u[sl], sc[sl],
-                                     None if keep is None else keep[sl], monitor=self._monitors(self.step + 1),
-                                     source=None if source is None else (source[0][sl], source[1][sl]))
-                loss = (terms["loss"] * w[sl]).sum() / share
+                d = draws.part(sl)
+                terms = self.objective.losses(net, ids[sl], mask[sl], d, None if keep is None else keep[sl],
+                                              monitor=self._monitors(self.step + 1))
+                loss = (terms["loss"] * d.w).sum() / share
             self.scaler.scale(loss).backward()
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0) + v.detach().sum()
@@ -302,13 +287,8 @@ class Trainer:
         for i, b in zip(range(a.eval_batches), batches):
             ids, mask = b["input_ids"].to(dev), b["input_mask"].to(dev)
             keep = target_region(b["length"].to(dev), self.margin, ids.shape[1])
-            t, _, noise, u, sc = draw_noise(a, None, i, ids.shape[0], ids.shape[1], dev, seed=a.seed + 1)
-            source = None
-            if a.source_rate > 0:  # the same share of editor examples as training
-                use, t_src = draw_source(a, i, ids.shape[0], dev, seed=a.seed + 1)
-                t = torch.where(use, t_src, t)
-                source = (self.layout.source_start(ids, mask, keep), use)
-            terms = self._losses(self.model, ids, mask, t, noise, u, sc, keep, source=source)
+            d = self.objective.draw(i, ids, mask, keep, seed=a.seed + 1)
+            terms = self.objective.losses(self.model, ids, mask, d, keep)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0) + v.sum()
             count += ids.shape[0]

@@ -199,6 +199,7 @@ def test_trainer_absorbs_at_the_trained_rate_only_with_denoise(tmp_path, denoise
     z_t absorbed into m with probability denoise_rate * sqrt(1 - abar_t); without it, none."""
     from toy import tiny_args, toy_data
 
+    from diffuseq.objective import Draws
     from diffuseq.trainer import NetView, Trainer
     d = toy_data(tmp_path)
     tr = Trainer(tiny_args(d, tmp_path / "run", "--learned_mean_embed", "--denoise", str(denoise).lower(),
@@ -218,8 +219,8 @@ def test_trainer_absorbs_at_the_trained_rate_only_with_denoise(tmp_path, denoise
     g = torch.Generator().manual_seed(0)
     for _ in range(5):
         noise = torch.randn(2, B, L, tr.args.hidden_dim, generator=g)
-        tr._losses(NetView(spy, tr.model), ids, mask, t, noise, torch.rand(B, L, generator=g),
-                   torch.rand(B, generator=g), None, monitor=False)
+        d = Draws(t, torch.ones(B), noise, torch.rand(B, L, generator=g), torch.rand(B, generator=g))
+        tr.objective.losses(NetView(spy, tr.model), ids, mask, d, None, monitor=False)
     hits = sum(int(((z == 7.0).all(-1) & y).sum()) for z, y in seen)
     total = sum(int(y.sum()) for _, y in seen)
     assert not any(((z == 7.0).all(-1) & ~y).any() for z, y in seen)  # never outside the target
