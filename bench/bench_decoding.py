@@ -47,6 +47,8 @@ EXTRA = {  # name -> settings, for --only and the generation-from-noise rows (ou
     "original_v2_10": dict(sampler="original-v2", steps=10, init="noise"),
     "source50_1": dict(sampler="dpm", steps=1, init="source", t_start=50, lengths="source"),
     "source1_1": dict(sampler="dpm", steps=1, init="source", t_start=1, lengths="source"),
+    "source50_1_edits2": dict(sampler="dpm", steps=1, init="source", t_start=50, edits=2),
+    "source50_1_edits3": dict(sampler="dpm", steps=1, init="source", t_start=50, edits=3),
 }
 
 

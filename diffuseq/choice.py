@@ -9,7 +9,8 @@ from .samplers import SAMPLERS as _REGISTRY
 FILE = "decoding.json"
 # the keys a saved choice may hold, with their types
 SETTINGS = {"sampler": str, "steps": int, "init": str, "t_start": int, "absorb_rate": float,
-            "skip": str, "order": int, "sde": bool, "lengths": str, "after_absorb": str, "remask": str}
+            "skip": str, "order": int, "sde": bool, "lengths": str, "after_absorb": str, "remask": str,
+            "edits": int}
 SAMPLERS = tuple(_REGISTRY)
 
 
@@ -24,6 +25,7 @@ def describe(s):
     parts += [f"order {s['order']}"] if s.get("order") else []
     parts += [f"after absorb {s['after_absorb']}"] if s.get("after_absorb") else []
     parts += [f"remask {s['remask']}"] if s.get("remask") else []
+    parts += [f"{s['edits']} edits"] if s.get("edits", 1) > 1 else []
     return ", ".join(parts)
 
 

@@ -49,6 +49,9 @@ def decode_parser(solver):
     p.add_argument("--t_start", type=int, default=None,
                    help="training timestep the decoding starts from (default: the saved choice, else T-1 "
                         "for noise and 0.2 T for source)")
+    p.add_argument("--edits", type=int, default=None,
+                   help="passes of a source start: each pass after the first starts from the last one's "
+                        "output, noised to --t_start again (default: the saved choice, else 1)")
     p.add_argument("--absorb_rate", type=float, default=None,
                    help="DiffuSeq-v2's discrete noise while decoding: each step absorbs a target token into "
                         "the absorbing state m with probability absorb_rate x the step's noise std "
@@ -132,7 +135,7 @@ def main(argv=None, solver=False):
         kw = dict(clamping=None if args.clamping == "auto" else args.clamping == "true",
                   clamp_step=args.clamp_step, clamp_first=args.clamp_first, length_margin=args.length_margin)
         given = dict(steps=args.step, init=args.init, t_start=args.t_start, absorb_rate=args.absorb_rate,
-                     lengths=args.lengths)
+                     lengths=args.lengths, edits=args.edits)
         if solver:
             given.update(order=args.order, skip=args.skip_type, sde=args.sde, after_absorb=args.after_absorb,
                          remask=args.remask)

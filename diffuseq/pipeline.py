@@ -59,7 +59,10 @@ class Decoding:
     for noise starts of --denoise models, else 0.
 
     clamping: round the predicted z_0 to the nearest word embedding (see samplers.clamps_at);
-    None: for ancestral sampling of models without a learned absorbing state, as the original."""
+    None: for ancestral sampling of models without a learned absorbing state, as the original.
+
+    edits: passes of a source start; each after the first starts from the last one's output, laid
+    where it was and noised to t_start again (iterated edits)."""
     sampler: str = "dpm"
     steps: Optional[int] = None  # None: the sampler's default (dpm 10, ancestral 50)
     init: str = "noise"
@@ -70,6 +73,7 @@ class Decoding:
     clamping: Optional[bool] = None
     clamp_step: int = 0
     clamp_first: bool = True
+    edits: int = 1
     options: object = None
 
     @classmethod
@@ -89,6 +93,10 @@ class Decoding:
                   **{k: v for k, v in kw.items() if k in shared})
         if dec.init not in INITS:
             raise ValueError(f"unknown init {dec.init!r}; choose {' or '.join(INITS)}")
+        if not isinstance(dec.edits, int) or dec.edits < 1:
+            raise ValueError(f"edits must be a whole number >= 1, not {dec.edits!r}")
+        if dec.edits > 1 and dec.init != "source":
+            raise ValueError("edits > 1 repeats a source start: use it with --init source")
         if dec.lengths not in LENGTHS:
             raise ValueError(f"unknown lengths {dec.lengths!r}; choose one of {', '.join(LENGTHS)}")
         return dec
@@ -216,24 +224,26 @@ class DiffuSeq:
         x_start = self.model.get_embeds(ids)
         m = self.model.mean_embed
         region = mask if keep is None else mask * keep
-        noise = torch.randn(x_start.shape, generator=g, device=self.device)
-        if dec.init == "noise":
-            z = noise if m is None else noise + m
-        else:
-            y0 = self.model.get_embeds(self.layout.source_start(ids, mask, keep))
-            t = torch.full((ids.shape[0],), t_start, device=self.device, dtype=torch.long)
-            z = q_sample(self.sched, y0, t, noise, mask, m)
         spec = get_sampler(dec.sampler)
         clamping = dec.clamping if dec.clamping is not None else bool(spec.clamps and spec.clamps(m))
         clamp = Clamp(self.model.word_embedding.weight, region) if clamping else None
-        _, z0 = spec.run(self.denoiser(mask, keep, dec.init), self.sched, z, x_start, mask, m=m,
-                         steps=dec.steps or spec.steps(T), t_start=t_start, options=dec.options,
-                         clamp=clamp, clamp_step=dec.clamp_step, clamp_first=dec.clamp_first,
-                         absorb_rate=absorb_rate, generator=g, progress=progress)
-        # rounding to tokens where it is read: the target region, not the source or the padding
+        start = None if dec.init == "noise" else self.layout.source_start(ids, mask, keep)
         rows = region.bool()
-        out = ids.clone()
-        out[rows] = self.model.get_logits(z0[rows]).argmax(-1)
+        for _ in range(1 if dec.init == "noise" else dec.edits):
+            noise = torch.randn(x_start.shape, generator=g, device=self.device)
+            if start is None:
+                z = noise if m is None else noise + m
+            else:  # a source start, or the last pass's output laid where it was (edits > 1)
+                t = torch.full((ids.shape[0],), t_start, device=self.device, dtype=torch.long)
+                z = q_sample(self.sched, self.model.get_embeds(start), t, noise, mask, m)
+            _, z0 = spec.run(self.denoiser(mask, keep, dec.init), self.sched, z, x_start, mask, m=m,
+                             steps=dec.steps or spec.steps(T), t_start=t_start, options=dec.options,
+                             clamp=clamp, clamp_step=dec.clamp_step, clamp_first=dec.clamp_first,
+                             absorb_rate=absorb_rate, generator=g, progress=progress)
+            # rounding to tokens where it is read: the target region, not the source or the padding
+            out = ids.clone()
+            out[rows] = self.model.get_logits(z0[rows]).argmax(-1)
+            start = out
         if keep is None:
             return out
         pad = self.tokenizer.pad_id

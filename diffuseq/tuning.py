@@ -25,8 +25,9 @@ def _noise(sampler, steps, **kw):
     return dict(sampler=sampler, steps=steps, init="noise", **kw)
 
 
-def _source(t_start, steps, sampler="dpm", lengths=None):
+def _source(t_start, steps, sampler="dpm", lengths=None, edits=1):
     s = dict(sampler=sampler, steps=steps, init="source", t_start=t_start)
+    s = s if edits == 1 else dict(s, edits=edits)
     return s if lengths is None else dict(s, lengths=lengths)
 
 
@@ -40,6 +41,7 @@ GRIDS = {
         _noise("dpm", 10, remask="confidence"),  # re-masking the least sure tokens instead of random ones
         *[_source(t, 1, lengths=n) for t in (1, 50, 200, 400) for n in (None, "source")],
         _source(400, 3), _source(800, 3), _source(1200, 10),
+        _source(50, 1, edits=2), _source(200, 1, edits=2),  # iterated edits: a second pass from the first's output
     ],
     "full": [
         _noise("dpm", 5), _noise("dpm", 10), _noise("dpm", 20),

@@ -358,3 +358,34 @@ def test_a_noise_start_below_T_is_refused(small_run):
     with pytest.raises(ValueError, match=f"noise start begins at t = {T - 1}.*--init source"):
         model.sample_ids(ids, mask, "dpm", 2, init="noise", t_start=T // 2)
     model.sample_ids(ids, mask, "dpm", 2, init="noise", t_start=T - 1)  # from T - 1 it is the usual start
+
+
+def test_iterated_edits_start_each_pass_from_the_last_output(small_run):
+    """edits=2: the second pass's first network call sees the first pass's output tokens, laid
+    where they were and noised to t_start with the next draw of the batch's generator; the
+    result is the second pass's. edits > 1 from noise is refused."""
+    from diffuseq.diffusion import q_sample
+    _, run = small_run
+    m = load_model(str(run), device="cpu")
+    ids, mask = m.inputs(["w1 w2 w3 w4", "w5 w6"])
+    seen = []
+    real = m.net
+
+    def spy(z, t, mask, prev, keep=None):
+        seen.append(z.clone())
+        return real(z, t, mask, prev, keep)
+    m.net = spy
+    kw = dict(init="source", t_start=20, lengths="full", absorb_rate=0.0)
+    first = m.sample_ids(ids, mask, "dpm", 1, seed=3, **kw)
+    calls = len(seen)
+    two = m.sample_ids(ids, mask, "dpm", 1, seed=3, edits=2, **kw)
+    assert len(seen) == 3 * calls
+    g = torch.Generator().manual_seed(3)
+    shape = (*ids.shape, m.args.hidden_dim)
+    torch.randn(shape, generator=g)
+    noise2 = torch.randn(shape, generator=g)
+    want = q_sample(m.sched, m.model.get_embeds(first), torch.full((2,), 20), noise2, mask, m.model.mean_embed)
+    assert torch.allclose(seen[2 * calls], want, atol=1e-5)
+    assert not torch.equal(two, ids)
+    with pytest.raises(ValueError, match="source"):
+        m.sample_ids(ids, mask, "dpm", 1, edits=2)

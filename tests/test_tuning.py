@@ -183,8 +183,8 @@ def test_tune_writes_the_choice_and_the_decoders_use_it(run, tmp_path):
     assert "| copy the source |" in r.stdout and "chosen: " in r.stdout
     choice = load_choice(best)
     rows = choice["grid"]
-    # the quick grid at T = 50: start times 1, 50, 200, 400, 800, 1200 of 2000 become 1, 1, 5, 10, 20, 30 (12 settings of 14)
-    assert len(rows) == 12 and choice["examples"] == 12 and choice["split"] == "valid"
+    # the quick grid at T = 50: start times 1, 50, 200, 400, 800, 1200 of 2000 become 1, 1, 5, 10, 20, 30 (14 settings of 16)
+    assert len(rows) == 14 and choice["examples"] == 12 and choice["split"] == "valid"
     top = max(r["sentence_bleu"] for r in rows)
     assert max(rows, key=lambda r: (r["sentence_bleu"], -r["seconds"]))["settings"] == choice["best"]
     assert any(r["sentence_bleu"] == top for r in rows if r["settings"] == choice["best"])
