@@ -62,6 +62,18 @@ def read_curves(run_dir):
     return out
 
 
+def add_terms(sums, terms, t, args):
+    """Add a microbatch's loss terms [B] to the step's sums (on device), and with the monitoring
+    terms the accuracy per quarter of the trained noise levels, for the curves."""
+    for k, v in terms.items():
+        sums[k] = sums.get(k, 0) + v.detach().sum()
+    if "acc" in terms:
+        q = ((t - args.t_min) * 4 // (args.diffusion_steps - args.t_min)).clamp(0, 3)
+        sums["_acc_q"] = sums.get("_acc_q", 0) + torch.zeros(4, device=t.device).index_add_(
+            0, q, terms["acc"].detach().float())
+        sums["_n_q"] = sums.get("_n_q", 0) + torch.bincount(q, minlength=4).float()
+
+
 class Window:
     """The steps since the last log line: each term's sum and number of steps (nll and acc come
     on some steps only), the target tokens, and the clock."""

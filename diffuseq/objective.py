@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from .diffusion import training_losses
+from .diffusion import target_region, training_losses
 from .noise import draw_noise, draw_source
 
 
@@ -63,3 +63,20 @@ class Objective:
                                    positions=a.loss_positions, m_reg=a.m_reg,
                                    **({} if d.source is None else dict(source_ids=d.source[0],
                                                                       from_source=d.source[1])))
+
+    @torch.no_grad()
+    def validate(self, model, batches, n_batches, margin):
+        """Mean loss terms over the first n_batches of `batches` (make_eval_batches), with the
+        draws of a stream of its own (uniform timesteps, seed + 1): the same at every call. An
+        editor run (--source_rate) is validated on the same share of editor examples."""
+        model.eval()
+        sums, count = {}, 0
+        for i, b in zip(range(n_batches), batches):
+            ids, mask = b["input_ids"].to(self.device), b["input_mask"].to(self.device)
+            keep = target_region(b["length"].to(self.device), margin, ids.shape[1])
+            terms = self.losses(model, ids, mask, self.draw(i, ids, mask, keep, seed=self.args.seed + 1), keep)
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0) + v.sum()
+            count += ids.shape[0]
+        model.train()
+        return {k: float(v) / count for k, v in sums.items()}

@@ -25,7 +25,7 @@ from . import run as run_folder
 from .config import model_config
 from .data.dataset import BatchLoader, DataError, default_pad_to, load_split, make_eval_batches
 from .diffusion import target_region
-from .logs import COLUMNS, RunLog, Window
+from .logs import COLUMNS, RunLog, Window, add_terms
 from .model import Denoiser, load_bert_encoder
 from .layout import Layout
 from .objective import Objective
@@ -229,11 +229,10 @@ class Trainer:
         """One optimisation step on this process's part of the global batch. Returns the
         detached per-term means (on device); the monitoring terms nll and acc only on the last
         steps before a log line (see _monitors)."""
-        a, dev = self.args, self.proc.device
+        a = self.args
         ids, mask, index = batch["input_ids"], batch["input_mask"], batch["index"]
         keep = target_region(batch["length"], self.margin, ids.shape[1])
         draws = self.objective.draw(self.step, ids, mask, keep, self.sampler, index)
-        t = draws.t
         torch.manual_seed((a.seed * 7919 + self.step * 104729 + self.proc.rank) % (2 ** 63))  # dropout
         for g in self.opt.param_groups:
             g["lr"] = lr_at(self.step, a)
@@ -253,15 +252,9 @@ class Trainer:
                                               monitor=self._monitors(self.step + 1))
                 loss = (terms["loss"] * d.w).sum() / share
             self.scaler.scale(loss).backward()
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0) + v.detach().sum()
-            if "acc" in terms:  # accuracy per quarter of the trained noise levels, for the curves
-                q = ((t[sl] - a.t_min) * 4 // (a.diffusion_steps - a.t_min)).clamp(0, 3)
-                sums["_acc_q"] = sums.get("_acc_q", 0) + torch.zeros(4, device=dev).index_add_(
-                    0, q, terms["acc"].detach().float())
-                sums["_n_q"] = sums.get("_n_q", 0) + torch.bincount(q, minlength=4).float()
+            add_terms(sums, terms, d.t, a)
             step_losses.append(terms["loss"].detach().float())
-        self.pending.append((t, torch.cat(step_losses)))
+        self.pending.append((draws.t, torch.cat(step_losses)))
         if a.grad_clip > 0:
             self.scaler.unscale_(self.opt)
             sums["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.model.parameters(), a.grad_clip) * share
@@ -272,28 +265,14 @@ class Trainer:
         self.step += 1
         return {k: v / share for k, v in sums.items()}  # averaged over processes: global means
 
-    @torch.no_grad()
     def validate(self):
-        """Mean loss terms over the first eval_batches batches of valid.jsonl, with the noise of
-        noise.draw_noise (uniform timesteps) from a stream of its own: the same at every call.
-        An editor run (--source_rate) is validated on the same share of editor examples."""
+        """Mean loss terms on the first eval_batches batches of valid.jsonl (objective.validate)."""
         if self.valid_set is None:
             return None
-        a, dev = self.args, self.proc.device
-        self.model.eval()
-        sums, count = {}, 0
+        a = self.args
         batches = make_eval_batches(self.valid_set, a.microbatch, a.seq_len, self.tokenizer.pad_id,
                                     pad_to=default_pad_to(self.margin), margin=self.margin)
-        for i, b in zip(range(a.eval_batches), batches):
-            ids, mask = b["input_ids"].to(dev), b["input_mask"].to(dev)
-            keep = target_region(b["length"].to(dev), self.margin, ids.shape[1])
-            d = self.objective.draw(i, ids, mask, keep, seed=a.seed + 1)
-            terms = self.objective.losses(self.model, ids, mask, d, keep)
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0) + v.sum()
-            count += ids.shape[0]
-        self.model.train()
-        return {k: float(v) / count for k, v in sums.items()}
+        return self.objective.validate(self.model, batches, a.eval_batches, self.margin)
 
     # ------------------------------------------------------------------ the loop
     def train(self):

@@ -35,16 +35,18 @@ DATA=datasets/bible_kjv_web
 result=$(sed -n 's/^wrote //p' "$OUT/decode.log")
 scores="${result%.jsonl}.scores.json"
 "${PYTHON:-python}" scripts/eval_seq2seq.py "$result" --baseline --json "$scores"
-"${PYTHON:-python}" - "$scores" "$result" <<'PY'
+"${PYTHON:-python}" - "$scores" "$result" "$OUT/decode.log" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))
+how = next((line.split("decoding with ", 1)[1].split(" (")[0] for line in open(sys.argv[3])
+            if line.startswith("decoding with ")), "the saved choice")
 model, base = s["model"], s["copy source"]
 gap = model["sentence_bleu"] - base["sentence_bleu"]
 rows = [json.loads(line) for _, line in zip(range(5), open(sys.argv[2]))]
 print("\nfirst test verses:")
 for r in rows:
     print(f"  source:    {r['source']}\n  reference: {r['reference']}\n  model:     {r['recover']}\n")
-print(f"model: mean sentence BLEU {model['sentence_bleu']:.1f}, ROUGE-L {model['rouge_l']:.1f}; "
+print(f"model ({how}): mean sentence BLEU {model['sentence_bleu']:.1f}, ROUGE-L {model['rouge_l']:.1f}; "
       f"copying the source: {base['sentence_bleu']:.1f}, {base['rouge_l']:.1f} "
       f"({'above' if gap > 0 else 'below'} it by {abs(gap):.1f} BLEU).")
 if gap <= 0:

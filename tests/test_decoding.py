@@ -389,3 +389,6 @@ def test_iterated_edits_start_each_pass_from_the_last_output(small_run):
     assert not torch.equal(two, ids)
     with pytest.raises(ValueError, match="source"):
         m.sample_ids(ids, mask, "dpm", 1, edits=2)
+    from diffuseq.decoding import output_path
+    assert output_path("out", m, "test", 3, 1, "source", 20, 2).endswith("test.seed3.step1.source20.edits2.jsonl")
+    assert output_path("out", m, "test", 3, 1, "source", 20).endswith("test.seed3.step1.source20.jsonl")
