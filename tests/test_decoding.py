@@ -230,6 +230,17 @@ def test_sampling_absorbs_at_the_trained_rate_by_default(small_run, monkeypatch)
     assert seen == [0.0, 0.3, 0.0, 0.9]
 
 
+def _record_calls(m, what):
+    """Make every network call of model m record what(z, keep) (cloned) in the returned list."""
+    seen, real = [], m.net
+
+    def spy(z, t, mask, prev, keep=None):
+        seen.append(what(z, keep).clone())
+        return real(z, t, mask, prev, keep)
+    m.net = spy
+    return seen
+
+
 @pytest.mark.parametrize("lengths", ["predicted", "source", "longer"])
 def test_length_regions_reach_the_network_and_bound_the_output(small_run, monkeypatch, lengths):
     """With the length head's prediction fixed to a known n, every call of the network gets the
@@ -240,13 +251,7 @@ def test_length_regions_reach_the_network_and_bound_the_output(small_run, monkey
     m.model.cfg.length_head = True  # the rule reads the head's prediction, patched below
     n_hat = torch.tensor([3, 9])
     monkeypatch.setattr(m.regions, "predict", lambda ids, mask: n_hat)
-    keeps = []
-    real = m.net
-
-    def spy(z, t, mask, prev, keep=None):
-        keeps.append(keep.clone())
-        return real(z, t, mask, prev, keep)
-    m.net = spy
+    keeps = _record_calls(m, lambda z, keep: keep)
     ids, mask = m.inputs(["w1 w2 w3 w4 w5", "w2 w3"])
     src = (1 - mask).sum(1)  # [CLS] x [SEP]: 7 and 4
     n = {"predicted": n_hat, "source": src - 2, "longer": torch.maximum(n_hat, src - 2)}[lengths]
@@ -368,13 +373,7 @@ def test_iterated_edits_start_each_pass_from_the_last_output(small_run):
     _, run = small_run
     m = load_model(str(run), device="cpu")
     ids, mask = m.inputs(["w1 w2 w3 w4", "w5 w6"])
-    seen = []
-    real = m.net
-
-    def spy(z, t, mask, prev, keep=None):
-        seen.append(z.clone())
-        return real(z, t, mask, prev, keep)
-    m.net = spy
+    seen = _record_calls(m, lambda z, keep: z)
     kw = dict(init="source", t_start=20, lengths="full", absorb_rate=0.0)
     first = m.sample_ids(ids, mask, "dpm", 1, seed=3, **kw)
     calls = len(seen)

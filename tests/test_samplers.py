@@ -208,18 +208,22 @@ def test_step_std_is_the_posterior_std_of_the_chain():
     assert float(got) == pytest.approx(by_hand, rel=1e-6)
 
 
+def _absorbing_case(B, L, D):
+    """The sqrt schedule of 2,000 steps, an absorbing state m [D], a mask with the target from
+    position 10, and a random source part (seeded)."""
+    torch.manual_seed(0)
+    ns = NoiseScheduleVP(DiscreteSchedule.from_name("sqrt", 2000).alphas_cumprod)
+    mask = torch.zeros(B, L)
+    mask[:, 10:] = 1
+    return ns, torch.tensor([0.3, -1.0, 2.0, 0.5]), mask, torch.randn(B, L, D) * (1 - mask).unsqueeze(-1)
+
+
 def test_solver_absorbs_at_the_rate_times_the_step_std():
     """Two solver steps: after the first, each target token becomes m with probability
     rate * step_std(t_0, t_1); the second model call sees exactly m at those tokens."""
     from diffuseq.samplers import solver_timesteps, step_std
-    torch.manual_seed(0)
     B, L, D = 400, 50, 4
-    sched = DiscreteSchedule.from_name("sqrt", 2000)
-    ns = NoiseScheduleVP(sched.alphas_cumprod)
-    m = torch.tensor([0.3, -1.0, 2.0, 0.5])
-    mask = torch.zeros(B, L)
-    mask[:, 10:] = 1
-    x_start = torch.randn(B, L, D) * (1 - mask).unsqueeze(-1)
+    ns, m, mask, x_start = _absorbing_case(B, L, D)
     seen = []
 
     def denoise(z, t):
@@ -377,14 +381,8 @@ def test_confidence_remask_absorbs_the_least_sure_tokens_at_the_rate():
     tokens of each example are m (p = rate * step std), and they are those of lowest confidence;
     nothing is drawn, so two generators give the same solve."""
     from diffuseq.samplers import solver_timesteps, step_std
-    torch.manual_seed(0)
     B, L, D = 6, 30, 4
-    sched = DiscreteSchedule.from_name("sqrt", 2000)
-    ns = NoiseScheduleVP(sched.alphas_cumprod)
-    m = torch.tensor([0.3, -1.0, 2.0, 0.5])
-    mask = torch.zeros(B, L)
-    mask[:, 10:] = 1
-    x_start = torch.randn(B, L, D) * (1 - mask).unsqueeze(-1)
+    ns, m, mask, x_start = _absorbing_case(B, L, D)
     conf = torch.rand(B, L)
     seen = []
 
