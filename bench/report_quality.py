@@ -16,11 +16,17 @@ from common import ROOT
 QUALITY = os.path.join(ROOT, "bench", "quality")
 
 
-def _cells(s, div=None):
+def _cells(s, seconds=None):
     cells = [f"{s['sentence_bleu']:.1f}", f"{s['bleu']:.1f}", f"{s['rouge_l']:.1f}"]
-    if div is None or "self_bleu" not in div:
-        return cells + ["", ""]
-    return cells + [f"{div['self_bleu']:.1f}", f"{div['div4']:.1f}"]
+    cells += [f"{s['self_bleu']:.1f}", f"{s['div4']:.1f}"] if "self_bleu" in s else ["", ""]
+    return cells + ["" if seconds is None else f"{seconds:,.1f}"]
+
+
+def _label(rec):
+    """The run as a reader knows it: its recipe, and the editor options when set."""
+    a = rec.get("run_args") or {}
+    extra = f" `--source_rate {a['source_rate']:g} --source_t_max {a['source_t_max']}`" if a.get("source_rate") else ""
+    return f"`{rec.get('recipe')}`{extra}"
 
 
 def rows_for(data, runs=None):
@@ -40,14 +46,18 @@ def rows_for(data, runs=None):
     rows.append(["copy the source", "", "", *_cells(copy)])
     if base:
         for name, label in (("greedy", "greedy"), ("beam4", "beam 4")):
+            d = base["decoders"][name]
             rows.append([f"Transformer {base['args']['layers']}+{base['args']['layers']} layers, width "
-                         f"{base['args']['width']}", f"{base['minutes']:g}", label, *_cells(base["decoders"][name])])
+                         f"{base['args']['width']}", f"{base['minutes']:g}", label, *_cells(d, d["decode_s"])])
     for name, rec in heldout:
         minutes = rec.get("train_minutes")
-        for which in ("best", "noise"):
-            r = rec["rows"][which]
-            rows.append([f"`{name}`" + (" (from noise)" if which == "noise" else ""),
-                         "" if minutes is None else f"{minutes:g}", r["decoder"], *_cells(r, r)])
+        best, noise = rec["rows"]["best"], rec["rows"]["noise"]
+        for r, tag in ((best, " (best on valid)"), (noise, " (best from noise)")):
+            if r is noise and noise["settings"] == best["settings"]:
+                continue  # the best setting is a noise start: one row says both
+            tag = " (best on valid, from noise)" if noise["settings"] == best["settings"] else tag
+            rows.append([_label(rec), "" if minutes is None else f"{minutes:g}", r["decoder"] + tag,
+                         *_cells(r, r["seconds_per_seed"])])
     return rows
 
 
@@ -55,7 +65,7 @@ def markdown(data, runs=None):
     rows = rows_for(data, runs)
     if not rows:
         return ""
-    head = ["model", "train min", "decoding", "sent. BLEU", "BLEU", "ROUGE-L", "self-BLEU", "Div-4"]
+    head = ["model", "train min", "decoding", "sent. BLEU", "BLEU", "ROUGE-L", "self-BLEU", "Div-4", "decode s"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     return "\n".join(out) + "\n"
