@@ -15,6 +15,7 @@ import os
 import sys
 import time
 
+from bench_decoding import EXTRA
 from common import ROOT, header_lines, write_json
 from splits import SPLITS, load_split_pairs, score
 
@@ -47,6 +48,9 @@ def main(argv=None):
     p.add_argument("--model_dir", required=True)
     p.add_argument("--data", choices=sorted(SPLITS), required=True)
     p.add_argument("--grid", choices=sorted(GRIDS), default="quick")
+    p.add_argument("--decoders", nargs="+", default=None,
+                   help="decode these named settings of bench_decoding.py's EXTRA instead of choosing on the "
+                        "choose pairs (one row each, e.g. original_v2_10 for the original's own solver)")
     p.add_argument("--seeds", type=int, default=5, help="decodings of each row, for the diversity columns")
     p.add_argument("--max_examples", type=int, default=None, help="only the first N held-out pairs")
     p.add_argument("--bsz", type=int, default=100)
@@ -60,12 +64,16 @@ def main(argv=None):
     chooser, held = load_split_pairs(a.data, "choose"), load_split_pairs(a.data, "test")[:a.max_examples]
     head = header_lines("bench_heldout", model.device, f"{model.path}, choose on {len(chooser)}, score {len(held)}")
     print(head, flush=True)
-    grid = scaled(GRIDS[a.grid], model.args.diffusion_steps)
-    rows = tune(model, [s for s, _ in chooser], [r for _, r in chooser], grid, a.bsz)
-    best = choose(rows)["best"]
-    noise = max((r for r in rows if r["settings"]["init"] == "noise"), key=lambda r: r["sentence_bleu"])["settings"]
+    if a.decoders:
+        rows, todo = [], [(n, EXTRA[n]) for n in a.decoders]
+    else:
+        grid = scaled(GRIDS[a.grid], model.args.diffusion_steps)
+        rows = tune(model, [s for s, _ in chooser], [r for _, r in chooser], grid, a.bsz)
+        best = choose(rows)["best"]
+        noise = max((r for r in rows if r["settings"]["init"] == "noise"), key=lambda r: r["sentence_bleu"])
+        todo = [("best", best), ("noise", noise["settings"])]
     out = {}
-    for name, settings in (("best", best), ("noise", noise)):
+    for name, settings in todo:
         out[name] = decode_row(model, settings, held, a.seeds, a.bsz)
         r = out[name]
         print(f"{name}: {r['decoder']}: sentence BLEU {r['sentence_bleu']:.2f}, ROUGE-L {r['rouge_l']:.2f}"

@@ -51,6 +51,11 @@ def rows_for(data, runs=None):
                          f"{base['args']['width']}", f"{base['minutes']:g}", label, *_cells(d, d["decode_s"])])
     for name, rec in heldout:
         minutes = rec.get("train_minutes")
+        if "best" not in rec["rows"]:  # named decoders, none chosen
+            for r in rec["rows"].values():
+                rows.append([_label(rec), "" if minutes is None else f"{minutes:g}", r["decoder"],
+                             *_cells(r, r["seconds_per_seed"])])
+            continue
         best, noise = rec["rows"]["best"], rec["rows"]["noise"]
         for r, tag in ((best, " (best on valid)"), (noise, " (best from noise)")):
             if r is noise and noise["settings"] == best["settings"]:
