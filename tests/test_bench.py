@@ -163,3 +163,15 @@ def test_beam_search_finds_the_path_greedy_misses():
     limit = 2 * 5 + 10
     assert beam_search(Chain(), src, Tok, beam=1) == [[A] * limit]
     assert beam_search(Chain(), src, Tok, beam=4) == [[B]]
+
+
+def test_quality_report_reads_the_saved_records():
+    """docs/quality.md's held-out tables come from bench/quality/*.json: each data set with a
+    record gets the copy line, the Transformer rows and the diffusion runs' rows."""
+    p = subprocess.run([sys.executable, str(ROOT / "bench" / "report_quality.py"), "--data", "bible"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert lines[0] == "### bible" and any(x.startswith("| copy the source |") for x in lines)
+    assert sum("Transformer" in x for x in lines) == 2  # greedy and beam 4
+    assert any("`bible-tiny` |" in x and "(best on valid)" in x for x in lines)
