@@ -112,8 +112,9 @@ class TrainConfig:
     source_rate: float = arg(0.0, 'diffusion',
         'editor training: the share of training examples whose target part starts from the source laid over '
         'it (as a decoding --init source does) instead of from the target, noised to a time drawn uniformly '
-        'from 0..--source_t_max and told that time, below the noise floor too; the model learns to edit its '
-        'source, and source starts decode with the true time (0: off; needs --schedule_sampler uniform)')
+        'from 0..--source_t_max and told that time, below the noise floor too, and source starts decode with '
+        'the true time (0: off; needs --schedule_sampler uniform). Measured on the Bible, it made source '
+        'starts much worse (docs/decoding.md)')
     source_t_max: int = arg(400, 'diffusion',
         'the largest timestep of --source_rate examples: 0.2 T, the --t_start a source start takes when '
         'nobody says (it follows a --diffusion_steps given on the command line)')
