@@ -105,7 +105,8 @@ def decode_parser(solver):
                             "instead of the probability-flow ODE (default false)")
         p.add_argument("--after_absorb", choices=["keep", "first"], default=None,
                        help="with absorption inside the solve: keep, the multistep history runs on across the "
-                            "re-masks; first, the step after each absorption is first order (default keep)")
+                            "re-masks; first, the step after each absorption is first order (default first: +2 to +3.5 BLEU "
+                            "on the Bible, a tie on QQP and IWSLT14)")
         p.add_argument("--remask", choices=["random", "confidence"], default=None,
                        help="which target tokens an absorption inside the solve sends back to m: random, each "
                             "with the step's probability; confidence, as many, those the model is least sure "

@@ -151,7 +151,7 @@ def least_confident(conf, mask, share):
 def dpm_solver_sample(denoise, ns, z, x_start, mask, m=None, steps=10, order=2,
                       skip="time_uniform", t_start=None, clamp=None, clamp_step=0, clamp_first=True,
                       progress=None, final_call=True, absorb_rate=0.0, sde=False, generator=None,
-                      after_absorb="keep", remask="random", confidence=None):
+                      after_absorb="first", remask="random", confidence=None):
     """Multistep DPM-Solver++ (data prediction) of order 1, 2 or 3 on the probability-flow ODE.
 
     `ns` is a NoiseScheduleVP; the solve runs from continuous time t_start (default T) down.
@@ -295,7 +295,7 @@ class DPMOptions:
     skip: str = "logSNR"  # step spacing: uniform in "logSNR" or in time ("time_uniform")
     sde: bool = False  # solve the reverse SDE (SDE-DPM-Solver++) instead of the ODE
     final_call: bool = True  # read tokens from one more prediction of z_0 where the solve ends
-    after_absorb: str = "keep"  # "first": a step after an absorption is first order (dpm_solver_sample)
+    after_absorb: str = "first"  # a step after an absorption is first order; "keep": mix anyway
     remask: str = "random"  # which tokens an absorption takes: "random" or the least "confidence"
 
 
