@@ -26,6 +26,8 @@ def _label(rec):
     """The run as a reader knows it: its recipe, and the editor options when set."""
     a = rec.get("run_args") or {}
     extra = f" `--source_rate {a['source_rate']:g} --source_t_max {a['source_t_max']}`" if a.get("source_rate") else ""
+    if str(rec.get("recipe")).startswith("original") and a.get("width"):  # the papers' profile, at a CPU shape
+        extra += f" at width {a['width']}, {a['layers']} layers, batch {a['bsz']}"
     return f"`{rec.get('recipe')}`{extra}"
 
 
