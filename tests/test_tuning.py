@@ -252,7 +252,7 @@ def test_training_can_end_by_choosing_its_decoding(run, tmp_path):
                      "--tune_decoding", "true")
     assert main(args) == 0
     choice = load_choice(os.path.join(str(out), ckpt.ckpt_name(2)))
-    assert choice is not None and choice["split"] == "valid" and len(choice["grid"]) == 11
+    assert choice is not None and choice["split"] == "valid" and len(choice["grid"]) == 14  # the quick grid at T = 50
 
 
 def test_tune_without_writing_and_on_another_metric(run, tmp_path):
