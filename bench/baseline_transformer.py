@@ -159,11 +159,10 @@ def main(argv=None):
         torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     spec = SPLITS[a.data]
-    folder = os.path.join(ROOT, spec.folder)
     train, choose, held = (load_split_pairs(a.data, part) for part in ("train", "choose", "test"))
     if a.max_examples:
         held = held[:a.max_examples]
-    tok = build_tokenizer("own", folder, vocab_size=a.vocab_size)
+    tok = build_tokenizer("own", spec.folder, vocab_size=a.vocab_size)
     max_len = spec.seq_len
     model = Seq2Seq(tok.vocab_size, a.width, a.layers, dropout=a.dropout, max_len=2 * max_len + 16)
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.01)

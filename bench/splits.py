@@ -10,7 +10,7 @@ and the baselines: which pairs train, which choose (checkpoint and decoding), wh
 import os
 from dataclasses import dataclass
 
-from common import ROOT
+from bench_quality import DATA, ensure_data
 
 from diffuseq.data.dataset import read_pairs
 from diffuseq.tuning import copy_line
@@ -18,16 +18,24 @@ from diffuseq.tuning import copy_line
 
 @dataclass(frozen=True)
 class Split:
-    folder: str
-    seq_len: int
+    data: str  # the key of bench_quality.DATA, which holds the folder and the sequence length
     choose: tuple  # (file, first, last) of the pairs that choose
     test: tuple  # (file, first, last) of the pairs that are scored
 
+    @property
+    def folder(self):
+        """The data folder (bench_quality.ensure_data: the Bible pairs are built when missing)."""
+        return ensure_data(self.data)
+
+    @property
+    def seq_len(self):
+        return DATA[self.data][2]
+
 
 SPLITS = {
-    "bible": Split("datasets/bible_kjv_web", 160, ("valid", 0, 200), ("test", 0, 500)),
-    "qqp": Split("../shared/data/qqp_small", 64, ("valid", 0, 100), ("valid", 100, 200)),
-    "iwslt": Split("../shared/data/iwslt14_small", 128, ("valid", 0, 250), ("valid", 250, 500)),
+    "bible": Split("bible", ("valid", 0, 200), ("test", 0, 500)),
+    "qqp": Split("qqp", ("valid", 0, 100), ("valid", 100, 200)),
+    "iwslt": Split("iwslt", ("valid", 0, 250), ("valid", 250, 500)),
 }
 
 
@@ -35,13 +43,7 @@ def load_split_pairs(data, part):
     """[(src, trg)] of part "train", "choose" or "test" of the data set `data`."""
     spec = SPLITS[data]
     file, first, last = ("train", 0, None) if part == "train" else getattr(spec, part)
-    path = os.path.join(ROOT, spec.folder, f"{file}.jsonl")
-    if data == "bible" and not os.path.isfile(path):
-        import subprocess
-        import sys
-        subprocess.run([sys.executable, "-m", "diffuseq.data.bible", "--src", "kjv", "--trg", "web",
-                        "--out", os.path.join(ROOT, spec.folder)], check=True, cwd=ROOT)
-    return list(read_pairs(path))[first:last]
+    return list(read_pairs(os.path.join(spec.folder, f"{file}.jsonl")))[first:last]
 
 
 def score(hyps, pairs):

@@ -290,11 +290,10 @@ def parse_train_args(argv=None):
     args = vars(parser.parse_args(argv))
     args["explicit"] = sorted(explicit_keys(parser, argv))
     T0 = parser.get_default("diffusion_steps")
-    if args["diffusion_steps"] != T0 and "t_min" not in args["explicit"]:
-        # the recipe's noise floor is a share of its T: it follows a T given on the command line
-        args["t_min"] = round(args["t_min"] * args["diffusion_steps"] / T0)
-    if args["diffusion_steps"] != T0 and "source_t_max" not in args["explicit"]:
-        args["source_t_max"] = round(args["source_t_max"] * args["diffusion_steps"] / T0)
+    for k in ("t_min", "source_t_max"):
+        if args["diffusion_steps"] != T0 and k not in args["explicit"]:
+            # a recipe's timesteps are shares of its T: they follow a T given on the command line
+            args[k] = round(args[k] * args["diffusion_steps"] / T0)
     if args["use_fp16"]:
         args["precision"] = "fp16"
     if args["denoise"] and not args["learned_mean_embed"]:

@@ -200,7 +200,7 @@ class DiffuSeq:
         """The model as the samplers see it for one batch (adapters.Denoise). A source start of a
         model trained as an editor (--source_rate) tells the model the true time, below its noise
         floor too, as it was trained."""
-        editor = init == "source" and getattr(self.args, "source_rate", 0) > 0
+        editor = init == "source" and self.args.source_rate > 0
         return Denoise(self.net, mask, keep, t_min=0 if editor else self.args.t_min,
                        self_cond=self.model.cfg.self_cond, logits=self.model.get_logits,
                        dtype=self.dtype, copy=self.net is not self.model)
