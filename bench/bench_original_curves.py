@@ -35,35 +35,36 @@ from diffuseq.metrics import evaluate
 from diffuseq.pipeline import DiffuSeq
 from diffuseq.trainer import Trainer
 
-WORK = "/tmp/original-curves"
+WORK = os.environ.get("CURVES_WORK", "/tmp/original-curves")
 QQP = os.path.join(common.ROOT, "..", "shared", "data", "qqp_small")
 VOCAB = os.path.join(PEER, "data", "vocab.txt")
 
 
-def our_args(seed, steps, save, run):
+def our_args(seed, steps, save, run, lr):
     return parse_train_args([
         "--recipe", "original-v2", "--data_dir", QQP, "--dataset", "qqp_small", "--vocab_path", VOCAB,
         "--width", "128", "--layers", "2", "--heads", "2", "--ffn", "512", "--bsz", "64", "--microbatch", "64",
-        "--precision", "fp32", "--learning_steps", str(steps), "--save_interval", str(save), "--eval_interval", "0",
+        "--precision", "fp32", "--lr", str(lr), "--learning_steps", str(steps), "--save_interval", str(save),
+        "--eval_interval", "0",
         "--ema_rate", "0.99", "--seed", str(seed), "--checkpoint_path", run, "--progress", "false"])
 
 
-def train_ours(seed, steps, save):
+def train_ours(seed, steps, save, lr):
     run = os.path.join(WORK, f"ours_s{seed}")
     t0 = time.time()
-    Trainer(our_args(seed, steps, save, run)).train()
+    Trainer(our_args(seed, steps, save, run, lr)).train()
     return time.time() - t0
 
 
-def train_original(seed, steps, save):
+def train_original(seed, steps, save, lr):
     run = os.path.join(WORK, f"original_s{seed}")
     os.makedirs(run, exist_ok=True)
     init = os.path.join(run, "init", "model000000.pt")
     os.makedirs(os.path.dirname(init), exist_ok=True)
-    tr = Trainer(our_args(seed, steps, save, os.path.join(WORK, f"init_s{seed}")))  # its seed-s initial weights
+    tr = Trainer(our_args(seed, steps, save, os.path.join(WORK, f"init_s{seed}"), lr))  # its seed-s initial weights
     torch.save(export_original(tr.model), init)
     args = ["--checkpoint_path", run, "--dataset", "qqp", "--data_dir", PEER_DATA, "--data_split_num", "0",
-            "--vocab", "bert", "--use_plm_init", "no", "--lr", "0.0001", "--use_fp16", "False", "--batch_size", "64",
+            "--vocab", "bert", "--use_plm_init", "no", "--lr", str(lr), "--use_fp16", "False", "--batch_size", "64",
             "--microbatch", "64", "--diffusion_steps", "2000", "--noise_schedule", "sqrt", "--schedule_sampler",
             "lossaware", "--resume_checkpoint", init, "--seq_len", "128", "--hidden_t_dim", "128", "--seed",
             str(seed), "--hidden_dim", "128", "--learning_steps", str(steps), "--save_interval", str(save),
@@ -147,6 +148,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--save", type=int, default=200)
+    p.add_argument("--lr", type=float, default=1e-4,
+                   help="peak learning rate of both sides (the original's QQP run: 1e-4)")
     p.add_argument("--score", action="store_true")
     p.add_argument("--seeds", default="1,2")
     a = p.parse_args(argv)
@@ -162,7 +165,7 @@ def main(argv=None):
         with open(os.path.join(common.ROOT, "bench", "peer", "original_curves.json"), "w") as f:
             json.dump(rec, f, indent=1)
         return 0
-    seconds = (train_ours if a.side == "ours" else train_original)(a.seed, a.steps, a.save)
+    seconds = (train_ours if a.side == "ours" else train_original)(a.seed, a.steps, a.save, a.lr)
     with open(os.path.join(WORK, f"{a.side}_s{a.seed}.seconds"), "w") as f:
         f.write(f"{seconds:.1f}\n")
     return 0

@@ -22,7 +22,7 @@ import torch.nn as nn
 import common  # noqa: F401  (puts the repository on sys.path)
 from common import cpu_has_bf16, header_lines, median, peak_bf16, pick_device, sync, table, write_json
 from diffuseq.diffusion import training_losses
-from diffuseq.trainer import NetView
+from diffuseq.step import NetView
 from diffuseq.model import PRESETS, Denoiser, DenoiserConfig
 from diffuseq.schedule import DiscreteSchedule
 

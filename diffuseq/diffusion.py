@@ -42,14 +42,6 @@ def absorb(z, mask, m, prob, u):
     return torch.where(hit.unsqueeze(-1), m.to(z.dtype).expand_as(z), z)
 
 
-def q_posterior_mean(sched, z0, zt, t, m=None):
-    """Mean of q(z_{t-1} | z_t, z_0) (around m when given)."""
-    off = 0 if m is None else m
-    c1 = sched.at("posterior_mean_coef1", t, z0.ndim)
-    c2 = sched.at("posterior_mean_coef2", t, z0.ndim)
-    return c1 * (z0 - off) + c2 * (zt - off) + off
-
-
 def masked_mean(x, mask):
     """Mean over the y positions (and the last dim, if any) of each example: [B, L(, D)] -> [B]."""
     w = mask.to(x.dtype)

@@ -1,17 +1,28 @@
-"""Samplers: pure functions from starting noise to a sample.
+"""Samplers: short update rules walked over one grid.
 
-Each takes `denoise(z, t) -> z0_hat`, the model wrapped once into a data predictor (t are
-training timesteps [B], possibly fractional), the starting z [B, L, D], the clean x part
-`x_start` [B, L, D] with `mask` [B, L] (1 on y), and the absorbing state m (None = 0). The x
-part is re-imposed from x_start after every step. Each returns (z, z0_hat): the final state and
-the last prediction of z_0, from which tokens are read.
+A sampler is put together from four small parts:
+
+* a `Grid` (diffuseq.grid): the points it visits, with the model's time, alpha, sigma, lambda;
+* the model as every rule sees it (`Predictor`): z_0 predicted at a grid point, rounded where
+  clamping says, with the source laid back, in the frame the rule runs in;
+* a `Rule`: one step from point i - 1 to point i from the state and the newest predictions
+  (ancestral, DPM-Solver++ of orders 1-3, SDE-DPM-Solver++, DiffuSeq-v2's own solver);
+* an optional correction between steps (`Absorb`: DiffuSeq-v2's discrete noise at sampling time).
+
+`walk` runs them; `ancestral_sample`, `dpm_solver_sample` and `original_v2_solve` put them
+together as the CLIs name them. The network side (its mask, noise floor, self-conditioning,
+precision) is adapters.Denoise, which the samplers see as `denoise(z, t) -> z0_hat` with t
+training timesteps [B], possibly fractional. Shapes: z, x_start [B, L, D]; mask [B, L] (1 on the
+target y, whose rows alone are sampled; the source x is laid back after every step).
 """
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 
-from .diffusion import _offset, absorb, q_posterior_mean
-from .schedule import DiscreteSchedule, NoiseScheduleVP
+from .diffusion import _offset, absorb
+from .grid import Grid, posterior_std
+from .schedule import NoiseScheduleVP
 
 
 def _reimpose(z, x_start, mask):
@@ -24,120 +35,111 @@ def clamps_at(t, clamp_step, clamp_first=True):
     return t >= clamp_step if clamp_first else t <= clamp_step
 
 
-def sampling_std(sched, n, variance="small"):
-    """Standard deviation of the noise added at step n of an ancestral chain: "small" is the
-    posterior's beta~_n; "large" is beta_n, the original's choice (its variance array is
-    [beta~_1, beta_1, beta_2, ...]: beta~_1 only at n = 0, where no noise is added)."""
-    if variance == "small":
-        return float(sched.posterior_variance[n]) ** 0.5
-    if variance == "large":
-        return float(sched.posterior_variance[1] if n == 0 else sched.betas[n]) ** 0.5
-    raise ValueError(f"unknown variance {variance!r}; choose small or large")
+# ------------------------------------------------------------------------------- the model
+class Predictor:
+    """The model as the rules see it: at grid point i, the prediction of z_0 from the state x.
+
+    The rules run in a frame: with `m` (centre=True) the coordinates w = z - m on the target,
+    where the process is the usual VP one toward 0 and the absorbing state is 0; otherwise z
+    itself, the absorbing state m (the posterior then taken as if m were 0, as DiffuSeq-v2's
+    code does). The prediction is rounded to word embeddings by `clamp` where
+    clamps_at(the point's level), and the source laid back. via_eps sends it through the noise
+    parameterisation and back in float32, as DiffuSeq-v2's solver does. `z0` keeps the last
+    prediction in z coordinates."""
+
+    def __init__(self, denoise, grid, x_start, mask, m=None, centre=True, clamp=None, clamp_step=0,
+                 clamp_first=True, via_eps=False):
+        self.denoise, self.grid, self.x_start, self.mask = denoise, grid, x_start, mask
+        self.off = _offset(mask, m) if centre else None
+        self.state = None if m is None else (torch.zeros_like(m) if centre else m)  # absorbing state in the frame
+        self.clamp, self.clamp_step, self.clamp_first, self.via_eps = clamp, clamp_step, clamp_first, via_eps
+        self.z0 = None
+
+    def frame(self, z):
+        return z if self.off is None else z - self.off
+
+    def unframe(self, x):
+        return x if self.off is None else x + self.off
+
+    def lay(self, x):
+        """The source laid back (the frame is z itself on the source)."""
+        return _reimpose(x, self.x_start, self.mask)
+
+    def __call__(self, x, i):
+        g, z = self.grid, self.unframe(x)
+        z0 = self.denoise(z, g.t_model[i].float().expand(z.shape[0]).to(z.device, non_blocking=True))
+        if self.via_eps:
+            a, s = g.alpha[i].float().item(), g.sigma[i].float().item()
+            z0 = self.lay((z - s * ((z - a * z0) / s)) / a)
+        if self.clamp is not None and clamps_at(float(g.level[i]), self.clamp_step, self.clamp_first):
+            z0 = self.lay(self.clamp(z0))
+        self.z0 = z0
+        return self.frame(z0)
 
 
-@torch.no_grad()
-def ancestral_sample(denoise, sched, z, x_start, mask, m=None, clamp=None, clamp_step=0,
-                     clamp_first=True, variance="small", denoise_rate=0.0, generator=None,
-                     progress=None, centre=True):
-    """Ancestral sampling over a (possibly respaced) DiscreteSchedule.
+# ------------------------------------------------------------------------------- the rules
+# Each takes the grid, the index i of the point stepped to, the state x at point i - 1 and the
+# predictions `hist` (newest last, at points i - 1, i - 2, ...), and returns the state at point i
+# (for a stochastic rule, its mean). Coefficients are float64 on the host, applied as scalars.
 
-    At each step z_0 is predicted, replaced by its nearest word embedding (`clamp`, the rounding
-    trick) where clamps_at(training timestep, clamp_step, clamp_first), and z_{t-1} drawn from
-    N(posterior mean, sampling_std^2). With denoise_rate r > 0 and an absorbing state m, each y
-    token is then absorbed into m with probability r times that standard deviation. centre=False
-    takes the posterior mean c1 z0 + c2 z_t as if m were 0, as DiffuSeq-v2's code does.
-    """
-    z = _reimpose(z, x_start, mask)
-    z0 = z
-    steps = range(sched.num_steps - 1, -1, -1)
-    for n in (progress(steps) if progress else steps):
-        t = torch.full((z.shape[0],), n, device=z.device, dtype=torch.long)
-        t_model = torch.full_like(t, int(sched.timestep_map[n]))
-        z0 = denoise(z, t_model)
-        if clamp is not None and clamps_at(sched.timestep_map[n], clamp_step, clamp_first):
-            z0 = _reimpose(clamp(z0), x_start, mask)
-        z = q_posterior_mean(sched, z0, z, t, m if centre else None)
-        if n > 0:
-            std = sampling_std(sched, n, variance)
-            noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
-            z = z + std * noise
-            if denoise_rate > 0 and m is not None:
-                u = torch.rand(z.shape[:2], generator=generator, device=z.device)
-                z = absorb(z, mask, m, torch.full_like(t, denoise_rate * std, dtype=z.dtype), u)
-        z = _reimpose(z, x_start, mask)
-    return z, z0
-
-
-def solver_timesteps(ns, steps, skip="time_uniform", t_start=None):
-    """steps + 1 continuous times from t_start (default T) down to eps, uniform in t or in
-    logSNR lambda."""
-    t_T = torch.tensor(ns.T if t_start is None else t_start, dtype=torch.float64)
-    t_0 = torch.tensor(ns.eps, dtype=torch.float64)
-    if skip == "time_uniform":
-        return torch.linspace(float(t_T), ns.eps, steps + 1, dtype=torch.float64)
-    if skip == "logSNR":
-        lam = torch.linspace(float(ns.marginal_lambda(t_T)), float(ns.marginal_lambda(t_0)),
-                             steps + 1, dtype=torch.float64)
-        return ns.inverse_lambda(lam)
-    raise ValueError(f"unknown skip type {skip!r}; choose time_uniform or logSNR")
-
-
-def step_std(ns, s, t):
-    """Standard deviation of the posterior q(z_t | z_s, z_0) of a VP process, s > t:
-    sigma_t * sqrt(1 - exp(-2 h)), h = lambda_t - lambda_s. For a step of the discrete chain
-    (s, t = (n + 1) / T, n / T) it is sqrt(beta~_n), the ancestral chain's "small" noise; it is
-    also the noise of a first-order SDE-DPM-Solver++ step."""
-    h = ns.marginal_lambda(t) - ns.marginal_lambda(s)
-    return ns.marginal_std(t) * torch.sqrt(-torch.expm1(-2.0 * h))
-
-
-def _dpm_sde_update(x, ts, t, history, order, ns, noise):
-    """One SDE-DPM-Solver++ update (first order, or the multistep second order "2M") from ts[-1]
-    to t: the solver of the reverse SDE in data prediction, which adds fresh noise of std
-    step_std(ns, ts[-1], t) to every step."""
-    lam_t, lam_s = ns.marginal_lambda(t), ns.marginal_lambda(ts[-1])
-    h = lam_t - lam_s
-    alpha_t = ns.marginal_alpha(t)
-    c = lambda v: float(v)  # noqa: E731
-    phi = -torch.expm1(-2.0 * h)  # 1 - exp(-2h)
-    m0 = history[-1]
-    x_t = c(ns.marginal_std(t) / ns.marginal_std(ts[-1]) * torch.exp(-h)) * x + c(alpha_t * phi) * m0
+def posterior_step(g, i, x, hist, order=1):
+    """The mean of the posterior q(z_t | z_s, z_0 = hist[-1]): the ancestral step, and the first
+    order SDE-DPM-Solver++ step. order 2 adds the multistep correction of SDE-DPM-Solver++ 2M."""
+    h = g.h(i)
+    phi = -torch.expm1(-2.0 * h)  # 1 - e^-2h
+    x_t = float(g.sigma[i] / g.sigma[i - 1] * torch.exp(-h)) * x + float(g.alpha[i] * phi) * hist[-1]
     if order >= 2:
-        r0 = (lam_s - ns.marginal_lambda(ts[-2])) / h
-        x_t = x_t + c(0.5 * alpha_t * phi / r0) * (m0 - history[-2])
-    return x_t + c(step_std(ns, ts[-1], t)) * noise
-
-
-def _dpm_update(x, ts, t, history, order, ns):
-    """One multistep DPM-Solver++ update from ts[-1] to t over the data predictions `history`
-    (newest last) at times ts. Coefficients are computed in float64, then applied as scalars."""
-    lam = lambda s: ns.marginal_lambda(s)  # noqa: E731
-    lam_t, lam_s = lam(t), lam(ts[-1])
-    h = lam_t - lam_s
-    alpha_t = ns.marginal_alpha(t)
-    sigma_ratio = ns.marginal_std(t) / ns.marginal_std(ts[-1])
-    phi_1 = torch.expm1(-h)
-    c = lambda v: float(v)  # noqa: E731
-    m0 = history[-1]
-    x_t = c(sigma_ratio) * x - c(alpha_t * phi_1) * m0
-    if order >= 2:
-        h0 = lam_s - lam(ts[-2])
-        r0 = h0 / h
-        d1_0 = (m0 - history[-2]) / c(r0)
-        if order == 2:
-            x_t = x_t - c(0.5 * alpha_t * phi_1) * d1_0
-        else:
-            h1 = lam(ts[-2]) - lam(ts[-3])
-            r1 = h1 / h
-            d1_1 = (history[-2] - history[-3]) / c(r1)
-            d1 = d1_0 + c(r0 / (r0 + r1)) * (d1_0 - d1_1)
-            d2 = (d1_0 - d1_1) / c(r0 + r1)
-            phi_2 = phi_1 / h + 1.0
-            phi_3 = phi_2 / h - 0.5
-            x_t = x_t + c(alpha_t * phi_2) * d1 - c(alpha_t * phi_3) * d2
+        r0 = g.h(i - 1) / h
+        x_t = x_t + float(0.5 * g.alpha[i] * phi / r0) * (hist[-1] - hist[-2])
     return x_t
 
 
+def dpm_step(g, i, x, hist, order=1):
+    """Multistep DPM-Solver++ (data prediction) on the probability-flow ODE, order 1, 2 or 3."""
+    h = g.h(i)
+    alpha_t = g.alpha[i]
+    phi_1 = torch.expm1(-h)
+    x_t = float(g.sigma[i] / g.sigma[i - 1]) * x - float(alpha_t * phi_1) * hist[-1]
+    if order >= 2:
+        r0 = g.h(i - 1) / h
+        d1_0 = (hist[-1] - hist[-2]) / float(r0)
+        if order == 2:
+            return x_t - float(0.5 * alpha_t * phi_1) * d1_0
+        r1 = g.h(i - 2) / h
+        d1_1 = (hist[-2] - hist[-3]) / float(r1)
+        d1 = d1_0 + float(r0 / (r0 + r1)) * (d1_0 - d1_1)
+        d2 = (d1_0 - d1_1) / float(r0 + r1)
+        phi_2 = phi_1 / h + 1.0
+        phi_3 = phi_2 / h - 0.5
+        x_t = x_t + float(alpha_t * phi_2) * d1 - float(alpha_t * phi_3) * d2
+    return x_t
+
+
+def small_std(g, i):
+    """The posterior std of the step (sqrt(beta~) on the chain); 0 into a clean point."""
+    return float(posterior_std(g.sigma[i], g.h(i)))
+
+
+def beta_std(g, i):
+    """sqrt(beta) of the step, 1 - (alpha_s / alpha_t)^2: the original's "large" variance; no noise
+    into a clean point."""
+    return float(torch.sqrt(1.0 - (g.alpha[i - 1] / g.alpha[i]) ** 2)) if g.sigma[i] > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Rule:
+    step: Callable  # (grid, i, x, hist, order) -> state at point i (its mean, for a stochastic rule)
+    order: int = 1
+    noise: Optional[Callable] = None  # (grid, i) -> std of the fresh Gaussian noise of the step
+    from_prediction: bool = False  # step from the newest prediction instead of the state (DiffuSeq-v2)
+
+    def order_at(self, i, steps):
+        """Lower orders while the history fills, and at the end of runs under 10 steps (stabler)."""
+        k = min(self.order, i)
+        return min(k, steps + 1 - i) if steps < 10 else k
+
+
+# ------------------------------------------------------------------------------- corrections
 def least_confident(conf, mask, share):
     """[B, L] float: 0 on the round(share * n) target positions (mask [B, L]) of lowest confidence
     conf [B, L] of each example (n: its target positions), 1 elsewhere."""
@@ -147,136 +149,133 @@ def least_confident(conf, mask, share):
     return (~(rank < k[:, None])).to(conf.dtype)
 
 
+@dataclass
+class Absorb:
+    """DiffuSeq-v2's discrete noise at sampling time, applied after every step but the last: each
+    target token goes to the absorbing state with probability p = rate * std(grid, i), the std
+    of the step (the rule of the ancestral chain, whose step n absorbs with rate * sqrt(beta~_n)).
+    remask "random" draws each token independently; "confidence" takes the round(p * n) tokens
+    of each example the model is least sure of (`confidence(z0)` [B, L] of the last prediction,
+    as mask-predict and MaskGIT re-mask), drawing nothing. Returns the state and, with
+    first_order_after, which examples lost tokens (the rule's next step is then first order for
+    them: a multistep update would mix a prediction made before the re-mask)."""
+    rate: float
+    std: Callable = small_std
+    remask: str = "random"
+    confidence: Optional[Callable] = None
+    first_order_after: bool = True
+
+    def __post_init__(self):
+        if self.remask not in ("random", "confidence"):
+            raise ValueError(f"unknown remask {self.remask!r}; choose random or confidence")
+        if self.remask == "confidence" and self.confidence is None:
+            raise ValueError("remask='confidence' needs the model's confidence function")
+
+    def __call__(self, x, model, i, generator=None):
+        p, mask = self.rate * self.std(model.grid, i), model.mask
+        if self.remask == "confidence":
+            u, p = least_confident(self.confidence(model.z0), mask, p), 0.5  # u is 0 on the tokens to take
+        else:
+            u = torch.rand(x.shape[:2], generator=generator, device=x.device)
+        x = absorb(x, mask, model.state, torch.full((x.shape[0],), p, device=x.device), u)
+        return x, (((u < p) & mask.bool()).any(1) if self.first_order_after else None)
+
+
+# ------------------------------------------------------------------------------- the walk
+def walk(model, rule, z, correction=None, final_call=False, generator=None, progress=None):
+    """Run `rule` over model.grid from z (at its first point): a prediction at every point but the
+    last (and there too with final_call), a step between each two, `correction` after every step
+    but the last. Returns the state at the last point, in z coordinates."""
+    K = model.grid.steps
+    x = model.lay(model.frame(z))
+    hist, hit = [model(x, 0)], None
+    idx = range(1, K + 1)
+    for i in (progress(idx) if progress else idx):
+        k = rule.order_at(i, K)
+        src = hist[-1] if rule.from_prediction else x
+        new = rule.step(model.grid, i, src, hist, k)
+        if k > 1 and hit is not None and hit.any():
+            new = torch.where(hit.view(-1, 1, 1), rule.step(model.grid, i, src, hist, 1), new)
+        std = rule.noise(model.grid, i) if rule.noise else 0.0
+        if std > 0:
+            new = new + std * torch.randn(new.shape, generator=generator, device=new.device, dtype=new.dtype)
+        hit = None
+        if correction is not None and i < K:
+            new, hit = correction(new, model, i, generator)
+        x = model.lay(new)
+        if i < K or final_call:
+            hist = (hist + [model(x, i)])[-3:]
+    return model.unframe(x)
+
+
+# ------------------------------------------------------------------------------- the samplers
+@torch.no_grad()
+def ancestral_sample(denoise, sched, z, x_start, mask, m=None, clamp=None, clamp_step=0,
+                     clamp_first=True, variance="small", denoise_rate=0.0, generator=None,
+                     progress=None, centre=True, steps=None, t_start=None):
+    """Ancestral sampling over the chain of a DiscreteSchedule (`steps` of its timesteps up to
+    t_start; default all): z_0 predicted (rounded where clamps_at), the next state drawn from
+    the posterior mean with noise of std sqrt(beta~) ("small") or sqrt(beta) ("large", the
+    original's). With denoise_rate r > 0 and m, each target token is then absorbed into m with
+    probability r times that std. centre=False takes the posterior mean as if m were 0, as
+    DiffuSeq-v2's code does. Returns (z, the last prediction of z_0)."""
+    if variance not in ("small", "large"):
+        raise ValueError(f"unknown variance {variance!r}; choose small or large")
+    std = small_std if variance == "small" else beta_std
+    model = Predictor(denoise, Grid.chain(sched, steps, t_start), x_start, mask, m, centre, clamp, clamp_step,
+                      clamp_first)
+    absorbing = Absorb(denoise_rate, std, first_order_after=False) if denoise_rate > 0 and m is not None else None
+    z = walk(model, Rule(posterior_step, 1, std), z, absorbing, generator=generator, progress=progress)
+    return z, model.z0
+
+
 @torch.no_grad()
 def dpm_solver_sample(denoise, ns, z, x_start, mask, m=None, steps=10, order=2,
                       skip="time_uniform", t_start=None, clamp=None, clamp_step=0, clamp_first=True,
                       progress=None, final_call=True, absorb_rate=0.0, sde=False, generator=None,
                       after_absorb="first", remask="random", confidence=None):
-    """Multistep DPM-Solver++ (data prediction) of order 1, 2 or 3 on the probability-flow ODE.
+    """Multistep DPM-Solver++ (data prediction) of order 1, 2 or 3 on the probability-flow ODE,
+    or with sde=True SDE-DPM-Solver++ (orders 1 and 2, fresh noise of the posterior std each step).
 
-    `ns` is a NoiseScheduleVP; the solve runs from continuous time t_start (default T) down.
-    `clamp` rounds each data prediction as in ancestral_sample (where clamps_at). The solve runs in coordinates w = z - m (on y), where the process
-    is the usual VP one toward 0. The first steps use lower orders to warm up the history; with
-    fewer than 10 steps the last steps lower the order too, which keeps them stable. The solve
-    ends at t = 1/T, where z_t is z_0 up to noise of the first timestep's level (std 0.12 with
-    the sqrt schedule at T = 2000). With final_call, one more prediction there gives z_0
-    (steps + 1 model calls; on the Bible it scored 0.6 BLEU more with 10 steps); without it,
-    z_t itself is the result (`steps` calls, as the original's solver).
-
-    absorb_rate r > 0 (with an absorbing state m) brings DiffuSeq-v2's discrete noise into the
-    solve: after each update from s to t but the last, each y token is replaced by m with
-    probability r * step_std(s, t), the rule of the ancestral chain (whose step n absorbs with
-    probability r * sqrt(beta~_n), the same std for a one-step gap). sde=True solves the reverse
-    SDE instead of the ODE (SDE-DPM-Solver++, order 1 or 2), with fresh Gaussian noise each step.
-    Both draw from `generator`. With r = 0 and sde False the solve is deterministic.
-    after_absorb: a multistep update mixes the last two predictions of z_0, and with absorption
-    the older one was made before the tokens were re-masked; "keep" mixes them all the same,
-    "first" makes the step after an absorption first order for the examples that lost tokens.
-    remask: which tokens an absorption takes. "random": each independently, as above;
-    "confidence": the same expected number (round(p * target tokens) of each example), those
-    the model is least sure of, by confidence(z0) [B, L] of the last prediction (the re-masking
-    of mask-predict and MaskGIT); it draws nothing.
-    Returns (z at the end of the solve, z_0)."""
+    `ns` is a NoiseScheduleVP; the solve runs over Grid.solver (from continuous time t_start,
+    default 1) in the frame w = z - m, where the process is the usual VP one toward 0. The solve
+    ends at t = 1/T, where z_t is z_0 up to noise of the first timestep's level (std 0.12 with the
+    sqrt schedule at T = 2000). With final_call, one more prediction there gives z_0 (steps + 1
+    model calls; on the Bible it scored 0.6 BLEU more with 10 steps); without it, z_t itself is
+    the result (`steps` calls, as the original's solver). absorb_rate r > 0 (with m) applies
+    Absorb between steps (remask, confidence: see there); after_absorb "first" makes the step after
+    an absorption first order for the examples that lost tokens, "keep" mixes the predictions
+    anyway. With r = 0 and sde False the solve is deterministic. Returns (z, z_0)."""
     if order not in (1, 2, 3):
         raise ValueError("DPM-Solver++ order must be 1, 2 or 3")
     if sde and order == 3:
         raise ValueError("SDE-DPM-Solver++ has orders 1 and 2")
-    off = _offset(mask, m)
-    shift = (lambda w: w) if off is None else (lambda w: w + off)
-    unshift = (lambda x: x) if off is None else (lambda x: x - off)
-    w_start = unshift(x_start)  # equals x_start: the offset is zero on the x part
-
-    # times and coefficients stay on the host in float64: no device sync inside the loop
-    ts = solver_timesteps(ns, steps, skip, t_start).cpu()
-    B = z.shape[0]
-
-    def data_pred(w, t):
-        t_disc = ns.discrete_timestep(t)
-        t_model = t_disc.float().expand(B).to(w.device, non_blocking=True)
-        z0 = denoise(shift(w), t_model)
-        if clamp is not None and clamps_at(float(t_disc), clamp_step, clamp_first):
-            z0 = _reimpose(clamp(z0), x_start, mask)
-        return unshift(z0)
-
     if after_absorb not in ("keep", "first"):
         raise ValueError(f"unknown after_absorb {after_absorb!r}; choose keep or first")
-    if remask not in ("random", "confidence"):
+    absorbing = None
+    if absorb_rate > 0 and m is not None:
+        absorbing = Absorb(absorb_rate, small_std, remask, confidence, first_order_after=after_absorb == "first")
+    elif remask not in ("random", "confidence"):
         raise ValueError(f"unknown remask {remask!r}; choose random or confidence")
-    if remask == "confidence" and confidence is None:
-        raise ValueError("remask='confidence' needs the model's confidence function")
-    w = _reimpose(unshift(z), w_start, mask)
-    hist_t, hist_x0 = [ts[0]], [data_pred(w, ts[0])]
-    hit = None  # [B] bool: which examples the last step absorbed tokens of
-    idx = range(1, steps + 1)
-    for i in (progress(idx) if progress else idx):
-        step_order = min(order, i)
-        if steps < 10:
-            step_order = min(step_order, steps + 1 - i)
-
-        def update(k):
-            if sde:
-                return _dpm_sde_update(w, hist_t, ts[i], hist_x0, k, ns, noise)
-            return _dpm_update(w, hist_t, ts[i], hist_x0, k, ns)
-
-        noise = torch.randn(w.shape, generator=generator, device=w.device, dtype=w.dtype) if sde else None
-        w_next = update(step_order)
-        if after_absorb == "first" and step_order > 1 and hit is not None and hit.any():
-            w_next = torch.where(hit.view(-1, 1, 1), update(1), w_next)
-        w = w_next
-        hit = None
-        if absorb_rate > 0 and m is not None and i < steps:
-            # in coordinates w = z - m, the absorbing state is 0
-            p = absorb_rate * float(step_std(ns, hist_t[-1], ts[i]))
-            if remask == "confidence":
-                u = least_confident(confidence(shift(hist_x0[-1])), mask, p)
-                p = 0.5  # u is 0 on the tokens to take, 1 elsewhere
-            else:
-                u = torch.rand(w.shape[:2], generator=generator, device=w.device)
-            w = absorb(w, mask, torch.zeros_like(m), torch.full((w.shape[0],), p, device=w.device), u)
-            hit = ((u < p) & mask.bool()).any(1)  # the examples that lost tokens to m
-        w = _reimpose(w, w_start, mask)
-        if i == steps and not final_call:
-            break
-        hist_t.append(ts[i])
-        hist_x0.append(data_pred(w, ts[i]))  # at i == steps (final_call) this is the final z_0
-        hist_t, hist_x0 = hist_t[-3:], hist_x0[-3:]
-    z0 = hist_x0[-1] if final_call else w
-    return shift(w), _reimpose(shift(z0), x_start, mask)
+    model = Predictor(denoise, Grid.solver(ns, steps, skip, t_start), x_start, mask, m, True, clamp, clamp_step,
+                      clamp_first)
+    rule = Rule(posterior_step, order, small_std) if sde else Rule(dpm_step, order)
+    z = walk(model, rule, z, absorbing, final_call, generator, progress)
+    return z, _reimpose(model.z0 if final_call else z, x_start, mask)
 
 
 @torch.no_grad()
 def original_v2_solve(denoise, ns, z, x_start, mask, steps=10, order=2, progress=None):
-    """DiffuSeq-v2's own solver, as its code runs it (not DPM-Solver++ as published): a grid
-    uniform in time from t = 1 to 1/T; the model told the time t * T, one training step above the
-    level alpha_t of its input (whose training timestep is t * T - 1); before every update the
-    state is replaced by the model's prediction of z_0 (the source laid back in), so the starting
-    noise reaches only the first call; multistep updates of order up to `order` (lower at the
-    start, and at the end with fewer than 10 steps); no absorbing state (the start is N(0, I)
-    whatever m is), no rounding, no final call: tokens are read from the last update's state.
-    The prediction goes through the noise parameterisation and back, in float32, as there.
-    `steps` model calls. Returns (z, z): the state is what is read."""
-    T = ns.num_steps
-    ts = torch.linspace(1.0, 1.0 / T, steps + 1, dtype=torch.float32).double()
-    B = z.shape[0]
-
-    def x0_hat(x, t):
-        out = denoise(x, (t * T).float().expand(B).to(x.device))
-        a, s = ns.marginal_alpha(t).float().item(), ns.marginal_std(t).float().item()
-        eps = (x - a * out) / s
-        return _reimpose((x - s * eps) / a, x_start, mask)
-
-    x = x0_hat(_reimpose(z, x_start, mask), ts[0])
-    hist_t, hist_x0 = [ts[0]], [x]
-    idx = range(1, steps + 1)
-    for k in (progress(idx) if progress else idx):
-        p = min(order, k)
-        if steps < 10:
-            p = min(p, steps + 1 - k)
-        x = _reimpose(_dpm_update(x, hist_t, ts[k], hist_x0, p, ns), x_start, mask)
-        if k < steps:
-            x = x0_hat(x, ts[k])
-            hist_t, hist_x0 = (hist_t + [ts[k]])[-3:], (hist_x0 + [x])[-3:]
-    return x, x
+    """DiffuSeq-v2's own solver, as its code runs it (not DPM-Solver++ as published): its grid
+    (Grid.original_v2: uniform in time, the model told t * T, one training step above the level of
+    its input); before every update the state is replaced by the model's prediction of z_0 (the
+    source laid back in), so the starting noise reaches only the first call; multistep updates of
+    order up to `order`; no absorbing state (the start is N(0, I) whatever m is), no rounding, no
+    final call: tokens are read from the last update's state. The prediction goes through the
+    noise parameterisation and back, in float32, as there. `steps` model calls. Returns (z, z)."""
+    model = Predictor(denoise, Grid.original_v2(ns, steps), x_start, mask, via_eps=True)
+    z = walk(model, Rule(dpm_step, order, from_prediction=True), z, progress=progress)
+    return z, z
 
 
 # ---------------------------------------------------------------------------- the registry
@@ -302,12 +301,9 @@ class DPMOptions:
 def run_ancestral(denoise, sched, z, x_start, mask, *, steps, t_start, options, **common):
     """Ancestral sampling over `steps` evenly spaced timesteps of the training schedule `sched`
     up to t_start (None: T - 1)."""
-    if t_start is not None:
-        sched = DiscreteSchedule(sched.betas[:t_start + 1])
-    sched = sched.respace(min(steps, sched.num_steps))
     absorb_rate = common.pop("absorb_rate")
-    return ancestral_sample(denoise, sched, z, x_start, mask, variance=options.variance,
-                            denoise_rate=absorb_rate, **common)
+    return ancestral_sample(denoise, sched, z, x_start, mask, variance=options.variance, denoise_rate=absorb_rate,
+                            steps=steps, t_start=t_start, **common)
 
 
 @dataclass

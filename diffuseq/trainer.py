@@ -6,7 +6,6 @@ so a run resumed from a checkpoint continues exactly (run.py), and N processes t
 the same global batch. The optimizer, its schedule and the EMA are in optim.py; what a run logs
 in logs.py.
 """
-import contextlib
 import json
 import logging
 import os
@@ -24,30 +23,17 @@ from . import dist
 from . import run as run_folder
 from .config import model_config
 from .data.dataset import BatchLoader, DataError, default_pad_to, load_split, make_eval_batches
-from .diffusion import target_region
-from .logs import COLUMNS, RunLog, Window, add_terms
+from .logs import COLUMNS, RunLog, Window
 from .model import Denoiser, load_bert_encoder
 from .layout import Layout
 from .objective import Objective
 from .optim import EMA, allow_tf32, autocast_dtype, build_optimizer, lr_at
 from .resample import create_sampler
 from .schedule import DiscreteSchedule
+from .step import TrainStep
 from .tokenizer import TokenizerError
 
 log = logging.getLogger("diffuseq")
-
-
-def gather_steps(parts, global_batch):
-    """This process's part [local] of the global batch of each of some steps -> those global
-    batches one after the other [steps * global], in the order one process would see them.
-    Parts may differ by one example between processes (rank_slice): each is padded to the
-    longest, and the padding dropped after the gather."""
-    x = torch.stack(parts).float()
-    width = -(-global_batch // dist.world_size())
-    x = torch.cat([x, x.new_full((x.shape[0], width - x.shape[1]), float("nan"))], 1)
-    x = dist.all_gather_cat(x)  # [world * steps, width], rank by rank
-    x = x.view(-1, len(parts), width).transpose(0, 1).reshape(-1)
-    return x[~torch.isnan(x)]
 
 
 class Prefetcher:
@@ -111,19 +97,20 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
-class NetView:
-    """The denoiser as training_losses sees it: the forward pass through the wrapped net (DDP,
-    so gradients are synchronised; or the compiled module), and the embeddings, logits and
-    absorbing state from the model itself, which DDP does not expose."""
-
-    def __init__(self, net, model):
-        self.net, self.model = net, model
-
-    def __call__(self, *args):
-        return self.net(*args)
-
-    def __getattr__(self, name):
-        return getattr(self.model, name)
+def load_logged(a, split, tokenizer, proc):
+    """<data_dir>/<split>.jsonl tokenized (rank 0 first, which caches it for the others), with one
+    log line of what was read; no usable pair is a DataError."""
+    if not proc.is_main:
+        dist.barrier()
+    ds, stats = load_split(a.data_dir, split, tokenizer, a.seq_len, skip_bad_lines=a.skip_bad_lines, layout=a.layout)
+    if proc.is_main:
+        dist.barrier()
+        log.info("%s: %d pairs, %d truncated to seq_len %d%s%s", split, stats.n_pairs, stats.n_truncated,
+                 a.seq_len, f", {stats.n_skipped} bad lines skipped" if stats.n_skipped else "",
+                 " (cached)" if stats.from_cache else "")
+    if stats.n_pairs == 0:
+        raise DataError(f"{os.path.join(a.data_dir, split + '.jsonl')}: no usable pairs")
+    return ds
 
 
 class Trainer:
@@ -143,8 +130,8 @@ class Trainer:
         torch.manual_seed(args.seed)
         self.tokenizer = run_folder.prepare(args, proc, resume_dir)
         self.layout = Layout(self.tokenizer, args.seq_len, args.layout)
-        self.train_set = self._load("train")
-        self.valid_set = self._load("valid") if os.path.isfile(
+        self.train_set = load_logged(args, "train", self.tokenizer, proc)
+        self.valid_set = load_logged(args, "valid", self.tokenizer, proc) if os.path.isfile(
             os.path.join(args.data_dir, "valid.jsonl")) else None
 
         self.cfg = model_config(args, self.tokenizer.vocab_size)
@@ -176,94 +163,23 @@ class Trainer:
         self.loader = BatchLoader(self.train_set, args.bsz, proc.rank, proc.world_size, args.seed,
                                   args.seq_len, self.tokenizer.pad_id, bucket=args.bucket,
                                   pin_memory=proc.device.type == "cuda", margin=self.margin)
-        self.pending = []  # (t, losses) not yet given to the timestep sampler
+        self.stepper = TrainStep(args, proc, self.model, self.net, self.objective, self.opt, self.scaler, self.ema,
+                                 self.sampler)
         self.runlog = RunLog(args.checkpoint_path, proc.is_main, args.to_dict(), args.wandb)
 
-    def _load(self, split):
-        a = self.args
-        if not self.proc.is_main:
-            dist.barrier()  # rank 0 tokenizes and caches first
-        ds, stats = load_split(a.data_dir, split, self.tokenizer, a.seq_len, skip_bad_lines=a.skip_bad_lines,
-                               layout=a.layout)
-        if self.proc.is_main:
-            dist.barrier()
-            log.info("%s: %d pairs, %d truncated to seq_len %d%s%s", split, stats.n_pairs, stats.n_truncated,
-                     a.seq_len, f", {stats.n_skipped} bad lines skipped" if stats.n_skipped else "",
-                     " (cached)" if stats.from_cache else "")
-        if stats.n_pairs == 0:
-            raise DataError(f"{os.path.join(a.data_dir, split + '.jsonl')}: no usable pairs")
-        return ds
-
     def save(self):
-        self._flush_sampler()
+        self.stepper.flush_sampler()
         if self.proc.is_main:
             valid = self.last_valid[1] if self.last_valid[0] == self.step else None
             run_folder.save(self.args.checkpoint_path, self.step, self.model, self.ema, self.opt, self.scaler,
                             self.sampler, self.args.keep_checkpoints, valid)
         dist.barrier()
 
-    # ------------------------------------------------------------------ one step
-    def _flush_sampler(self):
-        """Give the timestep sampler the losses of the last steps, from every process."""
-        if not self.pending or self.sampler.name == "uniform":
-            self.pending = []
-            return
-        t = gather_steps([p[0] for p in self.pending], self.args.bsz).long()
-        losses = gather_steps([p[1] for p in self.pending], self.args.bsz)
-        self.sampler.update(t.cpu().numpy() - self.args.t_min, losses.cpu().numpy())
-        self.pending = []
-
-    MONITOR_STEPS = 10  # steps before each log line that also compute the monitoring terms
-
-    def _logs_after(self, step):
-        """Whether the loop logs after reaching `step`."""
-        return step % self.args.log_interval == 0 or step == self.args.learning_steps
-
-    def _monitors(self, step):
-        """Whether the step that reaches `step` computes nll and acc: one of the last
-        MONITOR_STEPS before a log line (every step when log_interval <= MONITOR_STEPS)."""
-        a = self.args
-        return (-step) % a.log_interval < self.MONITOR_STEPS or a.learning_steps - step < self.MONITOR_STEPS
-
     def train_step(self, batch):
-        """One optimisation step on this process's part of the global batch. Returns the
-        detached per-term means (on device); the monitoring terms nll and acc only on the last
-        steps before a log line (see _monitors)."""
-        a = self.args
-        ids, mask, index = batch["input_ids"], batch["input_mask"], batch["index"]
-        keep = target_region(batch["length"], self.margin, ids.shape[1])
-        draws = self.objective.draw(self.step, ids, mask, keep, self.sampler, index)
-        torch.manual_seed((a.seed * 7919 + self.step * 104729 + self.proc.rank) % (2 ** 63))  # dropout
-        for g in self.opt.param_groups:
-            g["lr"] = lr_at(self.step, a)
-        sums, step_losses = {}, []
-        net = NetView(self.net, self.model)
-        n = ids.shape[0]
-        # DDP averages gradients over processes: each divides by the mean share, so the step sees
-        # the mean over the global batch even when processes hold one example more or less
-        share = a.bsz / self.proc.world_size
-        micro = list(range(0, n, a.microbatch))
-        for i, s in enumerate(micro):
-            sl = slice(s, s + a.microbatch)
-            sync = i == len(micro) - 1 or not isinstance(self.net, DDP)
-            with contextlib.nullcontext() if sync else self.net.no_sync():
-                d = draws.part(sl)
-                terms = self.objective.losses(net, ids[sl], mask[sl], d, None if keep is None else keep[sl],
-                                              monitor=self._monitors(self.step + 1))
-                loss = (terms["loss"] * d.w).sum() / share
-            self.scaler.scale(loss).backward()
-            add_terms(sums, terms, d.t, a)
-            step_losses.append(terms["loss"].detach().float())
-        self.pending.append((draws.t, torch.cat(step_losses)))
-        if a.grad_clip > 0:
-            self.scaler.unscale_(self.opt)
-            sums["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.model.parameters(), a.grad_clip) * share
-        self.scaler.step(self.opt)
-        self.scaler.update()
-        self.opt.zero_grad(set_to_none=True)
-        self.ema.update()
+        """One optimisation step (step.TrainStep) on this process's part of the global batch."""
+        means = self.stepper(batch, self.step)
         self.step += 1
-        return {k: v / share for k, v in sums.items()}  # averaged over processes: global means
+        return means
 
     def validate(self):
         """Mean loss terms on the first eval_batches batches of valid.jsonl (objective.validate)."""
@@ -300,8 +216,8 @@ class Trainer:
                     window.add(self.train_step(batch), tokens)
                     if bar is not None:
                         bar.update(1)
-                    if self._logs_after(self.step):
-                        self._flush_sampler()
+                    if self.step % a.log_interval == 0 or self.step == a.learning_steps:
+                        self.stepper.flush_sampler()
                         means, steps_per_s, tokens_per_s = window.close(self.step, proc.world_size)
                         if bar is not None:
                             bar.set_postfix(loss=f"{means['loss']:.4f}", acc=f"{means['acc']:.3f}", refresh=False)

@@ -200,7 +200,8 @@ def test_trainer_absorbs_at_the_trained_rate_only_with_denoise(tmp_path, denoise
     from toy import tiny_args, toy_data
 
     from diffuseq.objective import Draws
-    from diffuseq.trainer import NetView, Trainer
+    from diffuseq.step import NetView
+    from diffuseq.trainer import Trainer
     d = toy_data(tmp_path)
     tr = Trainer(tiny_args(d, tmp_path / "run", "--learned_mean_embed", "--denoise", str(denoise).lower(),
                            "--denoise_rate", "0.8", "--learning_steps", "1"))

@@ -159,24 +159,31 @@ def test_clamping_follows_the_original_meaning():
     assert len(seen) == 11
 
 
-def test_large_variance_is_beta_with_the_first_step_posterior():
-    from diffuseq.samplers import sampling_std
+def test_large_variance_is_beta_and_small_the_posterior_on_a_respaced_chain():
+    """On the grid of a chain respaced to 10 steps, step i goes from timestep n = K - i to the one
+    below it: "large" is sqrt(beta_n), "small" sqrt(beta~_n) of that chain, and into the clean
+    point neither adds noise."""
+    from diffuseq.grid import Grid
+    from diffuseq.samplers import beta_std, small_std
     sched = DiscreteSchedule.from_name("sqrt", 2000).respace(10)
+    g = Grid.chain(sched)
     b, post = sched.betas, sched.posterior_variance
-    assert sampling_std(sched, 0, "large") == pytest.approx(post[1] ** 0.5)
-    for n in range(1, 10):
-        assert sampling_std(sched, n, "large") == pytest.approx(b[n] ** 0.5)
-        assert sampling_std(sched, n, "small") == pytest.approx(post[n] ** 0.5)
+    assert g.steps == 10 and g.t_model[:10].tolist() == sched.timestep_map[::-1].tolist()
+    for i in range(1, 10):
+        n = 10 - i
+        assert beta_std(g, i) == pytest.approx(b[n] ** 0.5, rel=1e-9)
+        assert small_std(g, i) == pytest.approx(post[n] ** 0.5, rel=1e-9)
         # beta~_t = beta_t (1 - abar_{t-1}) / (1 - abar_t) <= beta_t
-        assert sampling_std(sched, n, "small") <= sampling_std(sched, n, "large")
-    # under respacing they differ a lot at the last step (K = 10: 0.56 against 0.12 at t = 222)
+        assert small_std(g, i) <= beta_std(g, i)
+    assert beta_std(g, 10) == 0.0 and small_std(g, 10) == 0.0
+    # under respacing they differ a lot at the last noisy step (K = 10: 0.56 against 0.12 at t = 222)
     assert sched.timestep_map[1] == 222
-    assert sampling_std(sched, 1, "large") == pytest.approx(0.56, abs=0.01)
-    assert sampling_std(sched, 1, "small") == pytest.approx(0.12, abs=0.01)
+    assert beta_std(g, 9) == pytest.approx(0.56, abs=0.01)
+    assert small_std(g, 9) == pytest.approx(0.12, abs=0.01)
 
 
 def test_solver_can_start_below_T():
-    from diffuseq.samplers import solver_timesteps
+    from diffuseq.grid import solver_timesteps
     ns = NoiseScheduleVP(DiscreteSchedule.from_name("sqrt", 2000).alphas_cumprod)
     full = solver_timesteps(ns, 10, "logSNR")
     late = solver_timesteps(ns, 10, "logSNR", t_start=1999 / 2000)
@@ -194,7 +201,7 @@ def test_solver_can_start_below_T():
 def test_step_std_is_the_posterior_std_of_the_chain():
     """For one step of the discrete chain, (n + 1) / T -> n / T, the posterior std is sqrt(beta~_n);
     over a gap of several steps it is sqrt(beta~) of the chain respaced to those two timesteps."""
-    from diffuseq.samplers import step_std
+    from diffuseq.grid import step_std
     sched = DiscreteSchedule.from_name("sqrt", 2000)
     ns = NoiseScheduleVP(sched.alphas_cumprod)
     for n in (1, 7, 400, 1500, 1999):
@@ -221,7 +228,7 @@ def _absorbing_case(B, L, D):
 def test_solver_absorbs_at_the_rate_times_the_step_std():
     """Two solver steps: after the first, each target token becomes m with probability
     rate * step_std(t_0, t_1); the second model call sees exactly m at those tokens."""
-    from diffuseq.samplers import solver_timesteps, step_std
+    from diffuseq.grid import solver_timesteps, step_std
     B, L, D = 400, 50, 4
     ns, m, mask, x_start = _absorbing_case(B, L, D)
     seen = []
@@ -380,7 +387,7 @@ def test_confidence_remask_absorbs_the_least_sure_tokens_at_the_rate():
     """Two solver steps with remask="confidence": after the first, exactly round(p * n) target
     tokens of each example are m (p = rate * step std), and they are those of lowest confidence;
     nothing is drawn, so two generators give the same solve."""
-    from diffuseq.samplers import solver_timesteps, step_std
+    from diffuseq.grid import solver_timesteps, step_std
     B, L, D = 6, 30, 4
     ns, m, mask, x_start = _absorbing_case(B, L, D)
     conf = torch.rand(B, L)

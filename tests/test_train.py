@@ -27,6 +27,7 @@ from diffuseq import noise, optim
 from diffuseq import run as run_folder
 from diffuseq import trainer as trainer_mod
 from diffuseq.config import parse_train_args
+from diffuseq.step import TrainStep
 from diffuseq.data.dataset import make_eval_batches
 from diffuseq.diffusion import q_sample, target_region
 from diffuseq.logs import read_curves
@@ -194,6 +195,7 @@ KILLED_MID_SAVE = """
 import os, signal, sys
 import diffuseq.checkpoint as ckpt
 from diffuseq.config import parse_train_args
+from diffuseq.step import TrainStep
 from diffuseq.trainer import main
 marker = sys.argv.pop(1)
 real_save = ckpt.save_file
@@ -304,8 +306,8 @@ def test_monitoring_terms_come_from_the_last_steps_before_each_log_line():
     before each log line and on the last 10 of the run, and on every step when logs are closer."""
     def monitored(log_interval, learning_steps):
         fake = SimpleNamespace(args=SimpleNamespace(log_interval=log_interval, learning_steps=learning_steps),
-                               MONITOR_STEPS=Trainer.MONITOR_STEPS)
-        return [s for s in range(1, learning_steps + 1) if Trainer._monitors(fake, s)]
+                               MONITOR_STEPS=TrainStep.MONITOR_STEPS)
+        return [s for s in range(1, learning_steps + 1) if TrainStep.monitors(fake, s)]
     assert monitored(100, 250) == [*range(91, 101), *range(191, 201), *range(241, 251)]
     assert monitored(4, 12) == list(range(1, 13))
 
