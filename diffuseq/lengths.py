@@ -53,3 +53,18 @@ class LengthRule:
         Lb = int(end.max())
         keep = torch.arange(Lb, device=ids.device)[None, :] < end[:, None]
         return ids[:, :Lb], mask[:, :Lb], keep
+
+    @torch.no_grad()
+    def decode_lengths(self, layout, sources, references=None, margin=None, lengths="predicted", device="cpu",
+                       chunk=1024):
+        """The length each input is decoded at: [CLS] x [SEP] plus its target region when
+        `lengths` cuts one, else the source alone (what tells such inputs apart)."""
+        out = []
+        for s in range(0, len(sources), chunk):
+            ids, mask = layout.inputs(sources[s:s + chunk], None if references is None else references[s:s + chunk])
+            if self.cuts(lengths):
+                n = self.end(ids.to(device), mask.to(device), self.margin(margin), lengths).cpu()
+            else:
+                n = (1 - mask).sum(1)
+            out += n.tolist()
+        return out

@@ -173,20 +173,9 @@ class DiffuSeq:
         return self.layout.detokenize(out, mask, cleanup)
 
     # ------------------------------------------------------------------ lengths
-    @torch.no_grad()
-    def region_lengths(self, sources, references=None, margin=None, lengths="predicted", chunk=1024):
-        """The length each input is decoded at: [CLS] x [SEP] plus its target region when
-        `lengths` cuts one, else the source alone (what tells such inputs apart)."""
-        out = []
-        for s in range(0, len(sources), chunk):
-            ids, mask = self.inputs(sources[s:s + chunk], None if references is None else references[s:s + chunk])
-            if self.regions.cuts(lengths):
-                n = self.regions.end(ids.to(self.device), mask.to(self.device), self.regions.margin(margin),
-                                     lengths).cpu()
-            else:
-                n = (1 - mask).sum(1)
-            out += n.tolist()
-        return out
+    def region_lengths(self, sources, references=None, margin=None, lengths="predicted"):
+        """The length each input is decoded at (LengthRule.decode_lengths)."""
+        return self.regions.decode_lengths(self.layout, sources, references, margin, lengths, self.device)
 
     def length_batches(self, sources, references=None, bsz=64, length_margin=None, lengths="predicted"):
         """Input indices in batches of up to bsz, in order of the length they are decoded at
