@@ -10,7 +10,7 @@ FILE = "decoding.json"
 # the keys a saved choice may hold, with their types
 SETTINGS = {"sampler": str, "steps": int, "init": str, "t_start": int, "absorb_rate": float,
             "skip": str, "order": int, "sde": bool, "lengths": str, "after_absorb": str, "remask": str,
-            "edits": int}
+            "edits": int, "length_beam": int}
 SAMPLERS = tuple(_REGISTRY)
 
 
@@ -26,6 +26,7 @@ def describe(s):
     parts += [f"after absorb {s['after_absorb']}"] if s.get("after_absorb") else []
     parts += [f"remask {s['remask']}"] if s.get("remask") else []
     parts += [f"{s['edits']} edits"] if s.get("edits", 1) > 1 else []
+    parts += [f"{s['length_beam']} lengths"] if s.get("length_beam", 1) > 1 else []
     return ", ".join(parts)
 
 

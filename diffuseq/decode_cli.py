@@ -52,6 +52,10 @@ def decode_parser(solver):
     p.add_argument("--edits", type=int, default=None,
                    help="passes of a source start: each pass after the first starts from the last one's "
                         "output, noised to --t_start again (default: the saved choice, else 1)")
+    p.add_argument("--length_beam", type=int, default=None,
+                   help="decode each input at this many target lengths around its region's (n, n-1, n+1, ...) "
+                        "and keep the output the model is surest of (mean token log-probability); needs "
+                        "--lengths predicted, source or longer (default: the saved choice, else 1)")
     p.add_argument("--absorb_rate", type=float, default=None,
                    help="DiffuSeq-v2's discrete noise while decoding: each step absorbs a target token into "
                         "the absorbing state m with probability absorb_rate x the step's noise std "
@@ -105,8 +109,8 @@ def decode_parser(solver):
                             "instead of the probability-flow ODE (default false)")
         p.add_argument("--after_absorb", choices=["keep", "first"], default=None,
                        help="with absorption inside the solve: keep, the multistep history runs on across the "
-                            "re-masks; first, the step after each absorption is first order (default first: +2 to +3.5 BLEU "
-                            "on the Bible, a tie on QQP and IWSLT14)")
+                            "re-masks; first, the step after each absorption is first order (default first: "
+                            "+2 to +3.5 BLEU on the Bible, a tie on QQP and IWSLT14)")
         p.add_argument("--remask", choices=["random", "confidence"], default=None,
                        help="which target tokens an absorption inside the solve sends back to m: random, each "
                             "with the step's probability; confidence, as many, those the model is least sure "
@@ -136,7 +140,7 @@ def main(argv=None, solver=False):
         kw = dict(clamping=None if args.clamping == "auto" else args.clamping == "true",
                   clamp_step=args.clamp_step, clamp_first=args.clamp_first, length_margin=args.length_margin)
         given = dict(steps=args.step, init=args.init, t_start=args.t_start, absorb_rate=args.absorb_rate,
-                     lengths=args.lengths, edits=args.edits)
+                     lengths=args.lengths, edits=args.edits, length_beam=args.length_beam)
         if solver:
             given.update(order=args.order, skip=args.skip_type, sde=args.sde, after_absorb=args.after_absorb,
                          remask=args.remask)

@@ -37,19 +37,21 @@ class LengthRule:
             raise ValueError(f"unknown lengths {lengths!r}; choose one of {', '.join(LENGTHS)}")
         return lengths == "source" or (lengths != "full" and self.model.cfg.length_head)
 
-    def end(self, ids, mask, margin, lengths="predicted"):
-        """Where each input's region ends [B]: its source ([CLS] x [SEP]) + its target length +
-        [SEP] + margin (not bounded by the sequence)."""
+    def end(self, ids, mask, margin, lengths="predicted", offset=0):
+        """Where each input's region ends [B]: its source ([CLS] x [SEP]) + its target length
+        (+ offset, at least 1) + [SEP] + margin (not bounded by the sequence)."""
         src = (1 - mask).sum(1)
         n = src - 2 if lengths == "source" else self.predict(ids, mask)
         if lengths == "longer":
             n = torch.maximum(n, src - 2)
+        if offset:
+            n = (n + offset).clamp(min=1)
         return src + n + 1 + margin
 
-    def cut(self, ids, mask, margin, lengths="predicted"):
-        """A batch cut to its regions: (ids, mask, keep) with L the longest region; keep [B, L]
-        is False past each input's end."""
-        end = self.end(ids, mask, margin, lengths).clamp(max=ids.shape[1])
+    def cut(self, ids, mask, margin, lengths="predicted", offset=0):
+        """A batch cut to its regions (target lengths + offset): (ids, mask, keep) with L the
+        longest region; keep [B, L] is False past each input's end."""
+        end = self.end(ids, mask, margin, lengths, offset).clamp(max=ids.shape[1])
         Lb = int(end.max())
         keep = torch.arange(Lb, device=ids.device)[None, :] < end[:, None]
         return ids[:, :Lb], mask[:, :Lb], keep

@@ -62,7 +62,12 @@ class Decoding:
     None: for ancestral sampling of models without a learned absorbing state, as the original.
 
     edits: passes of a source start; each after the first starts from the last one's output, laid
-    where it was and noised to t_start again (iterated edits)."""
+    where it was and noised to t_start again (iterated edits).
+
+    length_beam: K > 1 decodes each input at K target lengths around its region's (n, n - 1,
+    n + 1, n - 2, ...; same seed each) and keeps, per input, the output the model is surest of:
+    the highest mean log-probability of its tokens under the final prediction (the length beam
+    of mask-predict). Needs a length region (lengths other than "full")."""
     sampler: str = "dpm"
     steps: Optional[int] = None  # None: the sampler's default (dpm 10, ancestral 50)
     init: str = "noise"
@@ -74,6 +79,7 @@ class Decoding:
     clamp_step: int = 0
     clamp_first: bool = True
     edits: int = 1
+    length_beam: int = 1
     options: object = None
 
     @classmethod
@@ -99,6 +105,8 @@ class Decoding:
             raise ValueError("edits > 1 repeats a source start: use it with --init source")
         if dec.lengths not in LENGTHS:
             raise ValueError(f"unknown lengths {dec.lengths!r}; choose one of {', '.join(LENGTHS)}")
+        if not isinstance(dec.length_beam, int) or dec.length_beam < 1:
+            raise ValueError(f"length_beam must be a whole number >= 1, not {dec.length_beam!r}")
         return dec
 
     def start_time(self, T):
@@ -204,9 +212,26 @@ class DiffuSeq:
     def sample(self, ids, mask, dec, seed=0, progress=None):
         """sample_ids with a Decoding."""
         ids, mask = ids.to(self.device), mask.to(self.device)
+        if dec.length_beam == 1:
+            return self._sample(ids, mask, dec, seed, progress)[0]
+        if not self.regions.cuts(dec.lengths):
+            raise ValueError("a length beam needs a length region: --lengths predicted, source or longer "
+                             "(a model without a length head: source)")
+        best = score = None
+        for k in range(dec.length_beam):
+            out, s = self._sample(ids, mask, dec, seed, progress, (k + 1) // 2 * (-1 if k % 2 else 1))
+            better = s > score if best is not None else torch.ones_like(s, dtype=torch.bool)
+            best = out if best is None else torch.where(better[:, None], out, best)
+            score = s if score is None else torch.maximum(s, score)
+        return best
+
+    def _sample(self, ids, mask, dec, seed, progress, offset=0):
+        """One decoding of a batch, each target region `offset` tokens longer (shorter) than the
+        rule gives: token ids [B, L] and the mean log-probability of each row's tokens [B]."""
         full_ids, keep = ids, None
         if self.regions.cuts(dec.lengths):
-            ids, mask, keep = self.regions.cut(ids, mask, self.regions.margin(dec.length_margin), dec.lengths)
+            ids, mask, keep = self.regions.cut(ids, mask, self.regions.margin(dec.length_margin), dec.lengths,
+                                               offset)
         T = self.args.diffusion_steps
         t_start, absorb_rate = dec.start_time(T), dec.absorption(self.args)
         g = torch.Generator(device=self.device).manual_seed(seed)
@@ -230,14 +255,17 @@ class DiffuSeq:
                              clamp=clamp, clamp_step=dec.clamp_step, clamp_first=dec.clamp_first,
                              absorb_rate=absorb_rate, generator=g, progress=progress)
             # rounding to tokens where it is read: the target region, not the source or the padding
+            logp = self.model.get_logits(z0[rows]).float().log_softmax(-1)
             out = ids.clone()
-            out[rows] = self.model.get_logits(z0[rows]).argmax(-1)
+            out[rows] = logp.argmax(-1)
             start = out
+        per_row = torch.zeros(rows.shape[0], device=self.device).index_add_(0, rows.nonzero()[:, 0], logp.amax(-1))
+        score = per_row / rows.sum(1).clamp(min=1)
         if keep is None:
-            return out
+            return out, score
         pad = self.tokenizer.pad_id
         out = out.masked_fill(~keep, pad)
-        return torch.cat([out, torch.full_like(full_ids[:, out.shape[1]:], pad)], 1)
+        return torch.cat([out, torch.full_like(full_ids[:, out.shape[1]:], pad)], 1), score
 
     def settings(self, sampler=None, use_saved=True, **given):
         """The keyword arguments to decode with: `given` (those not None) over the settings saved

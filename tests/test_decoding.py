@@ -391,3 +391,34 @@ def test_iterated_edits_start_each_pass_from_the_last_output(small_run):
     from diffuseq.decoding import output_path
     assert output_path("out", m, "test", 3, 1, "source", 20, 2).endswith("test.seed3.step1.source20.edits2.jsonl")
     assert output_path("out", m, "test", 3, 1, "source", 20).endswith("test.seed3.step1.source20.jsonl")
+
+
+def test_length_beam_keeps_the_surest_length_of_each_input(small_run):
+    """length_beam K decodes each input at target lengths n, n - 1, n + 1, ... (same seed) and
+    keeps, per input, the output whose tokens have the highest mean log-probability; K = 1 is the
+    plain decoding; a decoding without a length region refuses it; the output file says K."""
+    from diffuseq.decoding import output_path
+    from diffuseq.pipeline import Decoding
+    _, run = small_run
+    m = load_model(str(run), device="cpu")
+    ids, mask = m.inputs(["w1 w2 w3 w4", "w5 w6", "w7 w8 w9 w1 w2", "w3"])
+    kw = dict(init="source", t_start=20, lengths="source", absorb_rate=0.0)
+    plain = m.sample_ids(ids, mask, "dpm", 2, seed=1, **kw)
+    assert torch.equal(m.sample_ids(ids, mask, "dpm", 2, seed=1, length_beam=1, **kw), plain)
+    dec = Decoding.from_kwargs("dpm", steps=2, **kw)
+    cands = [m._sample(ids, mask, dec, 1, None, off) for off in (0, -1, 1)]
+    assert torch.equal(cands[0][0], plain)
+    margin = m.regions.margin(None)
+    region = [m.regions.cut(ids, mask, margin, "source", off)[2].sum(1) for off in (0, -1, 1)]
+    src = (1 - mask).sum(1)
+    assert torch.equal(region[2] - region[0], torch.ones_like(src))  # one more target position
+    assert torch.equal(region[0] - region[1], (src - 2 > 1).long())  # one fewer, but never below 1 token
+    beam = m.sample_ids(ids, mask, "dpm", 2, seed=1, length_beam=3, **kw)
+    best = torch.stack([c[1] for c in cands]).argmax(0)
+    assert len(set(best.tolist())) > 1  # the choice differs between inputs here: it is a choice
+    for b in range(ids.shape[0]):
+        assert torch.equal(beam[b], cands[int(best[b])][0][b])
+    with pytest.raises(ValueError, match="length region"):
+        m.sample_ids(ids, mask, "dpm", 2, seed=1, length_beam=3, init="source", t_start=20, lengths="full")
+    path = output_path("out", m, "test", 3, 1, "source", 20, 1, 3)
+    assert path.endswith("test.seed3.step1.source20.lengths3.jsonl")
