@@ -4,16 +4,22 @@ weights, and the noise between two seeds of each, on qqp_small at the peer's tin
 For each seed s, our Trainer builds the initial weights (seed s) and they are written under the
 original's names (diffuseq.importer.export_original); the original's own train.py starts from them
 (--resume_checkpoint) with its --seed s, and ours trains with --seed s. Both: 2 layers, width
-128, 2 heads, FFN 512, hidden_dim 128, batch 64, fp32, lr 1e-4 decaying linearly over the run,
-loss-aware timesteps, EMA 0.99 (0.9999 would leave a 1,000-step run at 90% its initial weights),
+128, 2 heads, FFN 512, hidden_dim 128, batch 64, fp32, learning rate --lr decaying linearly over
+the run (the original's QQP run: 1e-4; at 1e-4 both sides still write empty outputs after 600
+steps, so the record's run takes 1e-3), loss-aware timesteps, EMA 0.99 (0.9999 would leave a 1,000-step run at 90% its initial weights),
 checkpoints every --save steps. Every checkpoint of both is then scored by one function: the
 validation loss of the original's objective (ours, shown equal to theirs by bench_original.py) on
 the 201 pairs of qqp_small valid with fixed timesteps and noise, and at the end the BLEU of
 DiffuSeq-v2's own solver (10 steps, our implementation of it, shown equal too) on 200 pairs.
 
-    taskset -c 1 python bench/bench_original_curves.py --side original --seed 1 &
-    taskset -c 0 python bench/bench_original_curves.py --side ours --seed 1 ...
+    export CURVES_WORK=/tmp/original-curves-1000
+    taskset -c 0 python bench/bench_original_curves.py --side original --seed 1 --steps 1000 --save 200 --lr 1e-3 &
+    taskset -c 1 python bench/bench_original_curves.py --side original --seed 2 --steps 1000 --save 200 --lr 1e-3
+    ... then --side ours for both seeds, the same way
     python bench/bench_original_curves.py --score     # after the runs: bench/peer/original_curves.json
+
+The record keeps the largest gap between the sides at each seed (keys ending in _diff) and
+between the two seeds of each side (seed_noise_*), the run-to-run noise the gaps are read against.
 """
 import argparse
 import glob
@@ -139,7 +145,32 @@ def score(seeds, n_valid=201, n_bleu=200):
                                               "rouge_l": scores["rouge_l"], "examples": hyp[:5]}
     for k, v in rec["runs"].items():
         print(k, {s: round(c["loss"], 4) for s, c in v["valid"].items()}, "BLEU", round(v["bleu_original_v2_10"], 2))
+    rec.update(compare_runs(rec["runs"], seeds))
+    print({k: v for k, v in rec.items() if k.endswith("_diff") or k.startswith("seed_noise")})
     return rec
+
+
+def compare_runs(runs, seeds):
+    """The largest gaps: between the sides at each seed (keys ending in _diff), and between the two
+    seeds of each side (the run-to-run noise they are read against)."""
+    out = {}
+
+    def gap(a, b):
+        steps = set(a["valid"]) & set(b["valid"])
+        return dict(valid_loss=max(abs(a["valid"][s]["loss"] - b["valid"][s]["loss"]) for s in steps),
+                    bleu=abs(a["bleu_original_v2_10"] - b["bleu_original_v2_10"]))
+    for seed in seeds:
+        a, b = runs.get(f"original_s{seed}"), runs.get(f"ours_s{seed}")
+        if a and b:
+            for k, v in gap(a, b).items():
+                out[f"{k}_s{seed}_diff"] = v
+    if len(seeds) > 1:
+        for side in ("original", "ours"):
+            a, b = runs.get(f"{side}_s{seeds[0]}"), runs.get(f"{side}_s{seeds[1]}")
+            if a and b:
+                for k, v in gap(a, b).items():
+                    out[f"seed_noise_{side}_{k}"] = v
+    return out
 
 
 def main(argv=None):
