@@ -9,6 +9,7 @@ h = lambda_t - lambda_s; the posterior q(z_t | z_s, z_0) of the process has
 mean (sigma_t / sigma_s) e^-h z_s + alpha_t (1 - e^-2h) z_0 and std sigma_t sqrt(1 - e^-2h).
 """
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -23,7 +24,7 @@ class Grid:
     alpha: torch.Tensor  # [K + 1]
     sigma: torch.Tensor  # [K + 1]
 
-    @property
+    @cached_property
     def lam(self):
         """lambda = log(alpha / sigma): +inf at a clean point."""
         return torch.log(self.alpha) - torch.log(self.sigma)
