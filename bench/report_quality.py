@@ -23,9 +23,10 @@ def _cells(s, seconds=None):
 
 
 def _label(rec):
-    """The run as a reader knows it: its recipe, and the editor options when set."""
+    """The run as a reader knows it: its recipe, and the editor and self-conditioning options when set."""
     a = rec.get("run_args") or {}
     extra = f" `--source_rate {a['source_rate']:g} --source_t_max {a['source_t_max']}`" if a.get("source_rate") else ""
+    extra += " `--self_cond true`" if a.get("self_cond") else ""
     if str(rec.get("recipe")).startswith("original") and a.get("width"):  # the papers' profile, at a CPU shape
         extra += f" at width {a['width']}, {a['layers']} layers, batch {a['bsz']}"
     return f"`{rec.get('recipe')}`{extra}"
