@@ -217,17 +217,17 @@ class DiffuSeq:
         if not self.regions.cuts(dec.lengths):
             raise ValueError("a length beam needs a length region: --lengths predicted, source or longer "
                              "(a model without a length head: source)")
-        best = score = None
-        for k in range(dec.length_beam):
-            out, s = self._sample(ids, mask, dec, seed, progress, (k + 1) // 2 * (-1 if k % 2 else 1))
-            better = s > score if best is not None else torch.ones_like(s, dtype=torch.bool)
-            best = out if best is None else torch.where(better[:, None], out, best)
-            score = s if score is None else torch.maximum(s, score)
+        best, score = self._sample(ids, mask, dec, seed, progress, 0, scored=True)
+        for k in range(1, dec.length_beam):
+            out, s = self._sample(ids, mask, dec, seed, progress, (k + 1) // 2 * (-1 if k % 2 else 1), scored=True)
+            best = torch.where((s > score)[:, None], out, best)
+            score = torch.maximum(s, score)
         return best
 
-    def _sample(self, ids, mask, dec, seed, progress, offset=0):
+    def _sample(self, ids, mask, dec, seed, progress, offset=0, scored=False):
         """One decoding of a batch, each target region `offset` tokens longer (shorter) than the
-        rule gives: token ids [B, L] and the mean log-probability of each row's tokens [B]."""
+        rule gives: token ids [B, L] and, when scored, the mean log-probability of each row's
+        tokens [B] (else None)."""
         full_ids, keep = ids, None
         if self.regions.cuts(dec.lengths):
             ids, mask, keep = self.regions.cut(ids, mask, self.regions.margin(dec.length_margin), dec.lengths,
@@ -255,12 +255,15 @@ class DiffuSeq:
                              clamp=clamp, clamp_step=dec.clamp_step, clamp_first=dec.clamp_first,
                              absorb_rate=absorb_rate, generator=g, progress=progress)
             # rounding to tokens where it is read: the target region, not the source or the padding
-            logp = self.model.get_logits(z0[rows]).float().log_softmax(-1)
+            logits = self.model.get_logits(z0[rows])
             out = ids.clone()
-            out[rows] = logp.argmax(-1)
+            out[rows] = logits.argmax(-1)
             start = out
-        per_row = torch.zeros(rows.shape[0], device=self.device).index_add_(0, rows.nonzero()[:, 0], logp.amax(-1))
-        score = per_row / rows.sum(1).clamp(min=1)
+        score = None
+        if scored:
+            best = logits.float().log_softmax(-1).amax(-1)
+            score = torch.zeros(rows.shape[0], device=self.device).index_add_(0, rows.nonzero()[:, 0], best)
+            score = score / rows.sum(1).clamp(min=1)
         if keep is None:
             return out, score
         pad = self.tokenizer.pad_id

@@ -149,6 +149,11 @@ def least_confident(conf, mask, share):
     return (~(rank < k[:, None])).to(conf.dtype)
 
 
+def check_remask(remask):
+    if remask not in ("random", "confidence"):
+        raise ValueError(f"unknown remask {remask!r}; choose random or confidence")
+
+
 @dataclass
 class Absorb:
     """DiffuSeq-v2's discrete noise at sampling time, applied after every step but the last: each
@@ -166,8 +171,7 @@ class Absorb:
     first_order_after: bool = True
 
     def __post_init__(self):
-        if self.remask not in ("random", "confidence"):
-            raise ValueError(f"unknown remask {self.remask!r}; choose random or confidence")
+        check_remask(self.remask)
         if self.remask == "confidence" and self.confidence is None:
             raise ValueError("remask='confidence' needs the model's confidence function")
 
@@ -255,8 +259,8 @@ def dpm_solver_sample(denoise, ns, z, x_start, mask, m=None, steps=10, order=2,
     absorbing = None
     if absorb_rate > 0 and m is not None:
         absorbing = Absorb(absorb_rate, small_std, remask, confidence, first_order_after=after_absorb == "first")
-    elif remask not in ("random", "confidence"):
-        raise ValueError(f"unknown remask {remask!r}; choose random or confidence")
+    else:
+        check_remask(remask)
     model = Predictor(denoise, Grid.solver(ns, steps, skip, t_start), x_start, mask, m, True, clamp, clamp_step,
                       clamp_first)
     rule = Rule(posterior_step, order, small_std) if sde else Rule(dpm_step, order)

@@ -406,7 +406,7 @@ def test_length_beam_keeps_the_surest_length_of_each_input(small_run):
     plain = m.sample_ids(ids, mask, "dpm", 2, seed=1, **kw)
     assert torch.equal(m.sample_ids(ids, mask, "dpm", 2, seed=1, length_beam=1, **kw), plain)
     dec = Decoding.from_kwargs("dpm", steps=2, **kw)
-    cands = [m._sample(ids, mask, dec, 1, None, off) for off in (0, -1, 1)]
+    cands = [m._sample(ids, mask, dec, 1, None, off, scored=True) for off in (0, -1, 1)]
     assert torch.equal(cands[0][0], plain)
     margin = m.regions.margin(None)
     region = [m.regions.cut(ids, mask, margin, "source", off)[2].sum(1) for off in (0, -1, 1)]
