@@ -109,6 +109,10 @@ class TrainConfig:
         'noise floor: train only on timesteps >= t_min, where the target cannot be read off z_t without the '
         "source; decoding then gives the model a time input of at least t_min (0: off). A recipe's floor "
         'scales with a --diffusion_steps given on the command line (600 of 2000 becomes 30 of 100)')
+    anchor_weight: float = arg(0.0, 'diffusion',
+        "weight of the anchor term: the cross-entropy of the tokens rounded from the model's predicted z_0 "
+        '(Difformer), beside the mean square error, so the denoiser is trained to commit to one token where '
+        'the alternatives are unsure (0: off, the original objective)')
     source_rate: float = arg(0.0, 'diffusion',
         'editor training: the share of training examples whose target part starts from the source laid over '
         'it (as a decoding --init source does) instead of from the target, noised to a time drawn uniformly '
@@ -307,6 +311,8 @@ def parse_train_args(argv=None):
                      "decodes the whole sequence: use --length_margin -1, or --length_head true")
     if not 0 <= args["t_min"] < args["diffusion_steps"]:
         parser.error(f"--t_min {args['t_min']} must lie in [0, --diffusion_steps {args['diffusion_steps']})")
+    if args["anchor_weight"] < 0:
+        parser.error(f"--anchor_weight {args['anchor_weight']} is a weight: give a value >= 0")
     if not 0.0 <= args["source_rate"] <= 1.0:
         parser.error(f"--source_rate {args['source_rate']} is a share: give a value in [0, 1]")
     if args["source_rate"] > 0 and args["schedule_sampler"] != "uniform":

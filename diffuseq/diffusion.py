@@ -103,7 +103,8 @@ def target_lengths(ids, mask, pad_id):
 
 def training_losses(model, sched, input_ids, input_mask, t, noise, *, denoise_rate=0.0,
                     reg_rate=0.0, u=None, self_cond_u=None, monitor=True, pad_id=0, length_weight=0.1,
-                    keep=None, positions="target", m_reg="squared", source_ids=None, from_source=None):
+                    keep=None, positions="target", m_reg="squared", source_ids=None, from_source=None,
+                    anchor=0.0):
     """The DiffuSeq objective for one batch, per example.
 
     z_0 = Emb(w) + sigma_0 * noise0 (the embedding seen through the first noise level), z_t from
@@ -113,7 +114,10 @@ def training_losses(model, sched, input_ids, input_mask, t, noise, *, denoise_ra
       decoder_nll  -log p(w | z_0) through the tied logits (the rounding term),
       reg          reg_rate * |m|^2 / D (learned absorbing state only),
       length       length_weight * cross-entropy of the target length (with a length head),
-      loss         mse + tT + decoder_nll + reg + length,
+      anchor       anchor * -log p(w | f(z_t, t)): the rounding term of the model's own prediction
+                   (Difformer's anchor loss; anchor > 0 only), which trains the denoiser towards
+                   one token's embedding where the mean square error alone settles on an average,
+      loss         mse + tT + decoder_nll + reg + length + anchor,
     and, with monitor=True, nll and acc of the tokens rounded from the predicted z_0 (one more
     pass through the vocabulary logits, which costs a small model ~20% of its step: the trainer
     asks for them only on the last steps before each log line).
@@ -181,9 +185,15 @@ def training_losses(model, sched, input_ids, input_mask, t, noise, *, denoise_ra
         logits = model.length_logits(input_ids, y).float()
         terms["length"] = length_weight * F.cross_entropy(logits, want, reduction="none")
         loss = loss + terms["length"]
+    if anchor > 0:
+        nll = rounding_terms(model, pred, input_ids, input_mask, accuracy=monitor)
+        if monitor:
+            nll, acc = nll
+            terms["nll"], terms["acc"] = nll.detach(), acc
+        terms["anchor"] = anchor * nll
+        loss = loss + terms["anchor"]
     terms["loss"] = loss
-    if not monitor:
-        return terms
-    with torch.no_grad():
-        terms["nll"], terms["acc"] = rounding_terms(model, pred, input_ids, input_mask, accuracy=True)
+    if monitor and "nll" not in terms:
+        with torch.no_grad():
+            terms["nll"], terms["acc"] = rounding_terms(model, pred, input_ids, input_mask, accuracy=True)
     return terms

@@ -60,7 +60,7 @@ class Objective:
             return training_losses(net, self.sched, ids, mask, d.t, d.noise, u=d.u, self_cond_u=d.sc,
                                    reg_rate=a.reg_rate, denoise_rate=a.denoise_rate if a.denoise else 0.0,
                                    monitor=monitor, pad_id=self.layout.tokenizer.pad_id, keep=keep,
-                                   positions=a.loss_positions, m_reg=a.m_reg,
+                                   positions=a.loss_positions, m_reg=a.m_reg, anchor=a.anchor_weight,
                                    **({} if d.source is None else dict(source_ids=d.source[0],
                                                                       from_source=d.source[1])))
 

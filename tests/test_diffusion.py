@@ -317,3 +317,28 @@ def test_draw_source_takes_the_share_at_times_up_to_the_maximum():
     again = draw_source(args, 5, 20_000, torch.device("cpu"))
     assert torch.equal(use, again[0]) and torch.equal(t, again[1])
     assert not torch.equal(use, draw_source(args, 6, 20_000, torch.device("cpu"))[0])
+
+
+def test_anchor_term_is_the_cross_entropy_of_the_prediction_and_trains_the_denoiser():
+    """--anchor_weight w adds w * -log p(w | f(z_t, t)), computed by hand from the model's own
+    prediction, to the loss; its gradient reaches the denoiser's layers, which the rounding term
+    of the true z_0 (decoder_nll) never does."""
+    model, sched, ids, mask, t, noise = _loss_case()
+    base = training_losses(model, sched, ids, mask, t, noise, monitor=False)
+    assert "anchor" not in base
+    terms = training_losses(model, sched, ids, mask, t, noise, anchor=0.5, monitor=True)
+    with torch.no_grad():
+        pred = model(q_sample(sched, model.get_embeds(ids) + sched.at("sqrt_one_minus_alphas_cumprod",
+                                                                     torch.zeros_like(t)) * noise[0],
+                              t, noise[1], mask, model.mean_embed), t, mask).float()
+        ce = F.cross_entropy(model.get_logits(pred).transpose(1, 2), ids, reduction="none")
+        want = (ce * mask).sum(1) / mask.sum(1)
+    assert torch.allclose(terms["anchor"], 0.5 * want, atol=1e-5)
+    assert torch.allclose(terms["nll"], want, atol=1e-5)
+    assert torch.allclose(terms["loss"], base["loss"] + 0.5 * want, atol=1e-5)
+    layer = dict(model.named_parameters())["layers.0.attn.qkv.weight"]
+    model.zero_grad()
+    base["decoder_nll"].sum().backward()
+    assert layer.grad is None or layer.grad.abs().sum() == 0
+    terms["anchor"].sum().backward()
+    assert layer.grad is not None and layer.grad.abs().sum() > 0
