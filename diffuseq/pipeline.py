@@ -259,16 +259,22 @@ class DiffuSeq:
             out = ids.clone()
             out[rows] = logits.argmax(-1)
             start = out
-        score = None
-        if scored:
-            best = logits.float().log_softmax(-1).amax(-1)
-            score = torch.zeros(rows.shape[0], device=self.device).index_add_(0, rows.nonzero()[:, 0], best)
-            score = score / rows.sum(1).clamp(min=1)
+        score = self._score(logits, out, rows) if scored else None
         if keep is None:
             return out, score
         pad = self.tokenizer.pad_id
         out = out.masked_fill(~keep, pad)
         return torch.cat([out, torch.full_like(full_ids[:, out.shape[1]:], pad)], 1), score
+
+    def _score(self, logits, out, rows):
+        """The mean log-probability [B] of each row's output tokens (logits [N, V] of its region
+        rows [B, L]), counted up to its first [SEP], that [SEP] included: the [PAD]s of the margin
+        after it are not the output's and do not score it."""
+        sep = (out == self.tokenizer.sep_id) & rows
+        spoken = rows & ((sep.long().cumsum(1) - sep.long()) == 0)
+        best = logits.float().log_softmax(-1).amax(-1) * spoken[rows]
+        score = torch.zeros(rows.shape[0], device=self.device).index_add_(0, rows.nonzero()[:, 0], best)
+        return score / spoken.sum(1).clamp(min=1)
 
     def settings(self, sampler=None, use_saved=True, **given):
         """The keyword arguments to decode with: `given` (those not None) over the settings saved

@@ -422,3 +422,10 @@ def test_length_beam_keeps_the_surest_length_of_each_input(small_run):
         m.sample_ids(ids, mask, "dpm", 2, seed=1, length_beam=3, init="source", t_start=20, lengths="full")
     path = output_path("out", m, "test", 3, 1, "source", 20, 1, 3)
     assert path.endswith("test.seed3.step1.source20.lengths3.jsonl")
+    # the score counts each output's tokens up to its first [SEP], not the margin's [PAD]s after it
+    sep, V = m.tokenizer.sep_id, m.model.cfg.vocab_size
+    rows = torch.tensor([[0, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 0]], dtype=torch.bool)
+    out = torch.tensor([[0, 7, sep, 0, 0, 0], [0, 0, 8, 9, 10, 0]])
+    logits = torch.randn(int(rows.sum()), V)
+    lp = logits.log_softmax(-1).amax(-1)
+    assert torch.allclose(m._score(logits, out, rows), torch.stack([lp[:2].mean(), lp[5:].mean()]))
