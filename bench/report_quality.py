@@ -13,6 +13,9 @@ import sys
 
 from common import ROOT
 
+from diffuseq.config import parse_train_args
+from diffuseq.recipes import RECIPES
+
 QUALITY = os.path.join(ROOT, "bench", "quality")
 
 
@@ -22,14 +25,23 @@ def _cells(s, seconds=None):
     return cells + ["" if seconds is None else f"{seconds:,.1f}"]
 
 
+# the options a row's label names where its run differs from its recipe as it stands today
+SHOWN = ("layers", "width", "lr", "bsz", "anchor_weight", "self_cond", "source_rate", "source_t_max", "eval_batches")
+
+
+def _flag(k, v):
+    return f"--{k} {str(v).lower() if isinstance(v, bool) else format(v, 'g') if isinstance(v, float) else v}"
+
+
 def _label(rec):
-    """The run as a reader knows it: its recipe, and the editor and self-conditioning options when set."""
+    """The run as a reader knows it: its recipe, and the options (SHOWN) where it differs from it."""
     a = rec.get("run_args") or {}
-    extra = f" `--source_rate {a['source_rate']:g} --source_t_max {a['source_t_max']}`" if a.get("source_rate") else ""
-    extra += " `--self_cond true`" if a.get("self_cond") else ""
-    if str(rec.get("recipe")).startswith("original") and a.get("width"):  # the papers' profile, at a CPU shape
-        extra += f" at width {a['width']}, {a['layers']} layers, batch {a['bsz']}"
-    return f"`{rec.get('recipe')}`{extra}"
+    recipe = str(rec.get("recipe"))
+    if recipe.startswith("original"):  # the papers' profile, at a CPU shape
+        return f"`{recipe}`" + (f" at width {a['width']}, {a['layers']} layers, batch {a['bsz']}" if a.get("width") else "")
+    ref = parse_train_args(["--recipe", recipe]).to_dict() if recipe in RECIPES else {}
+    flags = [_flag(k, a[k]) for k in SHOWN if k in a and k in ref and a[k] != ref[k]]
+    return f"`{recipe}`" + (f" `{' '.join(flags)}`" if flags else "")
 
 
 def rows_for(data, runs=None):
