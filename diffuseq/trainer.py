@@ -223,17 +223,18 @@ class Trainer:
                             bar.set_postfix(loss=f"{means['loss']:.4f}", acc=f"{means['acc']:.3f}", refresh=False)
                         self.runlog.train(self.step, means, steps_per_s, tokens_per_s, lr_at(self.step - 1, a))
                         window = Window(self.step)
-                    if a.eval_interval and self.step % a.eval_interval == 0 and proc.is_main:
-                        val = self.validate()
-                        if val:
-                            self.last_valid = (self.step, val["loss"])
-                            self.runlog.valid(self.step, val)
                     stopping = self._agree(stop.requested) and self.step < a.learning_steps
                     if stopping and proc.is_main:
                         log.warning("interrupted at step %d: saving a checkpoint to resume from", self.step)
                     out_of_time = deadline is not None and self._agree(time.time() > deadline)
                     if out_of_time:
                         log.info("--max_minutes %g reached at step %d", a.max_minutes, self.step)
+                    # the last checkpoint of a time-limited run is validated too, so it can be the best
+                    if a.eval_interval and (self.step % a.eval_interval == 0 or out_of_time) and proc.is_main:
+                        val = self.validate()
+                        if val:
+                            self.last_valid = (self.step, val["loss"])
+                            self.runlog.valid(self.step, val)
                     if (stopping or out_of_time or self.step % a.save_interval == 0
                             or self.step == a.learning_steps):
                         self.save()

@@ -625,11 +625,18 @@ def test_multi_node_launch_through_the_script(small_task, tmp_path):
 
 def test_max_minutes_stops_and_saves_early(small_task, tmp_path):
     run = tmp_path / "run"
-    r = run_cli(cli_args(small_task, run, learning_steps=100000, save_interval=100000, max_minutes=0.02))
+    r = run_cli(cli_args(small_task, run, learning_steps=100000, save_interval=100000, eval_interval=100000,
+                         max_minutes=0.02))
     assert r.returncode == 0, r.stderr
     saved = ckpt.list_checkpoints(str(run))
     assert len(saved) == 1 and 0 < ckpt.step_of(saved[0]) < 100000
-    assert "--max_minutes 0.02 reached at step" in (run / "log.txt").read_text()
+    log_text = (run / "log.txt").read_text()
+    assert "--max_minutes 0.02 reached at step" in log_text
+    # the last checkpoint is validated, so it takes part in choosing the best (validation every
+    # 100,000 steps would otherwise never have run)
+    step = ckpt.step_of(saved[0])
+    assert f"step {step} valid:" in log_text
+    assert json.loads((run / "best.json").read_text())["checkpoint"] == os.path.basename(saved[0])
 
 
 def test_learning_rate_schedules():
