@@ -55,6 +55,8 @@ def rows_for(data, runs=None):
         name = os.path.basename(path)[len("heldout_"):-len(".json")]
         if rec.get("data") == data and (runs is None or name in runs):
             heldout.append((name, rec))
+    if runs is not None:  # in the order given
+        heldout.sort(key=lambda nr: runs.index(nr[0]))
     copy = base["copy"] if base else (heldout[0][1]["copy"] if heldout else None)
     if copy is None:
         return []
@@ -94,7 +96,8 @@ def markdown(data, runs=None):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", nargs="*", default=["bible", "qqp", "iwslt"])
-    p.add_argument("--runs", nargs="*", default=None, help="heldout record names (default: all of the data set)")
+    p.add_argument("--runs", nargs="*", default=None,
+                   help="heldout record names, in the order of the rows (default: all of the data set)")
     a = p.parse_args(argv)
     for d in a.data:
         table = markdown(d, a.runs)

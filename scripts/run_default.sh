@@ -8,7 +8,7 @@
 #      decoding.json beside the weights of the checkpoint with the lowest validation loss),
 #   4. decode the test split with DPM-Solver++ and that choice, and score it next to the
 #      copy-the-source baseline.
-# Environment: STEPS (default 4000), OUT (run folder, default diffusion_models/default_bible),
+# Environment: STEPS (default 3000), OUT (run folder, default diffusion_models/default_bible),
 # TUNE_EXAMPLES (default 200), GRID (quick or full, default quick), MAX_EXAMPLES (test inputs to
 # decode, default all).
 # With --train-only, only steps 1-2 run, and the arguments after it go to train.py (the GPU check
@@ -17,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 TRAIN_ONLY=0
 if [ "${1:-}" = "--train-only" ]; then TRAIN_ONLY=1; shift; fi
-STEPS=${STEPS:-4000}
+STEPS=${STEPS:-3000}
 TUNE_EXAMPLES=${TUNE_EXAMPLES:-200}
 GRID=${GRID:-quick}
 OUT=${OUT:-diffusion_models/default_bible}
