@@ -42,6 +42,8 @@ EXTRA = {  # name -> settings, for --only and the generation-from-noise rows (ou
     "dpm10_first": dict(sampler="dpm", steps=10, init="noise", after_absorb="first"),
     "dpm20": dict(sampler="dpm", steps=20, init="noise"),
     "dpm20_first": dict(sampler="dpm", steps=20, init="noise", after_absorb="first"),
+    "dpm40": dict(sampler="dpm", steps=40, init="noise"),
+    "dpm10_lengths3": dict(sampler="dpm", steps=10, init="noise", length_beam=3),
     "dpm10_confidence": dict(sampler="dpm", steps=10, init="noise", remask="confidence"),
     "dpm20_confidence": dict(sampler="dpm", steps=20, init="noise", remask="confidence"),
     "original_v2_10": dict(sampler="original-v2", steps=10, init="noise"),
