@@ -38,7 +38,8 @@ def _label(rec):
     a = rec.get("run_args") or {}
     recipe = str(rec.get("recipe"))
     if recipe.startswith("original"):  # the papers' profile, at a CPU shape
-        return f"`{recipe}`" + (f" at width {a['width']}, {a['layers']} layers, batch {a['bsz']}" if a.get("width") else "")
+        shape = f" at width {a['width']}, {a['layers']} layers, batch {a['bsz']}" if a.get("width") else ""
+        return f"`{recipe}`{shape}"
     ref = parse_train_args(["--recipe", recipe]).to_dict() if recipe in RECIPES else {}
     flags = [_flag(k, a[k]) for k in SHOWN if k in a and k in ref and a[k] != ref[k]]
     return f"`{recipe}`" + (f" `{' '.join(flags)}`" if flags else "")

@@ -24,7 +24,7 @@ def test_every_argument_is_explained_once(parser):
 
 def test_defaults_are_still_shown_where_they_say_something():
     text = " ".join(train_parser().format_help().split())
-    assert "peak learning rate of AdamW (default: 0.001)" in text  # the default recipe's
+    assert "peak learning rate of AdamW (default: 0.002)" in text  # the default recipe's
     text = " ".join(train_parser("original-v1").format_help().split())
     assert "peak learning rate of AdamW (default: 0.0001)" in text  # the original's
     assert "(default: the one the model was trained on) (default" not in " ".join(
