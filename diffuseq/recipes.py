@@ -70,7 +70,7 @@ LADDER = {
     "v1-seg-floor-sc-bias": ("the same without v2's noise", dict(FLOOR, self_cond=True, lm_bias=True)),
     "seg-floor-len-m4": ("+ a length head, trained on target + 4 [PAD]s",
                          dict(V2, **FLOOR, length_head=True, length_margin=4)),
-    "seg-floor-len-m8": ("+ a length head, target + 8 [PAD]s (the default recipe's model, bucketed, decaying rate)",
+    "seg-floor-len-m8": ("+ a length head, target + 8 [PAD]s (the 2-layer default's model, bucketed, decaying rate)",
                          dict(V2, **FLOOR, length_head=True, length_margin=8)),
     "seg-floor-len-m8-nobucket": ("the same with random batches",
                                   dict(V2, **FLOOR, length_head=True, length_margin=8, bucket=False)),
@@ -96,7 +96,7 @@ RECIPES = {r.name: r for r in [
     # 4 layers, lr 2e-3 and the anchor term: the best on valid at equal CPU minutes, and 11 BLEU more
     # from noise than 2 layers (docs/quality.md)
     Recipe("bible-tiny", "the default job: King James -> World English Bible verses, 4 layers, 3,000 steps, "
-           "~12 minutes on a 2-core CPU",
+           "~13 minutes on a 2-core CPU",
            dict(SMALL, layers=4, lr=2e-3, anchor_weight=1.0, dataset="bible_kjv_web", data_dir="datasets/bible_kjv_web",
                 seq_len=160, learning_steps=3000, save_interval=1000, eval_interval=1000)),
     Recipe("qqp-small", "the small recipe on ../shared/data/qqp_small (1,847 pairs): short sequences, "

@@ -124,12 +124,12 @@ def test_noise_floor_follows_a_given_T():
 
 
 def test_a_preset_sets_the_shape_over_the_recipe(capsys):
-    """--preset base over the default recipe (2 layers of width 128) gives BERT-base's 12 x 768,
+    """--preset base over the default recipe (4 layers of width 128) gives BERT-base's 12 x 768,
     in the config and in --help; a shape flag beside it still wins."""
     a = parse_train_args(["--preset", "base"])
     assert (a.layers, a.width, a.heads, a.ffn) == (12, 768, 12, 3072)
-    assert parse_train_args(["--preset", "base", "--layers", "4"]).layers == 4
-    assert parse_train_args([]).layers == 2
+    assert parse_train_args(["--preset", "base", "--layers", "6"]).layers == 6
+    assert parse_train_args([]).layers == 4
     with pytest.raises(SystemExit):
         parse_train_args(["--preset", "base", "--help"])
     out = capsys.readouterr().out
