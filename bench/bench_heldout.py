@@ -6,7 +6,8 @@ pairs of bench/splits.py, scores on the held-out pairs, next to copying the sour
 Two rows: the best setting of the grid on the choose pairs ("best"), and the best generation
 from noise ("noise", DiffuSeq's protocol, named by the decoder it runs). Each is decoded with
 --seeds seeds: the row's BLEU and ROUGE-L are the first seed's, and the seeds give self-BLEU
-and Div-4 (the papers' diversity) and the mean sentence BLEU of one seed. The record
+and Div-4 (the papers' diversity), the mean sentence BLEU of one seed, and the scores of the
+minimum-Bayes-risk pick among the seeds' outputs (the DiffuSeq paper's MBR). The record
 (bench/quality/heldout_<name>.json) keeps the grid, the settings, the scores and the first 5
 held-out outputs of each row.
 """
@@ -39,6 +40,8 @@ def decode_row(model, settings, pairs, seeds, bsz):
         div = evaluate([list(c) for c in zip(*outs)], ref, mbr=False)
         row.update(seeds=seeds, self_bleu=round(div["self_bleu"], 2), div4=round(div["div4"], 2),
                    sentence_bleu_mean_seed=round(div["sentence_bleu_mean_candidate"], 2))
+        picked = evaluate([list(c) for c in zip(*outs)], ref, mbr=True)
+        row["mbr"] = {k: round(picked[k], 2) for k in ("sentence_bleu", "bleu", "rouge_l")}
     row["examples"] = [dict(source=s, reference=r, output=o) for (s, r), o in zip(pairs[:5], outs[0])]
     return row
 
@@ -77,7 +80,8 @@ def main(argv=None):
         out[name] = decode_row(model, settings, held, a.seeds, a.bsz)
         r = out[name]
         print(f"{name}: {r['decoder']}: sentence BLEU {r['sentence_bleu']:.2f}, ROUGE-L {r['rouge_l']:.2f}"
-              + (f", self-BLEU {r['self_bleu']:.1f}, Div-4 {r['div4']:.1f}" if "div4" in r else ""), flush=True)
+              + (f", self-BLEU {r['self_bleu']:.1f}, Div-4 {r['div4']:.1f}, MBR of {r['seeds']}: "
+                 f"{r['mbr']['sentence_bleu']:.2f}" if "div4" in r else ""), flush=True)
     copy = score([s for s, _ in held], held)
     print(f"copy: sentence BLEU {copy['sentence_bleu']:.2f}, ROUGE-L {copy['rouge_l']:.2f}")
     path = a.out or os.path.join(ROOT, "bench", "quality", f"heldout_{a.name}.json")

@@ -1,6 +1,8 @@
 """The held-out table of docs/quality.md from the records of bench/baseline_transformer.py and
 bench/bench_heldout.py: per data set, copying the source, the autoregressive baseline (greedy,
-beam 4) and each diffusion run's best decoding and best generation from noise.
+beam 4) and each diffusion run's best decoding and best generation from noise; "MBR sent. BLEU" is
+the sentence BLEU of the minimum-Bayes-risk pick among the seeds' outputs (records since
+2026-12-03 12:00).
 
     python bench/report_quality.py                 # every data set with records
     python bench/report_quality.py --data bible --runs bible_default bible_src50
@@ -22,6 +24,7 @@ QUALITY = os.path.join(ROOT, "bench", "quality")
 def _cells(s, seconds=None):
     cells = [f"{s['sentence_bleu']:.1f}", f"{s['bleu']:.1f}", f"{s['rouge_l']:.1f}"]
     cells += [f"{s['self_bleu']:.1f}", f"{s['div4']:.1f}"] if "self_bleu" in s else ["", ""]
+    cells += [f"{s['mbr']['sentence_bleu']:.1f}" if "mbr" in s else ""]
     return cells + ["" if seconds is None else f"{seconds:,.1f}"]
 
 
@@ -88,7 +91,8 @@ def markdown(data, runs=None):
     rows = rows_for(data, runs)
     if not rows:
         return ""
-    head = ["model", "train min", "decoding", "sent. BLEU", "BLEU", "ROUGE-L", "self-BLEU", "Div-4", "decode s"]
+    head = ["model", "train min", "decoding", "sent. BLEU", "BLEU", "ROUGE-L", "self-BLEU", "Div-4", "MBR sent. BLEU",
+            "decode s"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     return "\n".join(out) + "\n"

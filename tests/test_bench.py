@@ -175,3 +175,20 @@ def test_quality_report_reads_the_saved_records():
     assert lines[0] == "### bible" and any(x.startswith("| copy the source |") for x in lines)
     assert sum("Transformer" in x for x in lines) == 2  # greedy and beam 4
     assert any("`bible-tiny` |" in x and "(best on valid)" in x for x in lines)
+
+
+def test_heldout_row_scores_the_mbr_pick_among_seeds():
+    """A held-out row decoded with 3 seeds where seed 0 strays and seeds 1 and 2 agree on the
+    reference: the first seed's BLEU is 0, and the MBR pick (the candidate closest to the others)
+    is the reference, so its BLEU is 100."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from bench_heldout import decode_row
+
+    class Outputs:
+        def generate(self, src, seed, **kw):
+            return ["x y z w v"] * len(src) if seed == 0 else ["a b c d e"] * len(src)
+
+    pairs = [("a b c d", "a b c d e"), ("a b", "a b c d e")]
+    row = decode_row(Outputs(), dict(init="noise", sampler="dpm", steps=10), pairs, seeds=3, bsz=2)
+    assert row["sentence_bleu"] == 0 and row["seeds"] == 3
+    assert row["mbr"]["sentence_bleu"] == 100 and row["mbr"]["rouge_l"] == 100
