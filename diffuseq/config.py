@@ -48,6 +48,9 @@ class TrainConfig:
         'length of [CLS] x [SEP] y [SEP]; the source is truncated first when a pair is longer')
     skip_bad_lines: bool = arg(False, 'data',
         'skip malformed jsonl lines (and report how many) instead of stopping at the first')
+    both_directions: bool = arg(False, 'data',
+        'also train on every training pair reversed (target -> source), twice the pairs, for tasks where either '
+        'side may be the input, such as paraphrase (qqp-small; docs/quality.md); validation keeps its direction')
     bucket: bool = arg(False, 'data',
         'length bucketing: batches of similar lengths instead of random ones. With --length_margin >= 0 every '
         'batch is padded only to its longest row + the margin, so bucketing makes steps shorter (1.6x on the '

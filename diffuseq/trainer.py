@@ -102,7 +102,8 @@ def load_logged(a, split, tokenizer, proc):
     log line of what was read; no usable pair is a DataError."""
     if not proc.is_main:
         dist.barrier()
-    ds, stats = load_split(a.data_dir, split, tokenizer, a.seq_len, skip_bad_lines=a.skip_bad_lines, layout=a.layout)
+    ds, stats = load_split(a.data_dir, split, tokenizer, a.seq_len, skip_bad_lines=a.skip_bad_lines, layout=a.layout,
+                           both_directions=a.both_directions and split == "train")
     if proc.is_main:
         dist.barrier()
         log.info("%s: %d pairs, %d truncated to seq_len %d%s%s", split, stats.n_pairs, stats.n_truncated,

@@ -116,6 +116,21 @@ def test_layout_and_truncation(tmp_path, tok):
     assert (stats.n_pairs, stats.n_truncated, stats.n_skipped) == (3, 2, 0)
 
 
+def test_both_directions_adds_each_pair_reversed_under_its_own_cache_key(tmp_path, tok):
+    data = write(tmp_path / "d", [{"src": "a b c", "trg": "d e"}, {"src": "f", "trg": "g h"}])
+    cache = str(tmp_path / "c")
+    CLS, SEP = tok.cls_id, tok.sep_id
+    one, _ = load_split(data, "train", tok, 16, cache_dir=cache)
+    both, stats = load_split(data, "train", tok, 16, cache_dir=cache, both_directions=True)
+    assert [r["input_ids"] for r in both] == [
+        [CLS] + ids("a b c") + [SEP] + ids("d e") + [SEP], [CLS] + ids("d e") + [SEP] + ids("a b c") + [SEP],
+        [CLS] + ids("f") + [SEP] + ids("g h") + [SEP], [CLS] + ids("g h") + [SEP] + ids("f") + [SEP]]
+    assert [r["src_len"] for r in both] == [5, 4, 3, 4] and stats.n_pairs == 4
+    assert [r["input_ids"] for r in one] == [r["input_ids"] for r in both][::2]  # not read from each other's cache
+    again, _ = load_split(data, "train", tok, 16, cache_dir=cache)
+    assert len(again) == 2
+
+
 def test_collate_mask_covers_target_and_padding(tmp_path, tok):
     data = write(tmp_path / "d", [{"src": "a b c", "trg": "d"}, {"src": "e", "trg": "f g h"}])
     ds, _ = load_split(data, "train", tok, 12, cache_dir=str(tmp_path / "c"))

@@ -425,6 +425,7 @@ def _bad_input_cases(root):
     skip = _write_lines(root / "skip" / "train.jsonl", [GOOD, GOOD, BAD_TRAIN_LINES["not_json"][0], GOOD])
     _write_lines(root / "skip" / "valid.jsonl", [GOOD, GOOD, BAD_TRAIN_LINES["no_trg"][0]])
     cases["skip_bad_lines"] = args("skip_bad_lines", skip.parent) + ["--skip_bad_lines"], None
+    cases["both_directions"] = args("both_directions", skip.parent) + ["--skip_bad_lines", "--both_directions"], None
     return cases
 
 
@@ -465,6 +466,14 @@ def test_skip_bad_lines_trains_and_reports_the_count(bad_input_runs):
     assert re.search(r"train: 3 pairs, .*, 1 bad lines skipped", log_text)
     assert re.search(r"valid: 2 pairs, .*, 1 bad lines skipped", log_text)
     assert (run / "ckpt_0000002" / "model.safetensors").is_file()
+
+
+def test_both_directions_doubles_the_training_pairs_only(bad_input_runs):
+    rc, _, stderr, _, run = bad_input_runs["both_directions"]
+    assert rc == 0, stderr
+    log_text = (run / "log.txt").read_text()
+    assert re.search(r"train: 6 pairs, .*, 1 bad lines skipped", log_text)
+    assert re.search(r"valid: 2 pairs, .*, 1 bad lines skipped", log_text)
 
 
 # --------------------------------------------------------------------------------- precision

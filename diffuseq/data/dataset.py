@@ -150,24 +150,26 @@ def _writable_cache(cache_dir):
         return fallback
 
 
-def _cache_key(path, tokenizer, seq_len, skip_bad_lines, layout="ours"):
+def _cache_key(path, tokenizer, seq_len, skip_bad_lines, layout="ours", both_directions=False):
     st = os.stat(path)
     h = hashlib.sha256()
     parts = (CACHE_VERSION, os.path.abspath(path), st.st_size, st.st_mtime_ns, tokenizer.to_str(), seq_len,
              skip_bad_lines) + (() if layout == "ours" else (layout,))  # keys of "ours" stay as they were
+    parts += ("both directions",) if both_directions else ()
     for part in parts:
         h.update(str(part).encode() + b"\0")
     return h.hexdigest()[:20]
 
 
 def load_split(data_dir, split, tokenizer, seq_len, cache_dir=None, skip_bad_lines=False, num_proc=1,
-               layout="ours"):
+               layout="ours", both_directions=False):
     """Tokenize data_dir/{split}.jsonl once (cached) -> (datasets.Dataset, SplitStats).
 
     Columns: input_ids (unpadded z = [CLS] x [SEP] y [SEP], len <= seq_len), src_len (where y
     starts: tokens up to and including the first [SEP]) and length (= len(input_ids)).
-    The cache key covers the file (size, mtime), the tokenizer's JSON, seq_len and the layout
-    (see make_input).
+    both_directions: each pair is followed by its reverse (trg -> src), so the split has twice
+    the rows. The cache key covers the file (size, mtime), the tokenizer's JSON, seq_len, the
+    layout (see make_input) and both_directions.
     """
     import datasets  # here, not at the top: decoding reads jsonl without it (a second saved at start-up)
 
@@ -179,7 +181,7 @@ def load_split(data_dir, split, tokenizer, seq_len, cache_dir=None, skip_bad_lin
     if not sys.stderr.isatty():  # a log file gets the counts, not a flood of progress bars
         datasets.disable_progress_bars()
     cache_dir = _writable_cache(cache_dir or os.path.join(data_dir, ".cache"))
-    key = _cache_key(path, tokenizer, seq_len, skip_bad_lines, layout)
+    key = _cache_key(path, tokenizer, seq_len, skip_bad_lines, layout, both_directions)
     final = os.path.join(cache_dir, f"{split}-{key}")
     stats_file = os.path.join(final, "diffuseq_stats.json")
     if os.path.isfile(stats_file):
@@ -194,6 +196,8 @@ def load_split(data_dir, split, tokenizer, seq_len, cache_dir=None, skip_bad_lin
         def rows():
             for src, trg in pairs:
                 yield {"src": src, "trg": trg}
+                if both_directions:
+                    yield {"src": trg, "trg": src}
         features = datasets.Features({"src": datasets.Value("string"), "trg": datasets.Value("string")})
         try:
             raw = datasets.Dataset.from_generator(
