@@ -10,7 +10,7 @@ from . import dist
 from .checkpoint import CheckpointError
 from .config import HelpFormatter, _bool
 from .data.dataset import DataError, read_inputs
-from .decoding import decode_file, load_model
+from .decoding import decode_file, load_model, write_mbr
 from .pipeline import INITS, LENGTHS
 from .samplers import SAMPLERS, get_sampler
 from .tokenizer import TokenizerError
@@ -71,6 +71,10 @@ def decode_parser(solver):
     p.add_argument("--bsz", type=int, default=64, help="sentences per batch")
     p.add_argument("--seed", type=int, default=123, help="seed of the first sample; sample k uses seed + k")
     p.add_argument("--num_samples", type=int, default=1, help="candidates per input, one output file each")
+    p.add_argument("--mbr", type=_bool, nargs="?", const=True, default=False,
+                   help="with --num_samples N >= 2, also write the minimum-Bayes-risk pick of each input's N "
+                        "outputs (the one with the highest mean BLEU against the others, as the DiffuSeq "
+                        "paper selects) as <split>.mbr<N>.step<K>...jsonl")
     p.add_argument("--out_dir", default="generation_outputs",
                    help="where the output folder <run>_<checkpoint>/ is written")
     p.add_argument("--use_ema", type=_bool, default=True,
@@ -134,6 +138,9 @@ def main(argv=None, solver=False):
     try:
         if stream and proc.world_size > 1:
             raise ValueError("--input - decodes in one process: run it without torchrun")
+        if args.mbr and (stream or args.num_samples < 2):
+            raise ValueError("--mbr picks among several output files: it needs --num_samples 2 or more and an "
+                             "input file (not --input -)")
         inputs = read_inputs("-") if stream else None  # read before the model: nothing to wait on if bad
         model = load_model(args.model_dir, proc.device, args.use_ema,
                            torch.bfloat16 if args.precision == "bf16" else None, args.compile)
@@ -167,6 +174,8 @@ def main(argv=None, solver=False):
                 model, path, args.out_dir, seeds=[args.seed + k for k in range(args.num_samples)], bsz=args.bsz,
                 proc=proc, progress=args.progress, max_examples=args.max_examples, cleanup=args.cleanup,
                 **settings, **kw)
+            if args.mbr and proc.is_main:
+                paths.append(write_mbr(paths))
     except (CheckpointError, DataError, TokenizerError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

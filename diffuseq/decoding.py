@@ -86,6 +86,27 @@ def decode_file(model, path, out_dir, sampler="dpm", steps=None, seeds=(0,), bsz
     return paths, n_done / max(time.time() - t0, 1e-9)
 
 
+def write_mbr(paths):
+    """The minimum-Bayes-risk pick among output files of the same inputs (several seeds of one
+    setting): for each input, the row whose output has the highest mean sentence BLEU against the
+    other files' outputs (metrics.mbr_select, on normalised texts). Written whole beside the first
+    file, with .mbr<N> in place of its .seed<S>; returns that path."""
+    from .metrics import mbr_select, normalize
+    files = []
+    for path in paths:
+        with open(path) as f:
+            files.append([json.loads(line) for line in f])
+    picks = mbr_select([[normalize(f[i]["recover"]) for f in files] for i in range(len(files[0]))])
+    folder, name = os.path.split(paths[0])
+    split, rest = name.split(".seed", 1)
+    final = os.path.join(folder, f"{split}.mbr{len(paths)}.{rest.split('.', 1)[1]}")
+    with open(final + ".tmp", "w") as f:
+        for i, j in enumerate(picks):
+            f.write(json.dumps(files[j][i], ensure_ascii=False) + "\n")
+    os.replace(final + ".tmp", final)
+    return final
+
+
 def write_rows(final, rows, proc):
     """Each process's rows to a shard; rank 0 merges them in input order into `final`, written
     whole or not at all (a temporary file renamed)."""

@@ -16,6 +16,7 @@ sentence BLEU, with the other candidates of the same input.
 
 import json
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -302,9 +303,14 @@ def _read_jsonl(path):
     return records
 
 
+MBR_FILE = re.compile(r"\.mbr\d+\.")  # decoding.write_mbr's files
+
+
 def load_outputs(path):
     """Read decoding outputs: a `.jsonl` file, or a folder whose `*.jsonl` files (sorted by name)
-    are candidates for the same inputs, e.g. one file per decoding seed.
+    are candidates for the same inputs, e.g. one file per decoding seed. A folder's MBR picks
+    (`<split>.mbr<N>...jsonl`, written by `--mbr`) are outputs chosen among the others, not
+    candidates of their own, so they are left out; score one by naming the file.
 
     Each line is {"source": str, "reference": str, "recover": str}; "reference" may be absent
     (an input decoded without one: None in the list returned). Files of one folder must list
@@ -315,7 +321,7 @@ def load_outputs(path):
     if not path.exists():
         raise MetricsError(f"{path} does not exist")
     if path.is_dir():
-        files = sorted(p for p in path.glob("*.jsonl") if p.is_file())
+        files = sorted(p for p in path.glob("*.jsonl") if p.is_file() and not MBR_FILE.search(p.name))
         if not files:
             raise MetricsError(f"{path}: folder holds no .jsonl file")
     else:

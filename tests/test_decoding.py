@@ -429,3 +429,37 @@ def test_length_beam_keeps_the_surest_length_of_each_input(small_run):
     logits = torch.randn(int(rows.sum()), V)
     lp = logits.log_softmax(-1).amax(-1)
     assert torch.allclose(m._score(logits, out, rows), torch.stack([lp[:2].mean(), lp[5:].mean()]))
+
+
+def test_mbr_writes_the_candidate_closest_to_the_others(tmp_path):
+    """Three seed files of two inputs. Input 1: seeds 1 and 2 agree, seed 0 strays, so the pick is
+    seed 1's row (the first of the tie); input 2: seeds 0 and 2 agree (seed 1 strays), the pick
+    is seed 0's. The pick file keeps whole rows, is named .mbr3 in place of .seed<S>, and a
+    folder scored as candidates leaves it out."""
+    from diffuseq.decoding import write_mbr
+    from diffuseq.metrics import load_outputs
+    outs = [["x y z w v", "p q r s t"], ["a b c d e", "k l m n o"], ["a b c d e", "p q r s t"]]
+    paths = []
+    for seed, texts in enumerate(outs):
+        path = tmp_path / f"test.seed{seed}.step10.source50.jsonl"
+        path.write_text("".join(json.dumps({"source": f"s{i}", "reference": f"r{i}", "recover": t, "seed": seed})
+                                + "\n" for i, t in enumerate(texts)))
+        paths.append(str(path))
+    final = write_mbr(paths)
+    assert os.path.basename(final) == "test.mbr3.step10.source50.jsonl"
+    rows = [json.loads(x) for x in open(final)]
+    assert [(r["source"], r["recover"], r["seed"]) for r in rows] == [("s0", "a b c d e", 1), ("s1", "p q r s t", 0)]
+    _, _, candidates = load_outputs(tmp_path)
+    assert [len(c) for c in candidates] == [3, 3]
+
+
+def test_mbr_needs_several_samples(small_run, tmp_path):
+    d, run = small_run
+    r = _cli("run_decode_solver.py", "--model_dir", str(run), "--step", "2", "--mbr", "--progress", "false",
+             "--out_dir", str(tmp_path / "o"))
+    assert r.returncode == 2 and "--num_samples 2 or more" in r.stderr and "Traceback" not in r.stderr
+    r = _cli("run_decode_solver.py", "--model_dir", str(run), "--step", "2", "--mbr", "--num_samples", "2",
+             "--progress", "false", "--out_dir", str(tmp_path / "o"), "--max_examples", "5")
+    assert r.returncode == 0, r.stderr
+    written = sorted(p.name for p in (tmp_path / "o").rglob("*.jsonl"))
+    assert written == ["test.mbr2.step2.jsonl", "test.seed123.step2.jsonl", "test.seed124.step2.jsonl"]
