@@ -91,7 +91,8 @@ def main(argv=None):
         header=head, command=" ".join(["python"] + sys.argv), model=model.path, data=a.data,
         recipe=run_args.get("recipe"), run_args={k: run_args.get(k) for k in (
                    "source_rate", "source_t_max", "self_cond", "t_min", "max_minutes", "learning_steps", "width",
-                   "layers", "bsz", "lr", "anchor_weight", "eval_batches")},
+                   "layers", "bsz", "lr", "anchor_weight", "eval_batches", "lr_schedule", "ema_rate", "dropout",
+                   "hidden_dim", "both_directions")},
         train_minutes=round(curves[-1]["elapsed"] / 60, 1) if curves else None,
         train_steps=curves[-1]["step"] if curves else None, checkpoint=os.path.basename(model.path),
         choose=len(chooser), held_out=len(held), grid=rows, rows=out, copy=copy))
