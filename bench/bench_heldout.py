@@ -92,7 +92,7 @@ def main(argv=None):
         recipe=run_args.get("recipe"), run_args={k: run_args.get(k) for k in (
                    "source_rate", "source_t_max", "self_cond", "t_min", "max_minutes", "learning_steps", "width",
                    "layers", "bsz", "lr", "anchor_weight", "eval_batches", "lr_schedule", "ema_rate", "dropout",
-                   "hidden_dim", "both_directions")},
+                   "hidden_dim", "both_directions", "seed")},
         train_minutes=round(curves[-1]["elapsed"] / 60, 1) if curves else None,
         train_steps=curves[-1]["step"] if curves else None, checkpoint=os.path.basename(model.path),
         choose=len(chooser), held_out=len(held), grid=rows, rows=out, copy=copy))
