@@ -75,7 +75,8 @@ def rows_for(data, runs=None):
         minutes = rec.get("train_minutes")
         if "best" not in rec["rows"]:  # named decoders, none chosen
             for r in rec["rows"].values():
-                rows.append([_label(rec), "" if minutes is None else f"{minutes:g}", r["decoder"],
+                seeds = f" ({r['seeds']} seeds)" if r.get("seeds", 5) != 5 else ""  # the diversity and MBR columns'
+                rows.append([_label(rec), "" if minutes is None else f"{minutes:g}", r["decoder"] + seeds,
                              *_cells(r, r["seconds_per_seed"])])
             continue
         best, noise = rec["rows"]["best"], rec["rows"]["noise"]
