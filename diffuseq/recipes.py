@@ -99,7 +99,7 @@ RECIPES = {r.name: r for r in [
            "~13 minutes on a 2-core CPU",
            dict(SMALL, layers=4, lr=2e-3, anchor_weight=1.0, dataset="bible_kjv_web", data_dir="datasets/bible_kjv_web",
                 seq_len=160, learning_steps=3000, save_interval=1000, eval_interval=1000)),
-    # both directions: +0.85 BLEU on the valid pairs in two runs, +0.8 to +1.1 held-out (docs/quality.md)
+    # both directions: +0.85 and +1.0 BLEU on the valid pairs with two seeds, +0.8 to +1.1 held-out (docs/quality.md)
     Recipe("qqp-small", "the small recipe on ../shared/data/qqp_small (1,847 pairs, each also trained "
            "reversed): short sequences, weight decay against overfitting, frequent validation so the best "
            "checkpoint is kept",
