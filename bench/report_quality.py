@@ -29,8 +29,8 @@ def _cells(s, seconds=None):
 
 
 # the options a row's label names where its run differs from its recipe as it stands today
-SHOWN = ("layers", "width", "hidden_dim", "lr", "lr_schedule", "ema_rate", "bsz", "dropout", "anchor_weight", "self_cond",
-         "source_rate", "source_t_max", "both_directions", "eval_batches", "seed")
+SHOWN = ("layers", "width", "hidden_dim", "lr", "lr_schedule", "ema_rate", "bsz", "dropout", "anchor_weight",
+         "self_cond", "source_rate", "source_t_max", "both_directions", "eval_batches", "seed")
 
 
 def _flag(k, v):
