@@ -37,11 +37,11 @@ def decode_row(model, settings, pairs, seeds, bsz):
     row = dict(settings=settings, decoder=describe(settings), seconds_per_seed=round(seconds / seeds, 2),
                **score(outs[0], pairs))
     if seeds > 1:
-        div = evaluate([list(c) for c in zip(*outs)], ref, mbr=False)
+        # one pass: the diversity across the seeds, and the scores of the MBR pick among them
+        div = evaluate([list(c) for c in zip(*outs)], ref, mbr=True)
         row.update(seeds=seeds, self_bleu=round(div["self_bleu"], 2), div4=round(div["div4"], 2),
-                   sentence_bleu_mean_seed=round(div["sentence_bleu_mean_candidate"], 2))
-        picked = evaluate([list(c) for c in zip(*outs)], ref, mbr=True)
-        row["mbr"] = {k: round(picked[k], 2) for k in ("sentence_bleu", "bleu", "rouge_l")}
+                   sentence_bleu_mean_seed=round(div["sentence_bleu_mean_candidate"], 2),
+                   mbr={k: round(div[k], 2) for k in ("sentence_bleu", "bleu", "rouge_l")})
     row["examples"] = [dict(source=s, reference=r, output=o) for (s, r), o in zip(pairs[:5], outs[0])]
     return row
 
