@@ -6,7 +6,8 @@
     diffuseq-tune           = python tune_decode.py         (decoding settings chosen on validation)
     diffuseq-eval           = python scripts/eval_seq2seq.py
     diffuseq-data           = python -m diffuseq.data.bible (the built-in Bible pairs)
-    diffuseq-checkpoint     = python -m diffuseq.checkpoint (convert older checkpoints)
+    diffuseq-checkpoint     = python -m diffuseq.checkpoint (convert: older checkpoints to safetensors;
+                                                            import-original: the original code's runs as ours)
 """
 import sys
 
@@ -43,5 +44,5 @@ def data():
 
 
 def checkpoint():
-    from .checkpoint import main
+    from .checkpoint_cli import main
     sys.exit(main())

@@ -161,6 +161,23 @@ class TrainConfig:
         'AdamW weight decay of the matrices (not of biases, norms or embeddings)')
     grad_clip: float = arg(1.0, 'optimisation', 'max gradient norm (0: off)')
     ema_rate: float = arg(0.9999, 'optimisation', 'decay of the exponential moving average of weights')
+    ema_embedding: str = arg('ema', 'optimisation',
+        "the word embedding of the EMA weights (ema.safetensors, what decoding reads): its moving average, or "
+        "the live one (live: the original's EMA files keep the live word embedding, so its decoders use the "
+        "averaged denoiser with the live embedding for the start, rounding and logits)", choices=['ema', 'live'])
+    grad_accumulation: str = arg('mean', 'optimisation',
+        "how a step's microbatches make its gradient: mean, the gradient of the mean loss over the global batch; "
+        "sum, each microbatch's mean loss back-propagated and the gradients added (the original's: the "
+        "gradient is then the number of microbatches per process times the mean, which changes an AdamW step "
+        "only through its epsilon and through clipping)", choices=['mean', 'sum'])
+    sampler_update: str = arg('log', 'optimisation',
+        "when the loss-aware timestep sampler learns the losses: log, those of every process at each log line "
+        "(one gather); microbatch, after every microbatch, and each microbatch's timesteps are drawn from the "
+        "sampler as it then stands (the original's)", choices=['log', 'microbatch'])
+    replicated_draws: bool = arg(False, 'optimisation',
+        "every process draws the same timesteps, noise and dropout for its share of the batch, as the original "
+        "does (it seeds every process alike): a step then has only global batch / processes independent draws "
+        "(false: independent draws for the whole global batch)")
     precision: str = arg('auto', 'optimisation',
         'auto: bf16 autocast on GPUs that support it, fp32 on CPU (bf16 on a CPU pays only with AVX512-BF16 '
         'or AMX instructions; elsewhere it is many times slower); fp16 uses a grad scaler; tf32: fp32 with TF32 '
@@ -307,6 +324,11 @@ def parse_train_args(argv=None):
         parser.error("--denoise absorbs tokens into the learned state m: add --learned_mean_embed")
     if args["microbatch"] is None:
         args["microbatch"] = args["bsz"]
+    if (args["length_head"] and "length_head" in args["explicit"] and args["length_margin"] == -1
+            and "length_margin" not in args["explicit"]):
+        parser.error(f"--length_head true on recipe {name} keeps its --length_margin -1 (every position up to "
+                     "seq_len is target, so the head saves nothing): give --length_margin too, e.g. 8 (8 [PAD]s "
+                     "after each target are learnt), or -1 to keep every position")
     if args["length_margin"] is None:
         args["length_margin"] = 8 if args["length_head"] else -1
     elif args["length_margin"] >= 0 and not args["length_head"]:

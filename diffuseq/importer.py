@@ -122,8 +122,25 @@ def convert_state(state, seq_len, learned_m):
     return {k: v.float().contiguous() for k, v in out.items()}
 
 
-def profile_args(targs, shape, out_dir, vocab_dir):
-    """Our TrainConfig for an original run: the matching recipe with the run's own values."""
+# processes of the original's own training scripts (scripts/train.sh of each branch), by
+# (v2, per-process batch): its batch_size is per process, and training_args.json does not say how many
+SCRIPT_PROCESSES = {(False, 2048): 4, (True, 425): 2}
+
+
+def processes_of(targs, given=None):
+    """(processes, how we know) of an original run: given, or its branch's train script's when its
+    per-process batch is that script's, else 1."""
+    if given:
+        return int(given), "given (--processes)"
+    key = (bool(targs.get("learned_mean_embed", False)), int(targs.get("batch_size", 0)))
+    if key in SCRIPT_PROCESSES:
+        return SCRIPT_PROCESSES[key], "its branch's scripts/train.sh"
+    return 1, "assumed (give --processes)"
+
+
+def profile_args(targs, shape, out_dir, vocab_dir, processes=1):
+    """Our TrainConfig for an original run: the matching recipe with the run's own values. The
+    original's batch_size is per process: ours (--bsz) is global, batch_size x processes."""
     width, layers, heads, ffn = shape
     v2 = bool(targs.get("learned_mean_embed", False))
     recipe = "original-v2" if v2 else "original-v1"
@@ -136,7 +153,9 @@ def profile_args(targs, shape, out_dir, vocab_dir):
                learning_steps=int(targs.get("learning_steps", 50000)),
                ema_rate=float(str(ema).split(",")[0]), seed=int(targs.get("seed", 102)),
                dropout=float(targs.get("dropout", 0.1)), weight_decay=float(targs.get("weight_decay", 0.0)),
-               bsz=int(targs.get("batch_size", base["bsz"])), microbatch=int(targs.get("microbatch", base["microbatch"])),
+               bsz=int(targs["batch_size"]) * processes if "batch_size" in targs else base["bsz"],
+               microbatch=int(targs.get("microbatch", 0)) if int(targs.get("microbatch", 0)) > 0
+               else int(targs.get("batch_size", base["microbatch"])),  # the original's 0 or -1: the whole batch
                vocab="bert", vocab_path=vocab_dir, width=width, layers=layers, heads=heads, ffn=ffn,
                learned_mean_embed=v2, denoise=bool(targs.get("denoise", False)),
                denoise_rate=float(targs.get("denoise_rate", 0.5)),
@@ -145,8 +164,9 @@ def profile_args(targs, shape, out_dir, vocab_dir):
     return TrainConfig.from_dict(dict(base, **own))
 
 
-def import_original(run_dir, out_dir=None, step=None, heads=None):
-    """Write one of our run folders from an original run folder; returns its checkpoint folder."""
+def import_original(run_dir, out_dir=None, step=None, heads=None, processes=None):
+    """Write one of our run folders from an original run folder; returns its checkpoint folder.
+    processes: how many processes trained it (default: processes_of)."""
     run_dir = os.path.normpath(run_dir)
     pt, step = find_weights(run_dir, step)
     folder = os.path.dirname(pt)
@@ -167,7 +187,8 @@ def import_original(run_dir, out_dir=None, step=None, heads=None):
     except (KeyError, ValueError, IndexError) as e:
         raise OriginalRunError(f"{pt}: not an original DiffuSeq model ({e})") from None
     out_dir = out_dir or os.path.join("diffusion_models", os.path.basename(folder) + "_imported")
-    args = profile_args(targs, shape, os.path.abspath(out_dir), os.path.abspath(folder))
+    nproc, known = processes_of(targs, processes)
+    args = profile_args(targs, shape, os.path.abspath(out_dir), os.path.abspath(folder), nproc)
     if state.get("lm_head.weight") is not None and state["lm_head.weight"].shape[0] != tokenizer.vocab_size:
         raise OriginalRunError(f"{pt}: {state['lm_head.weight'].shape[0]} word embeddings, but {folder}/vocab.txt "
                            f"has {tokenizer.vocab_size} entries")
@@ -181,7 +202,8 @@ def import_original(run_dir, out_dir=None, step=None, heads=None):
     save_args(args, os.path.join(out_dir, "args.json"))
     tokenizer.save(os.path.join(out_dir, "tokenizer.json"))
     with open(os.path.join(out_dir, "imported.json"), "w") as f:
-        json.dump({"from": os.path.abspath(pt), "step": step, "original_args": targs}, f, indent=2)
+        json.dump({"from": os.path.abspath(pt), "step": step, "processes": nproc, "processes_from": known,
+                   "original_args": targs}, f, indent=2)
     return ckpt.save_checkpoint(out_dir, step, {
         "model.safetensors": model.state_dict(), "args.json": os.path.join(out_dir, "args.json"),
         "tokenizer.json": os.path.join(out_dir, "tokenizer.json")})

@@ -7,6 +7,7 @@ from typing import Optional
 
 import torch
 
+from . import dist
 from .diffusion import target_region, training_losses
 from .noise import draw_noise, draw_source
 
@@ -40,6 +41,10 @@ class Objective:
         An editor run also draws which examples start from their laid source, and their times."""
         a = self.args
         batch = ids.shape[0] if sampler is None else a.bsz
+        if sampler is not None and getattr(a, "replicated_draws", False):
+            # every process draws alike, for the largest share of the batch, and takes its first rows
+            batch = -(-a.bsz // dist.world_size())
+            index = torch.arange(ids.shape[0], device=ids.device)
         t, w, noise, u, sc = draw_noise(a, sampler, step, batch, ids.shape[1], self.device, seed=seed)
         d = Draws(t, w, noise, u, sc)
         use = None

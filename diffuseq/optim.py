@@ -45,11 +45,15 @@ def build_optimizer(model, args, device):
 
 
 class EMA:
-    """Exponential moving average of parameters, kept in fp32."""
+    """Exponential moving average of parameters, kept in fp32. The parameters named in `live` are
+    averaged too, but the weights it hands out (state_dict) hold their live values: the
+    original's EMA files keep the live word embedding (--ema_embedding live). Their averages
+    travel separately (shadow_of / load_shadow), so a resumed run continues them."""
 
-    def __init__(self, params, rate):
+    def __init__(self, params, rate, live=()):
         self.params = list(params)
         self.rate = rate
+        self.live = set(live)
         self.shadow = [p.detach().clone().float() for p in self.params]
 
     @torch.no_grad()
@@ -60,10 +64,28 @@ class EMA:
         sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
         names = [n for n, _ in model.named_parameters()]
         for n, s in zip(names, self.shadow):
-            sd[n] = s.to(sd[n].dtype).clone()
+            if n not in self.live:
+                sd[n] = s.to(sd[n].dtype).clone()
         return sd
 
     def load_state_dict(self, model, sd):
         names = [n for n, _ in model.named_parameters()]
         for n, s in zip(names, self.shadow):
-            s.copy_(sd[n])
+            if n not in self.live:
+                s.copy_(sd[n])
+
+    def shadow_of(self, model):
+        """The averages of the `live` parameters, which state_dict leaves out."""
+        names = [n for n, _ in model.named_parameters()]
+        return {n: s.clone() for n, s in zip(names, self.shadow) if n in self.live}
+
+    def load_shadow(self, model, averages):
+        names = [n for n, _ in model.named_parameters()]
+        for n, s in zip(names, self.shadow):
+            if n in averages:
+                s.copy_(averages[n])
+
+
+def ema_live_names(args):
+    """The parameters whose EMA weights stay live under --ema_embedding."""
+    return ("word_embedding.weight",) if getattr(args, "ema_embedding", "ema") == "live" else ()

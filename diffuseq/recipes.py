@@ -3,7 +3,7 @@ flags given on the command line still win. Every script, benchmark and test that
 configuration takes it from here, so each recipe has one source.
 
 A recipe is a plain dict of train.py arguments over the base layer (the defaults of
-config.TrainConfig, which are the original DiffuSeq's where it has the argument).
+config.TrainConfig: many, not all, are the original DiffuSeq's; docs/recipes.md lists which).
 
     python -m diffuseq.recipes              # the table: name, what it is for
     python -m diffuseq.recipes bible-tiny   # its arguments, as flags
@@ -42,7 +42,8 @@ ORIGINAL = dict(dataset="qqp", data_dir="datasets/QQP", vocab="bert", preset="ba
                 bsz=8192, microbatch=64, lr=1e-4, warmup_steps=0, lr_schedule="linear", learning_steps=50000,
                 grad_clip=0.0, weight_decay=0.0, ema_rate=0.9999, dropout=0.1, seed=102, save_interval=10000,
                 log_interval=20, length_head=False, length_margin=-1, segment_positions=False, t_min=0,
-                layout="original", loss_positions="all", lm_bias=True, proj_when_needed=True, precision="tf32")
+                layout="original", loss_positions="all", lm_bias=True, proj_when_needed=True, precision="tf32",
+                ema_embedding="live", grad_accumulation="sum", sampler_update="microbatch", replicated_draws=True)
 
 # The small-CPU recipe measured in docs/quality.md: DiffuSeq-v2 noise, positions counted per
 # segment, a 16-dimensional embedding space, a noise floor, a length head, a constant rate.
@@ -88,7 +89,8 @@ LADDER = {
 
 RECIPES = {r.name: r for r in [
     Recipe("original-v1", "the original DiffuSeq's QQP run (ICLR 2023): BERT-base shape, 50k steps of "
-           "global batch 8,192; GPUs and a BERT vocab.txt (--vocab_path) needed", ORIGINAL),
+           "global batch 8,192 (4 processes of 2,048 in passes of 64); GPUs and a BERT vocab.txt (--vocab_path) "
+           "needed", ORIGINAL),
     Recipe("original-v2", "the original DiffuSeq-v2's QQP run: v1 plus the soft absorbing state, discrete "
            "noise at rate 0.5 and fp16, global batch 850 (2 processes of 425)",
            dict(ORIGINAL, learned_mean_embed=True, denoise=True, denoise_rate=0.5, precision="fp16",

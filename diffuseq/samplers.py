@@ -320,17 +320,48 @@ class OriginalV2Options:
     order: int = 2  # the original runs order 2
 
 
+@torch.no_grad()
+def original_v1_gapped(denoise, sched, z, x_start, mask, gap, clamp=None, progress=None):
+    """The original v1 code's chain for fewer steps than T (its `--step` below the training
+    steps): deterministic DDIM updates (eta 0) at every `gap`-th training timestep from T - 1 down,
+    where each update from timestep n lands on the level of n - 1, not on the next timestep it
+    visits (so it is not DDIM over the shorter grid). z_0 is predicted, rounded when `clamp` is
+    given (the original rounds at every step), the noise recovered from it, and the source laid
+    back after each update; coefficients in float32, as there. Tokens are read from the last
+    state. Returns (z, z)."""
+    acp = torch.as_tensor(sched.alphas_cumprod, dtype=torch.float64)
+    acp_prev = torch.cat([acp.new_ones(1), acp[:-1]])
+    times = list(range(sched.num_steps))[::-1][::gap]
+    x = _reimpose(z, x_start, mask)
+    for n in (progress(times) if progress else times):
+        z0 = denoise(x, torch.full((x.shape[0],), float(n), device=x.device))
+        if clamp is not None:
+            z0 = clamp(z0)
+        a_prev = acp_prev[n].float()
+        eps = (torch.sqrt(1.0 / acp[n]).float() * x - z0) / torch.sqrt(1.0 / acp[n] - 1).float()
+        x = _reimpose(z0 * torch.sqrt(a_prev) + torch.sqrt(1 - a_prev) * eps, x_start, mask)
+    return x, x
+
+
 def run_original_v1(denoise, sched, z, x_start, mask, *, steps, t_start, options, **common):
     """The DiffuSeq papers' ancestral decoding as the original code runs it: every one of the T
     steps, noise of variance beta_t ("large"), the posterior mean taken as if m were 0, and (for
     DiffuSeq-v2 models) each target token absorbed into m with probability denoise_rate *
-    sqrt(beta_t); rounding at every step unless --clamping false."""
-    if steps != sched.num_steps:
-        raise ValueError(f"original-v1 runs all {sched.num_steps} steps of the chain, as the papers decoded "
-                         "(its code has no correct shorter chain); for fewer steps use --sampler ancestral")
+    sqrt(beta_t); rounding at every step unless --clamping false. With fewer steps than T, the
+    v1 code's own shorter chain (original_v1_gapped, every T // steps-th timestep), which only
+    its v1 code has."""
     if t_start is not None:
         raise ValueError("original-v1 decodes from noise only (--init noise)")
     absorb_rate = common.pop("absorb_rate")
+    if steps != sched.num_steps:
+        if not 1 <= steps < sched.num_steps:
+            raise ValueError(f"original-v1 takes 1 to {sched.num_steps} steps, not {steps}")
+        if common.get("m") is not None:
+            raise ValueError(f"original-v1 with {steps} of {sched.num_steps} steps is the v1 code's shorter "
+                             "chain, which DiffuSeq-v2's code lacks: decode a v2 model with all "
+                             f"{sched.num_steps} steps, or with --sampler original-v2")
+        return original_v1_gapped(denoise, sched, z, x_start, mask, sched.num_steps // steps,
+                                  clamp=common.get("clamp"), progress=common.get("progress"))
     return ancestral_sample(denoise, sched, z, x_start, mask, variance="large", denoise_rate=absorb_rate,
                             centre=False, **common)
 

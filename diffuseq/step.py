@@ -12,13 +12,14 @@ from .logs import add_terms
 from .optim import lr_at
 
 
-def gather_steps(parts, global_batch):
+def gather_steps(parts, global_batch, width=None):
     """This process's part [local] of the global batch of each of some steps -> those global
     batches one after the other [steps * global], in the order one process would see them.
     Parts may differ by one example between processes (rank_slice): each is padded to the
-    longest, and the padding dropped after the gather."""
+    longest (`width`, default the largest share of global_batch), and the padding dropped after
+    the gather."""
     x = torch.stack(parts).float()
-    width = -(-global_batch // dist.world_size())
+    width = max(width or 0, -(-global_batch // dist.world_size()))
     x = torch.cat([x, x.new_full((x.shape[0], width - x.shape[1]), float("nan"))], 1)
     x = dist.all_gather_cat(x)  # [world * steps, width], rank by rank
     x = x.view(-1, len(parts), width).transpose(0, 1).reshape(-1)
@@ -68,12 +69,38 @@ class TrainStep:
         self.sampler.update(t.cpu().numpy() - self.args.t_min, losses.cpu().numpy())
         self.pending = []
 
+    def per_microbatch(self):
+        """Whether the timestep sampler learns after every microbatch (--sampler_update
+        microbatch; a uniform sampler learns nothing)."""
+        return getattr(self.args, "sampler_update", "log") == "microbatch" and self.sampler.name != "uniform"
+
+    def draw_times(self, step, i, n):
+        """Timesteps and weights [n] of microbatch i of `step` from the sampler as it stands now
+        (--sampler_update microbatch): drawn for every process's microbatch i at once from a
+        stream of (seed, step, i), this process's rows taken (its first rows for all, with
+        --replicated_draws)."""
+        a = self.args
+        g = torch.Generator().manual_seed((a.seed * 1_000_003 + step * 1009 + i + 1) % (2 ** 63))
+        replicated = getattr(a, "replicated_draws", False)
+        width = a.microbatch if replicated else a.microbatch * self.proc.world_size
+        t, w = self.sampler.sample(width, g)
+        lo = 0 if replicated else self.proc.rank * a.microbatch
+        dev = self.proc.device
+        return (t[lo:lo + n] + a.t_min).to(dev), w[lo:lo + n].to(dev)
+
+    def learn_microbatch(self, t, losses):
+        """Give the sampler one microbatch's timesteps and losses from every process, rank by rank."""
+        t = gather_steps([t.float()], -1, self.args.microbatch)  # the last microbatches may differ in size
+        losses = gather_steps([losses], -1, self.args.microbatch)
+        self.sampler.update(t.long().cpu().numpy() - self.args.t_min, losses.cpu().numpy())
+
     def __call__(self, batch, step):
         a = self.args
         ids, mask, index = batch["input_ids"], batch["input_mask"], batch["index"]
         keep = target_region(batch["length"], a.length_margin, ids.shape[1])
         draws = self.objective.draw(step, ids, mask, keep, self.sampler, index)
-        torch.manual_seed((a.seed * 7919 + step * 104729 + self.proc.rank) % (2 ** 63))  # dropout
+        rank = 0 if getattr(a, "replicated_draws", False) else self.proc.rank
+        torch.manual_seed((a.seed * 7919 + step * 104729 + rank) % (2 ** 63))  # dropout
         for g in self.opt.param_groups:
             g["lr"] = lr_at(step, a)
         sums, step_losses = {}, []
@@ -81,19 +108,26 @@ class TrainStep:
         # DDP averages gradients over processes: each divides by the mean share, so the step sees
         # the mean over the global batch even when processes hold one example more or less
         share = a.bsz / self.proc.world_size
+        summed = getattr(a, "grad_accumulation", "mean") == "sum"
         micro = list(range(0, ids.shape[0], a.microbatch))
         for i, s in enumerate(micro):
             sl = slice(s, s + a.microbatch)
             sync = i == len(micro) - 1 or not isinstance(self.net, DDP)
+            d = draws.part(sl)
+            if self.per_microbatch():
+                d.t, d.w = self.draw_times(step, i, len(d.t))
             with contextlib.nullcontext() if sync else self.net.no_sync():
-                d = draws.part(sl)
                 terms = self.objective.losses(net, ids[sl], mask[sl], d, None if keep is None else keep[sl],
                                               monitor=self.monitors(step + 1))
-                loss = (terms["loss"] * d.w).sum() / share
+                # --grad_accumulation sum: each microbatch's mean, the gradients added (the original's)
+                loss = (terms["loss"] * d.w).sum() / (len(d.t) if summed else share)
             self.scaler.scale(loss).backward()
             add_terms(sums, terms, d.t, a)
             step_losses.append(terms["loss"].detach().float())
-        self.pending.append((draws.t, torch.cat(step_losses)))
+            if self.per_microbatch():
+                self.learn_microbatch(d.t, step_losses[-1])
+        if not self.per_microbatch():
+            self.pending.append((draws.t, torch.cat(step_losses)))
         if a.grad_clip > 0:
             self.scaler.unscale_(self.opt)
             sums["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.model.parameters(), a.grad_clip) * share

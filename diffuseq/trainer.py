@@ -27,7 +27,7 @@ from .logs import COLUMNS, RunLog, Window
 from .model import Denoiser, load_bert_encoder
 from .layout import Layout
 from .objective import Objective
-from .optim import EMA, allow_tf32, autocast_dtype, build_optimizer, lr_at
+from .optim import EMA, allow_tf32, autocast_dtype, build_optimizer, ema_live_names, lr_at
 from .resample import create_sampler
 from .schedule import DiscreteSchedule
 from .step import TrainStep
@@ -149,7 +149,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(proc.device.type, enabled=self.amp_dtype == torch.float16)
         self.objective = Objective(args, self.sched, self.layout, self.amp_dtype, proc.device)
         self.opt = build_optimizer(self.model, args, proc.device)
-        self.ema = EMA(self.model.parameters(), args.ema_rate)
+        self.ema = EMA(self.model.parameters(), args.ema_rate, ema_live_names(args))
         self.step = 0
         if resume_dir:
             self.step = run_folder.restore(resume_dir, self.model, self.ema, self.opt, self.scaler, self.sampler,

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from diffuseq import checkpoint as ckpt
+from diffuseq import checkpoint_cli
 from toy import fake_checkpoint
 
 
@@ -120,7 +121,7 @@ def test_older_pt_checkpoints_load_and_convert(tmp_path):
     assert_same(ckpt.load(str(folder), "model"), weights)
     assert_same(ckpt.load(str(folder), "training_state"), state)
 
-    assert ckpt.main(["convert", str(tmp_path / "run")]) == 0
+    assert checkpoint_cli.main(["convert", str(tmp_path / "run")]) == 0
     assert not list(folder.glob("*.pt"))
     assert (folder / "model.safetensors").is_file() and (folder / "training_state.json").is_file()
     assert_same(ckpt.load(str(folder), "ema"), weights)

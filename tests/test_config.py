@@ -134,3 +134,23 @@ def test_a_preset_sets_the_shape_over_the_recipe(capsys):
         parse_train_args(["--preset", "base", "--help"])
     out = capsys.readouterr().out
     assert "number of layers (default: 12)" in out and "transformer width (default: 768)" in out
+
+
+def test_a_length_head_on_an_original_recipe_needs_its_margin(capsys):
+    """--length_head true alone on an original recipe would keep its --length_margin -1 (every
+    position is target) silently: a usage error names the companion flag; with it, it parses."""
+    with pytest.raises(SystemExit):
+        parse_train_args(["--recipe", "original-v2", "--length_head", "true"])
+    assert "--length_margin" in capsys.readouterr().err
+    args = parse_train_args(["--recipe", "original-v2", "--length_head", "true", "--length_margin", "8"])
+    assert (args.length_head, args.length_margin) == (True, 8)
+
+
+def test_the_original_recipes_train_as_the_original_code():
+    for name in ("original-v1", "original-v2"):
+        args = parse_train_args(["--recipe", name])
+        assert (args.ema_embedding, args.grad_accumulation, args.sampler_update, args.replicated_draws) == (
+            "live", "sum", "microbatch", True)
+    base = parse_train_args(["--recipe", "qqp-small"])
+    assert (base.ema_embedding, base.grad_accumulation, base.sampler_update, base.replicated_draws) == (
+        "ema", "mean", "log", False)
