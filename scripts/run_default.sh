@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The built-in default, end to end on CPU (about 14 minutes on one core of the CI machine):
+# The built-in default, end to end on CPU (about 13 minutes on an idle 2-core CPU; bench/default_job/ records it):
 #   1. build King James -> World English Bible verse pairs from the installed pythonbible packages,
 #   2. train the default recipe, bible-tiny, for STEPS steps: DiffuSeq-v2 (soft absorbing state +
 #      discrete noise) with positions counted per segment, a 16-dimensional embedding space, a
