@@ -2,7 +2,12 @@
 
 Launched by `torchrun`, each process reads RANK / WORLD_SIZE / LOCAL_RANK from the environment;
 NCCL on GPUs, gloo on CPU. A plain `python train.py` is a world of one.
+
+Nodes need not share a filesystem: what rank 0 reads or makes once (the arguments, the tokenizer, a
+checkpoint to resume from) reaches the other ranks through the process group (broadcast_json,
+broadcast_tensors), never through a file.
 """
+import json
 import os
 from dataclasses import dataclass
 
@@ -59,6 +64,10 @@ def world_size():
     return dist.get_world_size() if dist.is_initialized() else 1
 
 
+def rank():
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
 def barrier():
     if dist.is_initialized():
         dist.barrier()
@@ -84,19 +93,60 @@ def all_reduce_mean(t):
 _HOST_GROUP = None
 
 
-def host_flag_max(flag):
-    """The maximum of a host-side bool over every process, through gloo on the CPU: it never
-    waits for a GPU stream (with NCCL a side group of gloo is made once, by every rank)."""
+def host_group():
+    """Every process, through gloo on the CPU: it never waits for a GPU stream (with NCCL this
+    side group is made on first use, by every rank at the same call)."""
     global _HOST_GROUP
-    if not dist.is_initialized():
-        return bool(flag)
     if _HOST_GROUP is None:
         _HOST_GROUP = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
+    return _HOST_GROUP
+
+
+def host_flag_max(flag):
+    """The maximum of a host-side bool over every process (host_group)."""
+    if not dist.is_initialized():
+        return bool(flag)
     t = torch.tensor([int(flag)])
-    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_HOST_GROUP)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=host_group())
     return bool(t.item())
 
 
+def broadcast_json(obj):
+    """Rank 0's `obj`, plain JSON data (strings, numbers, lists, dicts), on every rank; what the
+    other ranks pass is ignored. It travels as JSON text, so nothing but data can arrive."""
+    if not dist.is_initialized():
+        return obj
+    box = [json.dumps(obj) if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0, group=host_group())
+    return json.loads(box[0])
+
+
+def broadcast_tensors(tensors, device):
+    """Rank 0's {name: tensor} on every rank, on `device` there (rank 0 gets its own back; the
+    others pass None): the names, shapes and dtypes as JSON, then each tensor's bytes through
+    host_group (so any dtype goes, and NCCL needs no part in it)."""
+    if not dist.is_initialized():
+        return tensors
+    main = dist.get_rank() == 0
+    meta = broadcast_json({k: [list(t.shape), str(t.dtype).removeprefix("torch.")] for k, t in tensors.items()}
+                          if main else None)
+    out = {}
+    for k, (shape, dtype) in meta.items():
+        dtype = getattr(torch, dtype)
+        if main:
+            t = tensors[k].detach().to("cpu").contiguous()
+            raw = t.reshape(-1).view(torch.uint8)
+        else:
+            raw = torch.empty(torch.Size(shape).numel() * dtype.itemsize, dtype=torch.uint8)
+            t = raw.view(dtype).reshape(shape)
+        if raw.numel():
+            dist.broadcast(raw, src=0, group=host_group())
+        out[k] = tensors[k] if main else t.to(device)
+    return out
+
+
 def cleanup():
+    global _HOST_GROUP
     if dist.is_initialized():
         dist.destroy_process_group()
+    _HOST_GROUP = None

@@ -98,13 +98,15 @@ class StopRequest:
 
 
 def load_logged(a, split, tokenizer, proc):
-    """<data_dir>/<split>.jsonl tokenized (rank 0 first, which caches it for the others), with one
-    log line of what was read; no usable pair is a DataError."""
-    if not proc.is_main:
+    """<data_dir>/<split>.jsonl tokenized (each node's first process first, which caches it for the
+    others on its node: nodes need not share a filesystem), with one log line of what was read;
+    no usable pair is a DataError."""
+    first = proc.local_rank == 0
+    if not first:
         dist.barrier()
     ds, stats = load_split(a.data_dir, split, tokenizer, a.seq_len, skip_bad_lines=a.skip_bad_lines, layout=a.layout,
                            both_directions=a.both_directions and split == "train")
-    if proc.is_main:
+    if first:
         dist.barrier()
         log.info("%s: %d pairs, %d truncated to seq_len %d%s%s", split, stats.n_pairs, stats.n_truncated,
                  a.seq_len, f", {stats.n_skipped} bad lines skipped" if stats.n_skipped else "",
