@@ -24,7 +24,7 @@ def decode_parser(solver):
                                     "another decoder).")
         + " Inputs: a split of the data folder (--split), or any file (--input): jsonl with \"src\" "
           "(and \"trg\", the reference, if there is one), or plain text, one source per line. Writes "
-          "<out_dir>/<run>_<checkpoint>/<name>.seed<S>.step<K>[.source<t>].jsonl with one {source, reference, recover} "
+          "<out_dir>/<run>_<checkpoint>/<name>.seed<S>.step<K>[.source<t>[.edits<E>]][.lengths<N>].jsonl with one {source, reference, recover} "
           "object per input, in input order (no reference where the input has none). --input - reads "
           "sources from standard input and prints one output line per input.",
         formatter_class=HelpFormatter)
@@ -61,10 +61,11 @@ def decode_parser(solver):
                         "the absorbing state m with probability absorb_rate x the step's noise std "
                         "(default: the saved choice, else the trained --denoise_rate for noise starts of "
                         "models trained with --denoise, 0 otherwise)")
-    p.add_argument("--cleanup", choices=["cut", "original"], default="cut",
+    p.add_argument("--cleanup", choices=["cut", "original"], default=None,
                    help="how a target region becomes text: cut, at its first [SEP] or [PAD], without special "
                         "tokens; original, as the original's scoring: [CLS], [SEP] and [PAD] dropped wherever "
-                        "they are, the rest ([UNK], words after a [SEP]) kept")
+                        "they are, the rest ([UNK], words after a [SEP]) kept (default: original with the "
+                        "original-v1 / original-v2 samplers, else cut)")
     p.add_argument("--use_saved", type=_bool, default=True,
                    help="take the settings not given here from the checkpoint's decoding.json, written by "
                         "tune_decode.py (false: the built-in defaults)")
@@ -79,7 +80,10 @@ def decode_parser(solver):
                    help="where the output folder <run>_<checkpoint>/ is written")
     p.add_argument("--use_ema", type=_bool, default=True,
                    help="decode with the EMA weights (true) or the raw weights (false)")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="autocast of the denoiser")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="autocast of the denoiser. auto: fp32, except fp16 where the original decodes so: an "
+                        "original-* sampler on a DiffuSeq-v2 model (learned absorbing state) on a GPU, as "
+                        "DiffuSeq-v2's decoders run under CUDA fp16 autocast (on a CPU they run in fp32)")
     p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:1, ...")
     p.add_argument("--compile", type=_bool, nargs="?", const=True, default=False,
                    help="torch.compile the denoiser (with CUDA graphs on GPU); pays off on long decodes")
@@ -130,8 +134,24 @@ def decode_parser(solver):
     return p
 
 
+def decode_dtype(precision, sampler, model):
+    """The autocast dtype of the denoiser for --precision (None: fp32); see its help."""
+    if precision == "auto":
+        v2_code = sampler.startswith("original-") and model.args.learned_mean_embed
+        return torch.float16 if v2_code and model.device.type == "cuda" else None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def default_cleanup(sampler):
+    """The original's decoders are scored as the original scores them, so their text is cleaned
+    as it cleans it."""
+    return "original" if sampler.startswith("original-") else "cut"
+
+
 def main(argv=None, solver=False):
     args = decode_parser(solver).parse_args(argv)
+    if args.cleanup is None:
+        args.cleanup = default_cleanup(args.sampler)
     stream = args.input == "-"
     say = (lambda *a: print(*a, file=sys.stderr)) if stream else print
     proc = dist.setup(args.device)
@@ -142,8 +162,8 @@ def main(argv=None, solver=False):
             raise ValueError("--mbr picks among several output files: it needs --num_samples 2 or more and an "
                              "input file (not --input -)")
         inputs = read_inputs("-") if stream else None  # read before the model: nothing to wait on if bad
-        model = load_model(args.model_dir, proc.device, args.use_ema,
-                           torch.bfloat16 if args.precision == "bf16" else None, args.compile)
+        model = load_model(args.model_dir, proc.device, args.use_ema, None, args.compile)
+        model.dtype = decode_dtype(args.precision, args.sampler, model)
         kw = dict(clamping=None if args.clamping == "auto" else args.clamping == "true",
                   clamp_step=args.clamp_step, clamp_first=args.clamp_first, length_margin=args.length_margin)
         given = dict(steps=args.step, init=args.init, t_start=args.t_start, absorb_rate=args.absorb_rate,

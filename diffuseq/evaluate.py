@@ -2,6 +2,7 @@
 
     diffuseq-eval generation_outputs/qqp/              # every seed in the folder
     diffuseq-eval test.seed101.step2000.jsonl --baseline --json scores.json
+    diffuseq-eval generation_outputs/qqp/ --protocol original   # as DiffuSeq's own script scores
 
 (`python scripts/eval_seq2seq.py ...` is the same command.)
 """
@@ -11,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from .metrics import MetricsError, evaluate, load_outputs
+from .metrics import MetricsError, evaluate, evaluate_original, load_original_outputs, load_outputs
 
 # (key in evaluate's dict, label in the table, number format)
 ROWS = [
@@ -57,12 +58,22 @@ def parse_args(argv=None):
     p.add_argument("--clean", choices=["none", "original"], default="none",
                    help="original: first delete [CLS], [SEP] and [PAD] wherever they occur in every text, as the "
                         "original's scorer does (to score the original's own output files, which keep them)")
+    p.add_argument("--protocol", choices=["ours", "original"], default="ours",
+                   help="original: score exactly as the original DiffuSeq's scripts/eval_seq2seq.py does, "
+                        "on its 0-1 scale: its clean-up (implied; --clean is not used), each file on its own "
+                        "against its \"reference\" field, and with several files Self-BLEU / Div-4 and "
+                        "(unless --no-mbr) its MBR pick; a folder's files are its names ending in json, as "
+                        "the original globs them, else its .jsonl files. "
+                        "BERTScore (deberta-xlarge-mnli, layer 40) only from --bertscore_model or the "
+                        "Hugging Face cache, else left out with a note (default: ours)")
     p.add_argument("--json", metavar="OUT.json", help="also write the numbers to this file")
     p.add_argument("--baseline", action="store_true",
                    help="also score copying the source (hypothesis = source) for comparison")
     args = p.parse_args(argv)
     if (args.path is None) == (args.folder is None):
         p.error("give exactly one path to score, positionally or as --folder")
+    if args.protocol == "original" and args.baseline:
+        p.error("--baseline is not part of the original protocol")
     return args
 
 
@@ -80,9 +91,45 @@ def format_table(columns):
     return "\n".join(lines)
 
 
+ORIGINAL_ROWS = [("bleu", "BLEU"), ("rouge_l", "ROUGE-L"), ("bertscore", "BERTScore"), ("dist1", "Dist-1"),
+                 ("avg_len", "Avg len")]
+
+
+def main_original(args, path):
+    """--protocol original: print (and with --json write) what the original's script reports."""
+    try:
+        files, notes = load_original_outputs(path)
+        report = evaluate_original(files, mbr=args.mbr, bertscore_model=args.bertscore_model)
+        report["notes"][:0] = notes
+    except MetricsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    rows = [(s["file"], s) for s in report["files"]]
+    if "mbr" in report:
+        rows.append((f"MBR pick of {len(files)} files", report["mbr"]))
+    keys = [(k, label) for k, label in ORIGINAL_ROWS if any(k in s for _, s in rows)]
+    width = max(len(name) for name, _ in rows)
+    print(f"{path}: {len(files[0][1])} inputs x {len(files)} file(s), scored as the original's "
+          "scripts/eval_seq2seq.py (0-1; Avg len in tokens)\n")
+    print("  ".join(["file".ljust(width)] + [label.rjust(9) for _, label in keys]))
+    for name, s in rows:
+        print("  ".join([name.ljust(width)] + [f"{s[k]:9.4f}" if k in s else "-".rjust(9) for k, _ in keys]))
+    if "diversity" in report:
+        d = report["diversity"]
+        print(f"\nacross the files: Self-BLEU {d['self_bleu']:.4f}  Div-4 {d['div4']:.4f}")
+    for note in report["notes"]:
+        print(f"note: {note}", file=sys.stderr)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"path": str(path), "protocol": "original", **report},
+                                              indent=2) + "\n")
+    return 0
+
+
 def main(argv=None):
     args = parse_args(argv)
     path = args.path or args.folder
+    if args.protocol == "original":
+        return main_original(args, path)
     try:
         sources, refs, candidates = load_outputs(path)
         if args.clean == "original":

@@ -6,7 +6,9 @@ published sacrebleu scores. `evaluate` first normalises hypotheses and reference
 DiffuSeq paper scores them: BERT's basic tokenisation (punctuation split from words, accents
 stripped) and lowercase. Scores therefore do not depend on how a model's tokenizer writes text
 back, nor on the case or spacing of the user's references. Every score (BLEU, ROUGE-L, Dist-n, Div-n, BERTScore) is returned on a
-0-100 scale; only `avg_len` is a count of tokens.
+0-100 scale; only `avg_len` is a count of tokens. The exceptions are the `original_*` functions and
+`evaluate_original`: they compute what the original DiffuSeq's scripts/eval_seq2seq.py computes, on
+its 0-1 scale.
 
 Several decoding seeds give several candidates for one input. These appear as `candidates`: one list
 per input, holding that input's candidate strings (`candidates[i][j]` is seed j's output for input
@@ -14,12 +16,14 @@ i). Minimum Bayes risk (MBR) decoding picks one candidate per input: the one tha
 sentence BLEU, with the other candidates of the same input.
 """
 
+import glob
 import json
 import os
 import re
 import warnings
 from pathlib import Path
 
+import numpy as np
 import sacrebleu
 from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 from rouge_score import rouge_scorer
@@ -285,6 +289,227 @@ def evaluate(candidates, refs, mbr=True, bertscore_model=None, normalise=True):
         flat_h = [c for cands in candidates for c in cands]
         flat_r = [r for cands, r in zip(candidates, refs) for _ in cands]
         out["sentence_bleu_mean_candidate"] = sentence_bleu_avg(flat_h, flat_r)
+    return out
+
+
+# ----------------------------------------------------------------------------- the original's protocol
+# What DiffuSeq's own scripts/eval_seq2seq.py computes, on its 0-1 scale, step for step: each
+# file is cleaned and scored on its own; with several files, each input's candidates also give
+# Self-BLEU / Div-4, and an MBR pick that is scored against the first file's reference.
+
+ORIGINAL_SOS, ORIGINAL_EOS, ORIGINAL_SEP, ORIGINAL_PAD = "[CLS]", "[SEP]", "[SEP]", "[PAD]"
+ORIGINAL_BERTSCORE = ("microsoft/deberta-xlarge-mnli", 40)  # its model; bert_score's layer for it
+
+
+def original_cleanup(source, reference, recover):
+    """One output line as the original scorer reads it: stripped, then the special tokens deleted
+    (from the source only the start and end tokens, from the reference not [PAD]). Spaces left
+    around a deleted token stay: they count in `original_len`."""
+    source = source.strip().replace(ORIGINAL_EOS, "").replace(ORIGINAL_SOS, "")
+    reference = reference.strip()
+    recover = recover.strip()
+    for tok in (ORIGINAL_EOS, ORIGINAL_SOS, ORIGINAL_SEP):
+        reference = reference.replace(tok, "")
+    for tok in (ORIGINAL_EOS, ORIGINAL_SOS, ORIGINAL_SEP, ORIGINAL_PAD):
+        recover = recover.replace(tok, "")
+    return source, reference, recover
+
+
+def original_bleu(hyp, ref):
+    """NLTK sentence BLEU-4 with smoothing method 4 on whitespace tokens, case kept; 0-1."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(sentence_bleu([ref.split()], hyp.split(), smoothing_function=_smooth))
+
+
+def _rouge_tokens(text):
+    # torchmetrics' default ROUGE normaliser: lowercase, every run of characters other than
+    # [a-z0-9] becomes one space (so punctuation and non-ASCII letters split words and vanish)
+    return re.sub(r"[^a-z0-9]+", " ", text.lower()).split()
+
+
+def _lcs_len(a, b):
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0]
+        for j, y in enumerate(b):
+            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+        prev = cur
+    return prev[-1]
+
+
+def original_rouge_l(hyp, ref):
+    """ROUGE-L F1 on `_rouge_tokens`, 0-1, rounded to float32 as torchmetrics returns it.
+
+    F1 = 2 P R / (P + R), P = LCS / len(hyp), R = LCS / len(ref); 0 when either side is empty.
+    """
+    h, r = _rouge_tokens(hyp), _rouge_tokens(ref)
+    lcs = _lcs_len(h, r) if h and r else 0
+    if lcs == 0:
+        return 0.0
+    p, q = lcs / len(h), lcs / len(r)
+    return float(np.float32(2 * p * q / (p + q)))
+
+
+def original_dist1(hyp):
+    """Distinct unigrams / unigrams of one text on whitespace tokens (0 when it has none)."""
+    toks = hyp.split()
+    return len(set(toks)) / len(toks) if toks else 0
+
+
+def original_len(hyp):
+    """Length as the original counts it: pieces between single spaces, so "" counts 1 and every
+    extra space one more."""
+    return len(hyp.split(" "))
+
+
+def original_scores(hyps, refs):
+    """Means over the pairs of `original_bleu`, `original_rouge_l`, `original_dist1` and
+    `original_len`: bleu, rouge_l, dist1, avg_len."""
+    _check_pairs(hyps, refs)
+    return {"bleu": float(np.mean([original_bleu(h, r) for h, r in zip(hyps, refs)])),
+            "rouge_l": float(np.mean([original_rouge_l(h, r) for h, r in zip(hyps, refs)])),
+            "dist1": float(np.mean([original_dist1(h) for h in hyps])),
+            "avg_len": float(np.mean([original_len(h) for h in hyps]))}
+
+
+def original_mbr_pick(cands):
+    """Index of the candidate whose `original_bleu` against each other candidate (taken as the
+    reference) sums highest; ties go to the lowest index."""
+    m = len(cands)
+    util = np.zeros((m, m))
+    for i in range(m):
+        for j in range(m):
+            if i != j:
+                util[i, j] = original_bleu(cands[i], cands[j])
+    return int(np.argmax(util.sum(-1)))
+
+
+def original_diversity(candidates):
+    """(Self-BLEU, Div-4) over inputs, 0-1. Per input: the mean `original_bleu` of candidate i
+    against candidate j over the pairs i < j (0 for a single candidate), and distinct / all
+    4-grams pooled over its candidates (0 when there is none)."""
+    self_bleus, div4s = [], []
+    for cands in candidates:
+        pairs = [original_bleu(a, b) for i, a in enumerate(cands) for b in cands[i + 1:]]
+        self_bleus.append(np.mean(pairs) if pairs else 0.0)
+        grams = [g for c in cands for g in _ngrams(c.split(), 4)]
+        div4s.append(len(set(grams)) / len(grams) if grams else 0)
+    return float(np.mean(self_bleus)), float(np.mean(div4s))
+
+
+def original_bertscore(hyps, refs, model_path=None):
+    """Mean BERTScore F1, 0-1, as the original computes it: microsoft/deberta-xlarge-mnli, layer
+    40, no idf, no rescaling. From `model_path` (a local copy of that model) or from the Hugging
+    Face cache; never downloads. Raises MetricsError saying why when it cannot run."""
+    name, layer = ORIGINAL_BERTSCORE
+    if model_path is None:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:
+            raise MetricsError("huggingface_hub is not installed") from None
+        config = try_to_load_from_cache(name, "config.json")
+        if not isinstance(config, str):
+            raise MetricsError(f"{name} is not in the Hugging Face cache (pass a local copy with "
+                               "--bertscore_model)")
+        model_path = os.path.dirname(config)
+    bert_score = _bertscore_backend(model_path)
+    try:
+        _, _, f1 = bert_score.score(list(hyps), list(refs), model_type=str(model_path), num_layers=layer)
+    except (OSError, ValueError, AssertionError) as e:
+        raise MetricsError(f"BERTScore could not run from {model_path}: {e}") from None
+    return f1.mean().item()
+
+
+def _read_original_file(path):
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise MetricsError(f"{path}, line {n}: not JSON ({e.msg})") from None
+            if not isinstance(obj, dict) or not all(isinstance(obj.get(k), str)
+                                                    for k in ("source", "reference", "recover")):
+                raise MetricsError(f'{path}, line {n}: the original protocol needs "source", '
+                                   '"reference" and "recover" strings on every line')
+            rows.append(original_cleanup(obj["source"], obj["reference"], obj["recover"]))
+    if not rows:
+        raise MetricsError(f"{path}: file is empty")
+    return rows
+
+
+def load_original_outputs(path):
+    """The files the original scorer reads and their cleaned lines, and notes on the choice:
+    ([(file, [(source, reference, recover), ...]), ...], [note, ...]).
+
+    A folder gives its names that end in "json", sorted, as the original's glob does (so .jsonl
+    files are not among them); where there is none, its .jsonl files as `load_outputs` takes
+    them, i.e. scored as the original would score them renamed. A file gives itself. A later
+    file may have fewer lines than the first, not more.
+    """
+    path, notes = str(path), []
+    if os.path.isdir(path):
+        files = sorted(f for f in glob.glob(os.path.join(path, "*json")) if os.path.isfile(f))
+        ours = sorted(f for f in glob.glob(os.path.join(path, "*.jsonl"))
+                      if os.path.isfile(f) and not MBR_FILE.search(os.path.basename(f)))
+        if files and ours:
+            notes.append(f"{len(ours)} .jsonl file(s) left out, as the original's script leaves them out")
+        elif not files:
+            files = ours
+            notes.append(f"no file name ends in json, the original's pattern: read the {len(ours)} .jsonl "
+                         "file(s) instead")
+        if not files:
+            raise MetricsError(f"{path}: folder holds no file whose name ends in json or .jsonl")
+        picks = [os.path.basename(f) for f in files if MBR_FILE.search(os.path.basename(f))]
+        if picks:
+            notes.append(f"{', '.join(picks)}: MBR pick(s) written by decoding --mbr, read as sample "
+                         "files, as the original's script would")
+    elif os.path.isfile(path):
+        files = [path]
+    else:
+        raise MetricsError(f"{path} does not exist")
+    out = [(f, _read_original_file(f)) for f in files]
+    for f, rows in out[1:]:
+        if len(rows) > len(out[0][1]):
+            raise MetricsError(f"{f} has {len(rows)} lines, more than the {len(out[0][1])} of {files[0]}")
+    return out, notes
+
+
+def evaluate_original(files, mbr=True, bertscore_model=None):
+    """Score the files of `load_original_outputs` as the original does; a dict on 0-1 scales:
+    files: one `original_scores` dict per file (with its name);
+    with several files, diversity: {self_bleu, div4} and, if mbr, mbr: `original_scores` of each
+    input's `original_mbr_pick` against the first file's reference;
+    bertscore (in each of those dicts) where `original_bertscore` can run, else a note in notes.
+    """
+    if not files:
+        raise MetricsError("nothing to score: no files")
+    out = {"files": [], "notes": []}
+    bert = True
+
+    def with_bertscore(scores, hyps, refs):
+        nonlocal bert
+        if bert:
+            try:
+                scores["bertscore"] = original_bertscore(hyps, refs, bertscore_model)
+            except MetricsError as e:
+                out["notes"].append(f"BERTScore left out: {e}")
+                bert = False
+        return scores
+
+    for name, rows in files:
+        refs, hyps = [r[1] for r in rows], [r[2] for r in rows]
+        out["files"].append(with_bertscore({"file": os.path.basename(name), "num_inputs": len(rows),
+                                            **original_scores(hyps, refs)}, hyps, refs))
+    if len(files) > 1:
+        first = files[0][1]
+        candidates = [[rows[i][2] for _, rows in files if i < len(rows)] for i in range(len(first))]
+        out["diversity"] = dict(zip(("self_bleu", "div4"), original_diversity(candidates)))
+        if mbr:
+            hyps = [cands[original_mbr_pick(cands)] for cands in candidates]
+            refs = [r[1] for r in first]
+            out["mbr"] = with_bertscore(original_scores(hyps, refs), hyps, refs)
     return out
 
 

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from diffuseq import metrics
@@ -262,3 +263,78 @@ def test_scores_normalise_both_sides_like_the_paper():
     raw = metrics.evaluate([["and they went three days ' journey into the wilderness ."]], ref, mbr=False,
                    normalise=False)
     assert raw["rouge_l"] < 90  # without normalising, spacing and case cost points
+
+
+# ----------------------------------------------------------------------------- the original's protocol
+
+def test_original_cleanup_deletes_tokens_and_keeps_the_spaces():
+    src, ref, hyp = metrics.original_cleanup(" [CLS] a b [SEP] ", "[CLS] x [PAD] [SEP]",
+                                             " [CLS] hi [SEP] [PAD] [PAD] ")
+    assert (src, ref, hyp) == (" a b ", " x [PAD] ", " hi   ")  # references keep [PAD]
+    assert metrics.original_len(hyp) == 5  # '', 'hi', '', '', '': pieces between single spaces
+    assert metrics.original_len("") == 1 and metrics.original_len("a b") == 2
+
+
+def test_original_bleu_closed_forms():
+    assert metrics.original_bleu("a b c d", "a b c d") == 1.0
+    assert metrics.original_bleu("a b c d", "e f g h") == 0
+    # n-gram precisions 4/5, 3/4, 2/3, 1/2, no brevity penalty: BLEU = (1/5)^(1/4)
+    assert metrics.original_bleu("a b c d e", "a b c d f") == pytest.approx(0.2 ** 0.25, abs=1e-12)
+    # every precision 1, hypothesis 4 tokens against 5: BLEU = exp(1 - 5/4)
+    assert metrics.original_bleu("a b c d", "a b c d e") == pytest.approx(2.718281828459045 ** -0.25, abs=1e-12)
+    assert metrics.original_bleu("A b c d", "a b c d") < 1  # case kept
+
+
+def test_original_rouge_l_normalises_as_torchmetrics():
+    # lowercase, everything but [a-z0-9] a separator: [the, cat, sat] vs [the, cat, was, sitting],
+    # LCS 2, P = 2/3, R = 1/2, F1 = 4/7 (rounded to float32)
+    f = metrics.original_rouge_l("The cat, sat!", "the cat was sitting")
+    assert f == pytest.approx(4 / 7, abs=1e-7) and f == float(np.float32(4 / 7))
+    assert metrics.original_rouge_l("naïve?", "NA ve") == 1.0  # the non-ASCII letter splits the word
+    assert metrics.original_rouge_l("", "a b") == 0.0 and metrics.original_rouge_l("?!", "a") == 0.0
+
+
+def test_original_dist1_and_scores():
+    assert metrics.original_dist1("a a b") == pytest.approx(2 / 3) and metrics.original_dist1("  ") == 0
+    s = metrics.original_scores(["a b c d", ""], ["a b c d", "x"])
+    assert s == pytest.approx({"bleu": 0.5, "rouge_l": 0.5, "dist1": 0.5, "avg_len": 2.5})
+
+
+def test_original_mbr_pick_and_diversity():
+    """BLEU is not symmetric: "a b c d" against "a b c d e" scores exp(-1/4) (brevity penalty),
+    the other way round (1/5)^(1/4), so the shorter candidate is picked."""
+    cands = ["a b c d", "a b c d e", "x y z w"]
+    assert metrics.original_mbr_pick(cands) == 0
+    assert metrics.original_mbr_pick(["a", "b", "c"]) == 0  # a tie: the first
+    self_bleu, div4 = metrics.original_diversity([cands[:2], ["p q r s"]])
+    # input 1: one pair (0 against 1), 4-grams {abcd, abcd, bcde}; input 2: no pair, one 4-gram
+    assert self_bleu == pytest.approx((2.718281828459045 ** -0.25 + 0) / 2, abs=1e-12)
+    assert div4 == pytest.approx((2 / 3 + 1) / 2)
+
+
+def test_cli_original_protocol(tmp_path):
+    """Each file against its own reference, the MBR pick against the first file's; .jsonl files
+    are not the original's and are left out when .json files are there."""
+    folder = tmp_path / "outputs"
+    folder.mkdir()
+    rows = [("[CLS] q1 [SEP]", "a b c d [SEP]"), ("[CLS] q2 [SEP]", "p q r s [SEP]")]
+    write_jsonl(folder / "seed1_step0.json", [{"source": s, "reference": r, "recover": h} for (s, r), h in
+                                              zip(rows, ["[CLS] a b c d [SEP] [PAD]", "x y z w"])])
+    write_jsonl(folder / "seed2_step0.json", [{"source": s, "reference": "other", "recover": h} for (s, _), h in
+                                              zip(rows, ["a b c d e", "p q r s"])])
+    write_jsonl(folder / "ours.jsonl", [{"source": "s", "reference": "r", "recover": "h"}])
+    out = tmp_path / "scores.json"
+    res = run_cli(folder, "--protocol", "original", "--json", out, "--bertscore_model", tmp_path / "none")
+    assert res.returncode == 0, res.stderr
+    rep = json.loads(out.read_text())
+    assert [f["file"] for f in rep["files"]] == ["seed1_step0.json", "seed2_step0.json"]
+    assert rep["files"][0]["bleu"] == pytest.approx(0.5) and rep["files"][1]["bleu"] == 0
+    assert rep["files"][0]["avg_len"] == pytest.approx(5.5)  # " a b c d  " has 7 pieces, "x y z w" 4
+    # picks: "a b c d" (the shorter, see above) and a tie between disjoint "x y z w" / "p q r s": the first
+    assert rep["mbr"]["bleu"] == pytest.approx(0.5)
+    assert rep["diversity"]["self_bleu"] == pytest.approx(2.718281828459045 ** -0.25 / 2, abs=1e-12)
+    assert any("1 .jsonl file(s) left out" in n for n in rep["notes"])
+    assert any(n.startswith("BERTScore left out") for n in rep["notes"]) and "bertscore" not in rep["mbr"]
+    write_jsonl(folder / "seed3_step0.json", [{"source": "s", "reference": "r", "recover": "h"}] * 3)
+    res = run_cli(folder, "--protocol", "original")
+    assert res.returncode == 2 and "more than the 2" in res.stderr and "Traceback" not in res.stderr
