@@ -38,6 +38,7 @@ from diffuseq.data.dataset import load_split, make_eval_batches
 from diffuseq.diffusion import training_losses
 from diffuseq.importer import export_original, import_original
 from diffuseq.metrics import evaluate
+from diffuseq.optim import EMA, ema_live_names
 from diffuseq.pipeline import DiffuSeq
 from diffuseq.trainer import Trainer
 
@@ -55,19 +56,34 @@ def our_args(seed, steps, save, run, lr):
         "--ema_rate", "0.99", "--seed", str(seed), "--checkpoint_path", run, "--progress", "false"])
 
 
-def train_ours(seed, steps, save, lr):
-    run = os.path.join(WORK, f"ours_s{seed}")
+def run_name(side, seed, init_seed=None):
+    """`<side>_s<seed>`, or `<side>_i<init>_s<seed>` for a run from another seed's initial weights."""
+    return f"{side}_s{seed}" if init_seed in (None, seed) else f"{side}_i{init_seed}_s{seed}"
+
+
+def initial_weights(seed, steps, save, lr):
+    """Our Trainer's seed-s initial weights (the original's train.py starts from them too)."""
+    return Trainer(our_args(seed, steps, save, os.path.join(WORK, f"init_s{seed}"), lr)).model.state_dict()
+
+
+def train_ours(seed, steps, save, lr, init_seed=None):
+    run = os.path.join(WORK, run_name("ours", seed, init_seed))
     t0 = time.time()
-    Trainer(our_args(seed, steps, save, run, lr)).train()
+    tr = Trainer(our_args(seed, steps, save, run, lr))
+    if init_seed not in (None, seed):  # another seed's weights, this seed's draws
+        tr.model.load_state_dict(initial_weights(init_seed, steps, save, lr))
+        tr.ema = tr.stepper.ema = EMA(tr.model.parameters(), tr.args.ema_rate, ema_live_names(tr.args))
+    tr.train()
     return time.time() - t0
 
 
-def train_original(seed, steps, save, lr):
-    run = os.path.join(WORK, f"original_s{seed}")
+def train_original(seed, steps, save, lr, init_seed=None):
+    run = os.path.join(WORK, run_name("original", seed, init_seed))
     os.makedirs(run, exist_ok=True)
     init = os.path.join(run, "init", "model000000.pt")
     os.makedirs(os.path.dirname(init), exist_ok=True)
-    tr = Trainer(our_args(seed, steps, save, os.path.join(WORK, f"init_s{seed}"), lr))  # its seed-s initial weights
+    tr = Trainer(our_args(seed, steps, save, os.path.join(WORK, f"init_s{seed}"), lr))
+    tr.model.load_state_dict(initial_weights(seed if init_seed is None else init_seed, steps, save, lr))
     torch.save(export_original(tr.model), init)
     args = ["--checkpoint_path", run, "--dataset", "qqp", "--data_dir", PEER_DATA, "--data_split_num", "0",
             "--vocab", "bert", "--use_plm_init", "no", "--lr", str(lr), "--use_fp16", "False", "--batch_size", "64",
@@ -85,10 +101,10 @@ def train_original(seed, steps, save, lr):
     return time.time() - t0
 
 
-def checkpoints(side, seed):
+def checkpoints(side, seed, init_seed=None):
     """{step: a checkpoint folder of ours} for every saved step of one run (the original's
     imported)."""
-    run = os.path.join(WORK, f"{side}_s{seed}")
+    run = os.path.join(WORK, run_name(side, seed, init_seed))
     if side == "ours":
         return {int(os.path.basename(p)[5:]): p for p in glob.glob(os.path.join(run, "ckpt_*"))}
     out = {}
@@ -150,6 +166,43 @@ def score(seeds, n_valid=201, n_bleu=200):
     return rec
 
 
+def valid_curve(side, seed, init_seed=None, n_valid=201):
+    """{step: the original objective's validation loss} of every checkpoint of one run."""
+    curve = {}
+    for step, path in sorted(checkpoints(side, seed, init_seed).items()):
+        model = DiffuSeq.from_pretrained(path, "cpu")
+        ds, _ = load_split(QQP, "valid", model.tokenizer, model.seq_len, layout=model.args.layout)
+        batches = list(make_eval_batches(ds.select(range(min(n_valid, len(ds)))), 64, model.seq_len,
+                                         model.tokenizer.pad_id))
+        curve[step] = valid_loss(model, batches)["loss"]
+    return curve
+
+
+def like_for_like(init_seed, seeds, recorded):
+    """The run-to-run noise measured like for like: from the same initial weights (seed init_seed)
+    with the draws of two seeds, on each side, against the gap between the sides from the same
+    weights and draws. `recorded`: curves of runs kept in an earlier record ({name: {step: loss}}),
+    used where a run's checkpoints are not here (the original's code has not changed since)."""
+    curves = {}
+    for side in ("original", "ours"):
+        for seed in seeds:
+            name = run_name(side, seed, init_seed)
+            curve = valid_curve(side, seed, init_seed)
+            curves[name] = curve or {int(k): v for k, v in recorded.get(name, {}).items()}
+    out = {"curves": curves}
+
+    def gap(a, b):
+        steps = sorted(set(a) & set(b))
+        return max(abs(a[s] - b[s]) for s in steps), steps
+    base, other = seeds
+    for side in ("original", "ours"):
+        out[f"draw_noise_{side}_valid_loss"], out["steps"] = gap(curves[run_name(side, base, init_seed)],
+                                                                 curves[run_name(side, other, init_seed)])
+    out["valid_loss_same_draws_diff"], _ = gap(curves[run_name("original", base, init_seed)],
+                                               curves[run_name("ours", base, init_seed)])
+    return out
+
+
 def compare_runs(runs, seeds):
     """The largest gaps: between the sides at each seed (keys ending in _diff), and between the two
     seeds of each side (the run-to-run noise they are read against)."""
@@ -182,6 +235,11 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=1e-4,
                    help="peak learning rate of both sides (the original's QQP run: 1e-4)")
     p.add_argument("--score", action="store_true")
+    p.add_argument("--init_seed", type=int, default=None,
+                   help="start from this seed's initial weights, drawing with --seed (default: --seed's)")
+    p.add_argument("--like_for_like", default=None, metavar="INIT,SEED",
+                   help="score runs from INIT's weights with draws INIT and SEED on both sides (the noise that "
+                        "check 3's gaps are read against); adds it to bench/peer/original_curves.json")
     p.add_argument("--seeds", default="1,2")
     a = p.parse_args(argv)
     why = peer_ready("v2")
@@ -189,6 +247,19 @@ def main(argv=None):
         print(f"error: {why}", file=sys.stderr)
         return 2
     os.makedirs(WORK, exist_ok=True)
+    if a.like_for_like:
+        init, other = (int(x) for x in a.like_for_like.split(","))
+        path = os.path.join(common.ROOT, "bench", "peer", "original_curves.json")
+        rec = json.load(open(path))
+        recorded = {k: {s: c["loss"] for s, c in v["valid"].items()} for k, v in rec["runs"].items()}
+        lfl = like_for_like(init, (init, other), recorded)
+        lfl["command"] = "python bench/bench_original_curves.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        lfl["date"] = time.strftime("%Y-%m-%d")
+        rec["like_for_like"] = lfl
+        with open(path, "w") as f:
+            json.dump(rec, f, indent=1)
+        print(json.dumps({k: v for k, v in lfl.items() if k != "curves"}, indent=1))
+        return 0
     if a.score:
         rec = score([int(s) for s in a.seeds.split(",")])
         rec["command"] = "python bench/bench_original_curves.py " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -196,8 +267,8 @@ def main(argv=None):
         with open(os.path.join(common.ROOT, "bench", "peer", "original_curves.json"), "w") as f:
             json.dump(rec, f, indent=1)
         return 0
-    seconds = (train_ours if a.side == "ours" else train_original)(a.seed, a.steps, a.save, a.lr)
-    with open(os.path.join(WORK, f"{a.side}_s{a.seed}.seconds"), "w") as f:
+    seconds = (train_ours if a.side == "ours" else train_original)(a.seed, a.steps, a.save, a.lr, a.init_seed)
+    with open(os.path.join(WORK, run_name(a.side, a.seed, a.init_seed) + ".seconds"), "w") as f:
         f.write(f"{seconds:.1f}\n")
     return 0
 

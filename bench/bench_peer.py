@@ -195,12 +195,17 @@ def ablation_worker(a, variant):
 
 # ours' decoded checkpoints: the defaults, and the original's layout (pads to seq_len as targets,
 # no length head, decoding the whole sequence)
-OURS_DECODE = {"ours": [], "ours_padded": ["--length_head", "false"]}
+# the original-v2 recipe exactly as this toolkit trains it (its layout and objective, no length head,
+# no clipping, the original's training rules), beside ours' fast defaults at the same batch
+EXACT = ["--length_head", "false", "--length_margin", "-1", "--grad_clip", "0"]
+OURS_DECODE = {"ours": [], "ours_exact": EXACT}
+DECODE_SAMPLER = {"ours_exact": ["--sampler", "original-v2"]}  # the original's own solver, exactly
 # the default checkpoint decoded otherwise: with the original's number of model calls (K, not
 # K + 1), and in bf16 (the original autocasts its solver, to fp16 on a GPU; on a CPU its autocast
 # does nothing, while ours runs bf16 where the CPU has bf16 instructions)
 DECODE_FLAGS = {"ours_k_calls": ["--final_call", "false"], "ours_bf16": ["--precision", "bf16"]}
 CODE_NAMES = {"peer": "original", "ours": "ours", "ours_padded": "ours, original's layout",
+              "ours_exact": "ours, the original-v2 profile exactly",
               "ours_bucket": "ours, --bucket true", "ours_k_calls": "ours, K model calls (--final_call false)",
               "ours_bf16": "ours, --precision bf16"}
 
@@ -243,7 +248,9 @@ def run_all(a):
             ours = r.ours_train(preset, s["ours"], s["log"], os.path.join(a.work, f"ours_run_{preset}"))
             bucket = r.ours_train(preset, s["ours"], s["log"], os.path.join(a.work, f"ours_run_{preset}_bucket"),
                                   extra=["--bucket", "true"], name=f"ours_bucket_train_{preset}")
-            res["train"][preset] = {"peer": peer, "ours": ours, "ours_bucket": bucket}
+            exact = r.ours_train(preset, s["ours"], s["log"], os.path.join(a.work, f"ours_run_{preset}_exact"),
+                                 extra=EXACT, name=f"ours_exact_train_{preset}")
+            res["train"][preset] = {"peer": peer, "ours_exact": exact, "ours": ours, "ours_bucket": bucket}
             print(train_table({preset: res["train"][preset]}), flush=True)
     if "ablation" in a.only:
         key = ablation_key(a.ablation_preset)
@@ -270,7 +277,7 @@ def run_all(a):
                 res["decode"][f"{variant}_ckpt_train"] = r.ours_train(
                     "tiny", n, max(1, n // 4), runs[variant], save=n, extra=["--ema_rate", str(ema), *extra])
         jobs = {"peer": lambda steps: r.peer_decode(ck, steps),
-                **{v: (lambda steps, v=v: r.ours_decode(runs[v], steps, v)) for v in runs},
+                **{v: (lambda steps, v=v: r.ours_decode(runs[v], steps, v, DECODE_SAMPLER.get(v, ()))) for v in runs},
                 **{v: (lambda steps, v=v, f=f: r.ours_decode(runs["ours"], steps, v, f))
                    for v, f in DECODE_FLAGS.items()}}
         for steps in (10, 20):

@@ -16,8 +16,12 @@ IN holds t [N], z [N, L, D] (a model input), noise [2, N, L, D], u [N, L]. OUT r
              from torch.randn(generator seeded --seed) on the target
   ancestral: ancestral_tokens: the original's p_sample_loop over all T steps (rounding every
              step), every Gaussian and Bernoulli draw taken from that same generator, in order
+  gapped:    gapped_state, gapped_tokens: the v1 code's chain for --step below T (its
+             ddim_sample_loop with gap T // --gap_steps, rounding every step), from that start
+--autocast fp16 runs forward, losses and solver under fp16 autocast on the CPU.
 """
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -88,7 +92,12 @@ def main():
     p.add_argument("--parts", default="tokens,forward,losses")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--autocast", choices=["fp32", "fp16"], default="fp32",
+                   help="fp16: forward, losses and solver under fp16 autocast (on CPU), as the original's v2 "
+                        "trains (--use_fp16) and decodes (its scripts' CUDA autocast) on a GPU")
+    p.add_argument("--gap_steps", type=int, default=100, help="gapped: the v1 code's --step")
     a = p.parse_args()
+    amp = (lambda: th.autocast("cpu", dtype=th.float16)) if a.autocast == "fp16" else contextlib.nullcontext
     th.set_grad_enabled(False)
     args, model, diffusion = load(a.ckpt)
     inp = load_file(a.inputs)
@@ -97,9 +106,10 @@ def main():
     out = {"input_ids": ids, "input_mask": mask}
     parts = a.parts.split(",")
     if "forward" in parts:
-        out["pred"] = diffusion._wrap_model(model)(inp["z"], inp["t"])  # the time input as training gives it
+        with amp():
+            out["pred"] = diffusion._wrap_model(model)(inp["z"], inp["t"]).float()  # the time input as training gives it
     if "losses" in parts:
-        with Draws([inp["noise"][0], inp["noise"][1]], [inp["u"]]):  # its x_start argument is unused
+        with Draws([inp["noise"][0], inp["noise"][1]], [inp["u"]]), amp():  # its x_start argument is unused
             terms = diffusion.training_losses(model, inp["z"], inp["t"],
                                               model_kwargs={"input_ids": ids, "input_mask": mask})
         for k, v in terms.items():
@@ -114,8 +124,9 @@ def main():
         ns = NoiseScheduleVP(schedule="discrete", betas=th.from_numpy(diffusion.betas))
         model_fn = model_wrapper(model, ns, model_type="x_start", model_kwargs={}, guidance_type="uncond")
         solver = DPM_Solver(model_fn, ns, algorithm_type="dpmsolver++")
-        x = solver.sample(x_noised, steps=a.steps, order=2, skip_type="time_uniform", method="multistep",
-                          input_ids_mask=mask3, x_start=x_start)
+        with amp():
+            x = solver.sample(x_noised, steps=a.steps, order=2, skip_type="time_uniform", method="multistep",
+                              input_ids_mask=mask3, x_start=x_start).float()
         out["solver_state"] = x
         out["solver_tokens"] = model.get_logits(x).argmax(-1)
     if "ancestral" in parts:
@@ -130,6 +141,18 @@ def main():
                 clamp_first=True, mask=mask3, x_start=x_start, gap=1)
         last = samples[-1] if isinstance(samples, list) else samples
         out["ancestral_tokens"] = model.get_logits(last).argmax(-1)
+    if "gapped" in parts:  # the v1 code's --step below T: its DDIM loop with a gap (main branch only)
+        g = th.Generator().manual_seed(a.seed)
+        noise = th.randn(x_start.shape, generator=g)
+        x_noised = th.where(mask3 == 0, x_start, noise)
+        emb = th.nn.Embedding(*model.word_embedding.weight.shape, _weight=model.word_embedding.weight.clone())
+        with Draws(generator=g):
+            samples = diffusion.ddim_sample_loop(
+                model, x_start.shape, noise=x_noised, clip_denoised=False,
+                denoised_fn=partial(denoised_fn_round, args, emb), model_kwargs={}, top_p=-1, clamp_step=0,
+                clamp_first=True, mask=mask3, x_start=x_start, gap=args.diffusion_steps // a.gap_steps)
+        out["gapped_state"] = samples[-1]
+        out["gapped_tokens"] = model.get_logits(samples[-1]).argmax(-1)
     save_file({k: v.contiguous() for k, v in out.items()}, a.out)
 
 

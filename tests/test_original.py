@@ -79,6 +79,49 @@ def test_original_v1_chain_is_uncentred_with_beta_noise():
     torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
 
 
+def test_original_v1_shorter_chain_is_the_v1_codes_gapped_ddim():
+    """original-v1 with K < T steps, as the v1 code's --step K: DDIM (eta 0) at timesteps T-1,
+    T-1-g, ... (g = T // K), each update landing on the level of the timestep just below the one
+    it started from, written out for T = 8, K = 2 (timesteps 7 and 3, landing on 6 and 2)."""
+    sched = DiscreteSchedule.from_name("sqrt", 8)
+    y0, z = torch.randn(1, 5, 3), torch.randn(1, 5, 3)
+    x_start, mask = torch.randn(1, 5, 3), torch.tensor([[0, 1, 1, 1, 1]])
+    seen = []
+
+    def oracle(x, t):
+        seen.append(int(t[0]))
+        return y0.clone()
+
+    out, _ = SAMPLERS["original-v1"].run(oracle, sched, z, x_start, mask, steps=2, t_start=None, options=None,
+                                         m=None, clamp=None, clamp_step=0, clamp_first=True, absorb_rate=0.0,
+                                         generator=None, progress=None)
+    assert seen == [7, 3]
+    acp = torch.tensor(sched.alphas_cumprod)
+    want = torch.where(mask.bool()[..., None], z, x_start)
+    for n in (7, 3):
+        eps = (want / acp[n].sqrt() - y0) / (1 / acp[n] - 1).sqrt()
+        want = y0 * acp[n - 1].sqrt() + (1 - acp[n - 1]).sqrt() * eps
+        want = torch.where(mask.bool()[..., None], want.float(), x_start)
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="DiffuSeq-v2's code lacks"):
+        SAMPLERS["original-v1"].run(oracle, sched, z, x_start, mask, steps=2, t_start=None, options=None,
+                                    m=torch.zeros(3), clamp=None, clamp_step=0, clamp_first=True, absorb_rate=0.0,
+                                    generator=None, progress=None)
+
+
+def test_v2_models_decode_in_fp16_with_the_original_samplers_on_a_gpu_only():
+    from types import SimpleNamespace
+    from diffuseq.decode_cli import decode_dtype
+    v2, v1 = (SimpleNamespace(args=SimpleNamespace(learned_mean_embed=m), device=torch.device(d))
+              for m, d in ((True, "cuda"), (False, "cuda")))
+    assert decode_dtype("auto", "original-v2", v2) == torch.float16
+    assert decode_dtype("auto", "original-v1", v2) == torch.float16
+    assert decode_dtype("auto", "dpm", v2) is None and decode_dtype("auto", "original-v1", v1) is None
+    v2.device = torch.device("cpu")  # CUDA autocast leaves CPU tensors in fp32
+    assert decode_dtype("auto", "original-v2", v2) is None
+    assert decode_dtype("fp16", "dpm", v1) == torch.float16 and decode_dtype("fp32", "original-v2", v2) is None
+
+
 def test_the_original_decoders_are_listed_in_help():
     for script in ("run_decode.py", "run_decode_solver.py"):
         out = subprocess.run([sys.executable, str(ROOT / script), "--help"], capture_output=True, text=True).stdout
@@ -148,6 +191,26 @@ def test_import_gives_the_same_denoiser(tmp_path, v2):
     assert isinstance(out[0], str)
 
 
+def test_import_counts_the_originals_batch_per_process(tmp_path):
+    """The original's batch_size is per process; our --bsz is global: a v2 run of 425 (its train
+    script's 2 processes) becomes 850, a run of another size takes --processes (default 1)."""
+    from diffuseq.config import load_args
+    _fake_original_run(tmp_path / "a")
+    targs = json.loads((tmp_path / "a" / "training_args.json").read_text())
+    (tmp_path / "a" / "training_args.json").write_text(json.dumps(dict(targs, batch_size=425, microbatch=425)))
+    path = import_original(str(tmp_path / "a"), str(tmp_path / "a_in"))
+    args = load_args(os.path.join(path, "args.json"))
+    assert (args.bsz, args.microbatch) == (850, 425)
+    assert json.loads((tmp_path / "a_in" / "imported.json").read_text())["processes"] == 2
+    _fake_original_run(tmp_path / "b")  # batch_size 4, microbatch 4
+    assert load_args(os.path.join(import_original(str(tmp_path / "b"), str(tmp_path / "b1")), "args.json")).bsz == 4
+    args = load_args(os.path.join(import_original(str(tmp_path / "b"), str(tmp_path / "b3"), processes=3),
+                                  "args.json"))
+    assert (args.bsz, args.microbatch) == (12, 4)
+    assert (args.ema_embedding, args.grad_accumulation, args.sampler_update, args.replicated_draws) == (
+        "live", "sum", "microbatch", True)
+
+
 def test_import_refuses_what_it_cannot_read(tmp_path):
     with pytest.raises(OriginalRunError, match="no ema_<rate>_<step>.pt"):
         import_original(str(tmp_path))
@@ -201,25 +264,57 @@ def test_scorer_cleans_as_the_original(tmp_path, capsys):
 
 # --------------------------------------------------------------------------------- the original's code
 
-def test_equal_outputs_to_the_original_code(tmp_path):
-    """A checkpoint the original trains (3 steps of its tiny shape on qqp_small), imported: the
-    same token ids and masks from the same pairs, the same prediction of z_0 (max abs difference
-    <= 1e-5 in fp32), the same loss terms on the same batch, timesteps and draws, and the same
-    tokens from v2's solver from the same starting noise. Skips when ../shared/peer is not set up
-    (MIRROR=<bare clone> bash ../shared/peer/setup.sh)."""
-    import bench_original
-    why = bench_original.peer_ready("v2")
+def need_peer(why):
+    """Skip when the original's code is not set up here, but fail under CI=true: CI sets it up
+    (.ci/run), so a skip there would leave the claim of equal outputs unguarded."""
     if why:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"the equality tests must run in CI: {why}")
         pytest.skip(why)
-    rec = bench_original.compare("v2", None, train_steps=3, n=8, parts=("tokens", "forward", "losses", "solver"),
-                                 work=str(tmp_path))
+
+
+@pytest.mark.parametrize("branch", ["v2", "main"])
+def test_equal_outputs_to_the_original_code(tmp_path, branch):
+    """A checkpoint the original trains (3 steps of its tiny shape on qqp_small), imported: the
+    same token ids and masks from the same pairs, also where pairs are too long and are cut, the
+    same prediction of z_0 (max abs difference <= 1e-5 in fp32), the same loss terms on the same
+    batch, timesteps and draws, and the same tokens from v2's solver from the same starting noise
+    (v2), or from the v1 code's shorter chain (v1, --step 10 of 2,000). Skips when ../shared/peer
+    is not set up (bash ../shared/peer/setup.sh); fails then under CI=true."""
+    import bench_original
+    need_peer(bench_original.peer_ready(branch))
+    last = ("solver",) if branch == "v2" else ("gapped",)
+    rec = bench_original.compare(branch, None, train_steps=3, n=8,
+                                 parts=("tokens", "truncation", "forward", "losses") + last, work=str(tmp_path),
+                                 gap_steps=10)
     assert torch.is_grad_enabled()  # the comparison leaves autograd as it found it
     assert rec["tokens_rows_diff"] == 0
+    assert rec["truncation_rows_cut"] >= 4 and rec["truncation_rows_diff"] == 0
     assert rec["forward_diff"] <= 1e-5
     for k in ("mse", "nll", "loss"):
         assert rec[f"loss_{k}_diff"] <= 1e-5 * max(1.0, rec[f"loss_{k}_mean"]), k
-    assert rec["solver_state_diff"] <= 1e-4
-    assert rec["solver_token_agreement"] == 1.0 and rec["solver_pipeline_token_agreement"] == 1.0
+    if branch == "v2":
+        assert rec["solver_state_diff"] <= 1e-4
+        assert rec["solver_token_agreement"] == 1.0 and rec["solver_pipeline_token_agreement"] == 1.0
+    else:
+        assert rec["gapped_token_agreement"] == 1.0
+
+
+@pytest.mark.parametrize("branch", ["v2", "main"])
+def test_twenty_training_steps_equal_the_originals(tmp_path, branch):
+    """20 optimiser steps of the original's own TrainLoop and of our Trainer with the original-*
+    profile, from the same weights on the same batches, ours replaying the original's draws
+    (microbatches of 4 in batches of 16, the loss-aware sampler warming up on T = 8): the same
+    importance weights, losses, weights and EMA weights (max abs difference <= 1e-5), the EMA
+    holding the live word embedding as the original's file does."""
+    import bench_original
+    need_peer(bench_original.peer_ready(branch))
+    rec = bench_original.compare_training(branch, steps=20, work=str(tmp_path))
+    assert rec["train_sampler_warm_at_end"] and rec["train_sampler_weight_spread"] > 0.1
+    for k in ("sampler_weight", "loss", "sampler_history", "weights", "ema"):
+        assert rec[f"train_{k}_diff"] <= 1e-5, k
+    assert rec["train_weights_moved"] > 100 * rec["train_weights_diff"]
+    assert rec["train_ema_averaged_embedding_gap"] > 1e-4  # the rule is what makes the EMA equal
 
 
 def test_export_and_import_round_trip(tmp_path):
@@ -231,3 +326,43 @@ def test_export_and_import_round_trip(tmp_path):
     assert set(back) == set(ours.state_dict())
     for k, v in ours.state_dict().items():
         assert torch.equal(back[k], v), k
+
+
+# --------------------------------------------------------------------------------- the original's scorer
+
+def test_scorer_equals_the_original_script(tmp_path):
+    """`diffuseq-eval --protocol original` and the original's scripts/eval_seq2seq.py on the same
+    folders of outputs (bench/bench_scorer.py, 40 inputs): every number it prints within 1e-4.
+    Skips when ../shared/peer is not set up (bash ../shared/peer/setup.sh)."""
+    import bench_scorer
+    need_peer(bench_scorer.peer_ready())
+    rec = bench_scorer.compare(n=40, work=str(tmp_path))
+    assert rec["missing"] == []
+    diffs = {k: v for k, v in rec.items() if k.endswith("_diff")}
+    assert set(diffs) == {f"{p}{k}_diff" for p in ("", "mbr_") for k in ("bleu", "rouge_l", "dist1")} | {
+        "avg_len_diff", "self_bleu_diff", "div4_diff"}
+    assert all(v <= 1e-4 for v in diffs.values()), diffs
+
+
+@pytest.mark.parametrize("flags,want", [(["--sampler", "original-v1"], "original"),
+                                        (["--sampler", "original-v2", "--step", "2"], "original"),
+                                        (["--sampler", "original-v2", "--step", "2", "--cleanup", "cut"], "cut"),
+                                        (["--sampler", "ancestral", "--step", "2"], "cut")])
+def test_original_samplers_imply_the_original_cleanup(tmp_path, monkeypatch, flags, want):
+    """Decoding with the original's decoders cleans the text as the original's scorer does,
+    unless --cleanup says otherwise."""
+    from diffuseq import decode_cli
+    _fake_original_run(tmp_path / "orig")
+    model_dir = import_original(str(tmp_path / "orig"), str(tmp_path / "imported"))
+    (tmp_path / "in.jsonl").write_text(json.dumps({"src": "how can i be a good geologist ?", "trg": "how"}) + "\n")
+    seen = []
+
+    def spy(*args, **kw):
+        seen.append(kw["cleanup"])
+        return decode_file(*args, **kw)
+
+    decode_file = decode_cli.decode_file
+    monkeypatch.setattr(decode_cli, "decode_file", spy)
+    assert decode_cli.main(["--model_dir", model_dir, "--input", str(tmp_path / "in.jsonl"), "--lengths", "full", "--device", "cpu", "--progress", "false",
+                            "--out_dir", str(tmp_path / "out"), *flags]) == 0
+    assert seen == [want]
