@@ -178,7 +178,10 @@ class Absorb:
     def __call__(self, x, model, i, generator=None):
         p, mask = self.rate * self.std(model.grid, i), model.mask
         if self.remask == "confidence":
-            u, p = least_confident(self.confidence(model.z0), mask, p), 0.5  # u is 0 on the tokens to take
+            # the share is of the tokens the model writes: a region cut to a length hides the rest
+            keep = getattr(model.denoise, "keep", None)
+            region = mask if keep is None else mask * keep
+            u, p = least_confident(self.confidence(model.z0), region, p), 0.5  # u is 0 on the tokens to take
         else:
             u = torch.rand(x.shape[:2], generator=generator, device=x.device)
         x = absorb(x, mask, model.state, torch.full((x.shape[0],), p, device=x.device), u)

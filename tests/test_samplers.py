@@ -416,3 +416,21 @@ def test_confidence_remask_absorbs_the_least_sure_tokens_at_the_rate():
     with pytest.raises(ValueError, match="confidence"):
         dpm_solver_sample(denoise, ns, torch.randn(B, L, D), x_start, mask, m=m, steps=2, absorb_rate=0.5,
                           remask="confidence")
+
+
+def test_confidence_remasking_takes_its_share_of_the_kept_positions_only():
+    """Positions a length region hides (mask 1, keep 0) have confidence 0 but are no tokens: the
+    re-mask takes round(p * kept) of the kept ones, the least confident, and never a hidden one."""
+    from types import SimpleNamespace
+    from diffuseq.samplers import Absorb
+    mask = torch.tensor([[0, 1, 1, 1, 1, 1, 1]])
+    keep = torch.tensor([[True, True, True, True, True, False, False]])
+    conf = torch.tensor([[0.0, 0.9, 0.2, 0.8, 0.1, 0.0, 0.0]])
+    model = SimpleNamespace(mask=mask, z0=None, state=torch.zeros(2), grid=None,
+                            denoise=SimpleNamespace(keep=keep))
+    absorb = Absorb(1.0, std=lambda g, i: 0.5, remask="confidence", confidence=lambda z0: conf)
+    x = torch.ones(1, 7, 2)
+    out, hit = absorb(x, model, 1)
+    taken = (out[0, :, 0] == 0).nonzero().flatten().tolist()
+    assert taken == [2, 4]  # 0.5 of the 4 kept target tokens: the two least confident
+    assert bool(hit[0])
