@@ -40,9 +40,13 @@ def decode_inputs(model, inputs, seed, batches, sampler, steps, bar=None, cleanu
     rows = {}
     for b, index in batches:
         src, ref = [inputs[i][0] for i in index], [inputs[i][1] for i in index]
-        ids, mask = model.inputs(src, ref if all(r is not None for r in ref) else None)
+        laid = all(r is not None for r in ref)
+        ids, mask = model.inputs(src, ref if laid else None)
         out = model.sample_ids(ids, mask, sampler, steps, seed=batch_seed(seed, b), **kw)
-        # the user's strings verbatim; scoring normalises both sides itself (metrics.normalize)
+        if laid and cleanup == "original":
+            # as the original writes it: the target as laid (cut to seq_len with the source) and decoded
+            ref = model.layout.laid_references(src, ref, cleanup)
+        # otherwise the user's strings verbatim; scoring normalises both sides itself (metrics.normalize)
         for i, s, r, g in zip(index, src, ref, model.detokenize(out, mask, cleanup)):
             rows[i] = {"source": s, "recover": g} if r is None else {"source": s, "reference": r, "recover": g}
         if bar is not None:

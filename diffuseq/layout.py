@@ -29,6 +29,16 @@ class Layout:
             mask[i, :src_len] = 0
         return ids, mask
 
+    def laid_references(self, sources, references, cleanup="original"):
+        """The references as their pairs are laid (cut to seq_len together with the source) and
+        read back as text: what the original's decoders write as the reference."""
+        tok = self.tokenizer
+        rows = []
+        for x, y in zip(tok.encode_batch(sources), tok.encode_batch(references)):
+            z, src_len, _ = make_input(x, y, self.seq_len, tok.cls_id, tok.sep_id, self.kind)
+            rows.append(list(z[src_len:]))
+        return tok.decode_batch(rows, cleanup)
+
     def source_start(self, ids, mask, keep=None):
         """The source laid over the target region, for decoding as an edit of the source:
         position i of y gets token i of x (with segment positions, y_i and x_i share a position),

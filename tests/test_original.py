@@ -366,3 +366,25 @@ def test_original_samplers_imply_the_original_cleanup(tmp_path, monkeypatch, fla
     assert decode_cli.main(["--model_dir", model_dir, "--input", str(tmp_path / "in.jsonl"), "--lengths", "full", "--device", "cpu", "--progress", "false",
                             "--out_dir", str(tmp_path / "out"), *flags]) == 0
     assert seen == [want]
+
+
+def test_the_original_cleanup_writes_the_reference_as_laid_and_decoded(tmp_path):
+    """With --cleanup original the reference is what the original's decoders write: the target
+    as laid in seq_len (a long pair cut) and decoded, special tokens dropped; otherwise the
+    user's string verbatim."""
+    from diffuseq import decode_cli
+    _fake_original_run(tmp_path / "orig")  # seq_len 12
+    model_dir = import_original(str(tmp_path / "orig"), str(tmp_path / "imported"))
+    trg = "What should I do to be a great geologist ? how can i be a good geologist ?"
+    (tmp_path / "in.jsonl").write_text(json.dumps({"src": "how can i be a good geologist ?", "trg": trg}) + "\n")
+    refs = {}
+    for cleanup in ("original", "cut"):
+        out = tmp_path / cleanup
+        assert decode_cli.main(["--model_dir", model_dir, "--input", str(tmp_path / "in.jsonl"), "--lengths", "full",
+                                "--device", "cpu", "--progress", "false", "--out_dir", str(out), "--step", "2",
+                                "--cleanup", cleanup]) == 0
+        refs[cleanup] = json.loads(next(out.rglob("*.jsonl")).read_text())["reference"]
+    assert refs["cut"] == trg
+    words = refs["original"].split()
+    assert 0 < len(words) < 12 and trg.lower().split()[:len(words)] == words
+    assert "[" not in refs["original"]

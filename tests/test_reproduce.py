@@ -41,7 +41,7 @@ def page_commands():
 def test_page_commands_are_what_the_test_runs():
     lines = page_commands()
     assert sum("train" in ln and "--recipe original-v1" in ln for ln in lines) == 3
-    assert sum("train" in ln and "--recipe original-v2" in ln for ln in lines) == 3
+    assert sum("train" in ln and "--recipe original-v2" in ln for ln in lines) == 4
     assert sum(ln.startswith(OWN_BATCH) for ln in lines) == 1
     assert sum("import-original" in ln for ln in lines) == 1
     assert any("--sampler original-v1" in ln for ln in lines) and any("--sampler original-v2" in ln for ln in lines)
