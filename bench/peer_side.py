@@ -16,7 +16,7 @@ IN holds t [N], z [N, L, D] (a model input), noise [2, N, L, D], u [N, L]. OUT r
              from torch.randn(generator seeded --seed) on the target
   ancestral: ancestral_tokens: the original's p_sample_loop over all T steps (rounding every
              step), every Gaussian and Bernoulli draw taken from that same generator, in order
-  gapped:    gapped_state, gapped_tokens: the v1 code's chain for --step below T (its
+  gapped:    gapped_tokens: the v1 code's chain for --step below T (its
              ddim_sample_loop with gap T // --gap_steps, rounding every step), from that start
 --autocast fp16 runs forward, losses and solver under fp16 autocast on the CPU.
 """
@@ -129,30 +129,20 @@ def main():
                               input_ids_mask=mask3, x_start=x_start).float()
         out["solver_state"] = x
         out["solver_tokens"] = model.get_logits(x).argmax(-1)
-    if "ancestral" in parts:
-        g = th.Generator().manual_seed(a.seed)
-        noise = th.randn(x_start.shape, generator=g)
-        x_noised = th.where(mask3 == 0, x_start, noise)
+    for part, loop, gap in (("ancestral", diffusion.p_sample_loop, 1),  # all T steps
+                            ("gapped", getattr(diffusion, "ddim_sample_loop", None),  # the v1 code's --step < T
+                             args.diffusion_steps // a.gap_steps)):
+        if part not in parts:
+            continue
+        g = th.Generator().manual_seed(a.seed)  # the start, then every Gaussian and Bernoulli draw
+        x_noised = th.where(mask3 == 0, x_start, th.randn(x_start.shape, generator=g))
         emb = th.nn.Embedding(*model.word_embedding.weight.shape, _weight=model.word_embedding.weight.clone())
         with Draws(generator=g):
-            samples = diffusion.p_sample_loop(
-                model, x_start.shape, noise=x_noised, clip_denoised=False,
-                denoised_fn=partial(denoised_fn_round, args, emb), model_kwargs={}, top_p=-1, clamp_step=0,
-                clamp_first=True, mask=mask3, x_start=x_start, gap=1)
+            samples = loop(model, x_start.shape, noise=x_noised, clip_denoised=False,
+                           denoised_fn=partial(denoised_fn_round, args, emb), model_kwargs={}, top_p=-1,
+                           clamp_step=0, clamp_first=True, mask=mask3, x_start=x_start, gap=gap)
         last = samples[-1] if isinstance(samples, list) else samples
-        out["ancestral_tokens"] = model.get_logits(last).argmax(-1)
-    if "gapped" in parts:  # the v1 code's --step below T: its DDIM loop with a gap (main branch only)
-        g = th.Generator().manual_seed(a.seed)
-        noise = th.randn(x_start.shape, generator=g)
-        x_noised = th.where(mask3 == 0, x_start, noise)
-        emb = th.nn.Embedding(*model.word_embedding.weight.shape, _weight=model.word_embedding.weight.clone())
-        with Draws(generator=g):
-            samples = diffusion.ddim_sample_loop(
-                model, x_start.shape, noise=x_noised, clip_denoised=False,
-                denoised_fn=partial(denoised_fn_round, args, emb), model_kwargs={}, top_p=-1, clamp_step=0,
-                clamp_first=True, mask=mask3, x_start=x_start, gap=args.diffusion_steps // a.gap_steps)
-        out["gapped_state"] = samples[-1]
-        out["gapped_tokens"] = model.get_logits(samples[-1]).argmax(-1)
+        out[f"{part}_tokens"] = model.get_logits(last).argmax(-1)
     save_file({k: v.contiguous() for k, v in out.items()}, a.out)
 
 
