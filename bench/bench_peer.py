@@ -50,9 +50,9 @@ TRAIN_STEPS = {"tiny": dict(peer=(60, 5), ours=100, log=20), "base": dict(peer=(
 def ours_config(data_dir, vocab, preset):
     """The original-v2 recipe at the peer's batch (64), shape and precision, with ours' default
     layout (length head, padding-free) and gradient clipping."""
-    return recipes.get("original-v2").flags(
+    return ["--recipe", "original-v2"] + recipes.get("original-v2").flags(
         dataset="qqp", data_dir=data_dir, vocab_path=vocab, bsz=64, microbatch=64, precision="fp32",
-        progress=False, eval_interval=0, length_head=True, length_margin=None, grad_clip=1.0) + SHAPES[preset]
+        progress=False, eval_interval=0, length_head=True, length_margin=8, grad_clip=1.0) + SHAPES[preset]
 
 
 def time_v(path):
