@@ -129,7 +129,15 @@ def main():
                               input_ids_mask=mask3, x_start=x_start).float()
         out["solver_state"] = x
         out["solver_tokens"] = model.get_logits(x).argmax(-1)
-    for part, loop, gap in (("ancestral", diffusion.p_sample_loop, 1),  # all T steps
+    def last_of_chain(*args, **kw):
+        """p_sample_loop without keeping every step's sample (2,000 of them fill the memory at 32
+        pairs): its own progressive loop, the last sample kept."""
+        kw.pop("gap")  # p_sample_loop takes it and does not pass it on
+        for out in diffusion.p_sample_loop_progressive(*args, **kw):
+            last = out["sample"]
+        return [last]
+
+    for part, loop, gap in (("ancestral", last_of_chain, 1),  # all T steps
                             ("gapped", getattr(diffusion, "ddim_sample_loop", None),  # the v1 code's --step < T
                              args.diffusion_steps // a.gap_steps)):
         if part not in parts:
