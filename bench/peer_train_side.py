@@ -33,33 +33,27 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 
 from basic_utils import args_to_dict, create_model_and_diffusion, load_defaults_config  # noqa: E402
 from diffuseq.step_sample import create_named_schedule_sampler  # noqa: E402
+from peer_side import Draws  # noqa: E402  (bench/, this file's folder)
 from train_util import TrainLoop  # noqa: E402
 
 
-class Recorder:
-    """th.randn_like and Tensor.bernoulli drawn from one generator, and each draw kept."""
+class Recorder(Draws):
+    """peer_side's Draws from one generator, each draw kept (the noise in `noise_drawn`, the
+    uniforms behind the Bernoulli draws in `uniforms_drawn`)."""
 
     def __init__(self, generator):
-        self.g, self.gaussians, self.uniforms = generator, [], []
+        super().__init__(generator=generator)
+        self.noise_drawn, self.uniforms_drawn = [], []
 
     def randn_like(self, x, *a, **k):
-        out = th.randn(x.shape, generator=self.g, dtype=x.dtype)
-        self.gaussians.append(out)
+        out = super().randn_like(x)
+        self.noise_drawn.append(out)
         return out
 
     def bernoulli(self, p):
         u = th.rand(p.shape, generator=self.g)
-        self.uniforms.append(u)
+        self.uniforms_drawn.append(u)
         return (u < p).to(p.dtype)
-
-    def __enter__(self):
-        self.saved = th.randn_like, th.Tensor.bernoulli
-        th.randn_like = self.randn_like
-        th.Tensor.bernoulli = lambda p, *a, **k: self.bernoulli(p)
-        return self
-
-    def __exit__(self, *exc):
-        th.randn_like, th.Tensor.bernoulli = self.saved
 
 
 def main():
@@ -116,10 +110,10 @@ def main():
         with Recorder(th.Generator().manual_seed(cfg["seed"] * 1000 + s)) as rec:
             loop.run_step(th.zeros(B, L, D), cond)
         loop.step += 1
-        g = rec.gaussians  # per microbatch: z_0's noise, then z_t's
+        g = rec.noise_drawn  # per microbatch: z_0's noise, then z_t's
         noise0.append(th.cat(g[0::2]))
         noise1.append(th.cat(g[1::2]))
-        us.append(th.cat(rec.uniforms) if rec.uniforms else th.zeros(B, L))
+        us.append(th.cat(rec.uniforms_drawn) if rec.uniforms_drawn else th.zeros(B, L))
     M = B // cfg["microbatch"]
     out = {"t": th.stack([d[0] for d in drawn]).view(S, M, -1), "w": th.stack([d[1] for d in drawn]).view(S, M, -1),
            "noise0": th.stack(noise0), "noise1": th.stack(noise1), "u": th.stack(us),
