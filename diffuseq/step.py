@@ -12,14 +12,13 @@ from .logs import add_terms
 from .optim import lr_at
 
 
-def gather_steps(parts, global_batch, width=None):
+def gather_steps(parts, global_batch):
     """This process's part [local] of the global batch of each of some steps -> those global
     batches one after the other [steps * global], in the order one process would see them.
     Parts may differ by one example between processes (rank_slice): each is padded to the
-    longest (`width`, default the largest share of global_batch), and the padding dropped after
-    the gather."""
+    longest, and the padding dropped after the gather."""
     x = torch.stack(parts).float()
-    width = max(width or 0, -(-global_batch // dist.world_size()))
+    width = -(-global_batch // dist.world_size())
     x = torch.cat([x, x.new_full((x.shape[0], width - x.shape[1]), float("nan"))], 1)
     x = dist.all_gather_cat(x)  # [world * steps, width], rank by rank
     x = x.view(-1, len(parts), width).transpose(0, 1).reshape(-1)
@@ -90,8 +89,9 @@ class TrainStep:
 
     def learn_microbatch(self, t, losses):
         """Give the sampler one microbatch's timesteps and losses from every process, rank by rank."""
-        t = gather_steps([t.float()], -1, self.args.microbatch)  # the last microbatches may differ in size
-        losses = gather_steps([losses], -1, self.args.microbatch)
+        every = self.args.microbatch * self.proc.world_size  # a microbatch of every process; the last may be short
+        t = gather_steps([t.float()], every)
+        losses = gather_steps([losses], every)
         self.sampler.update(t.long().cpu().numpy() - self.args.t_min, losses.cpu().numpy())
 
     def __call__(self, batch, step):
