@@ -8,9 +8,12 @@ decoded greedily and with a beam of 4.
 The checkpoint kept is the one with the lowest validation loss (on the split the diffusion runs
 choose their decoding on); the scores are on the held-out split of bench/splits.py. Outputs are
 written as DiffuSeq's jsonl ({"source", "reference", "recover"}) next to the JSON record, so
-scripts/eval_seq2seq.py scores them too.
+scripts/eval_seq2seq.py scores them too. Decoding keeps a key-value cache, so each new token costs
+one position (beam_search(..., cache=False) recomputes the whole prefix, with the same outputs).
+bench/tune_transformer.py chooses --lr and --dropout on the choose pairs.
 """
 import argparse
+import copy
 import json
 import math
 import os
@@ -26,6 +29,79 @@ from splits import SPLITS, load_split_pairs, score
 from diffuseq.tokenizer import build_tokenizer
 
 
+class Attention(nn.Module):
+    """nn.MultiheadAttention (same parameters, initialisation and maths) with the keys and values
+    computed apart from the queries, so that a decoder can cache them."""
+
+    def __init__(self, width, heads, dropout):
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))  # query, key, value rows
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
+        self.out_proj = nn.Linear(width, width)
+        nn.init.xavier_uniform_(self.in_proj_weight)  # in nn.MultiheadAttention's order: the same initial weights
+        nn.init.zeros_(self.out_proj.bias)
+
+    def project(self, x, i):
+        """Query (i=0), keys (1) or values (2) of x [B, n, width], split into heads: [B, heads, n, width/heads]."""
+        w, b = self.in_proj_weight.chunk(3)[i], self.in_proj_bias.chunk(3)[i]
+        return F.linear(x, w, b).unflatten(-1, (self.heads, -1)).transpose(1, 2)
+
+    def keys_values(self, x):
+        return self.project(x, 1), self.project(x, 2)
+
+    def forward(self, x, k, v, mask=None, causal=False):
+        """x [B, n, width] attends to the keys and values k, v [B, heads, m, width/heads]; mask [B, 1, 1, m]
+        is True where it may."""
+        y = F.scaled_dot_product_attention(self.project(x, 0), k, v, attn_mask=mask, is_causal=causal,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.out_proj(y.transpose(1, 2).flatten(2))
+
+
+class DecoderLayer(nn.Module):
+    """nn.TransformerDecoderLayer(norm_first=True, activation relu) written out, with its parameter
+    names, so that it can attend to the cached keys and values of earlier positions."""
+
+    def __init__(self, width, heads, ffn, dropout):
+        super().__init__()
+        self.self_attn = Attention(width, heads, dropout)
+        self.multihead_attn = Attention(width, heads, dropout)
+        self.linear1, self.linear2 = nn.Linear(width, ffn), nn.Linear(ffn, width)
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(width), nn.LayerNorm(width), nn.LayerNorm(width)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x, memory_kv, memory_mask, past=None):
+        """x [B, n, width]: the whole prefix (past None: causal attention) or the one position after the
+        past keys and values. Returns the new x and the keys and values of all positions so far."""
+        h = self.norm1(x)
+        k, v = self.self_attn.keys_values(h)
+        if past is not None:
+            k, v = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
+        x = x + self.drop(self.self_attn(h, k, v, causal=past is None))
+        x = x + self.drop(self.multihead_attn(self.norm2(x), *memory_kv, memory_mask))
+        x = x + self.drop(self.linear2(self.drop(F.relu(self.linear1(self.norm3(x))))))
+        return x, (k, v)
+
+
+class Cache:
+    """What decoding one more position needs of the earlier ones, per decoder layer: the keys and
+    values of the memory (computed once) and of the positions decoded so far (one more per step)."""
+
+    def __init__(self, memory_kv):
+        self.memory_kv = memory_kv
+        self.past = [None] * len(memory_kv)
+
+    @property
+    def length(self):
+        """Positions decoded so far."""
+        return 0 if self.past[0] is None else self.past[0][0].shape[2]
+
+    def reorder(self, rows):
+        """Keep the batch rows `rows` (the surviving beams). The memory's rows stay: beams move only
+        within their source, whose rows of the memory are all the same."""
+        self.past = [(k[rows], v[rows]) for k, v in self.past]
+
+
 class Seq2Seq(nn.Module):
     """Pre-norm encoder-decoder, one embedding table shared by source, target and output."""
 
@@ -35,25 +111,37 @@ class Seq2Seq(nn.Module):
         nn.init.normal_(self.emb.weight, std=width ** -0.5)  # tied output: logits start near 0
         self.pos = nn.Embedding(max_len, width)
         enc = nn.TransformerEncoderLayer(width, heads, ffn, dropout, batch_first=True, norm_first=True)
-        dec = nn.TransformerDecoderLayer(width, heads, ffn, dropout, batch_first=True, norm_first=True)
+        dec = DecoderLayer(width, heads, ffn, dropout)
         self.encoder = nn.TransformerEncoder(enc, layers, norm=nn.LayerNorm(width), enable_nested_tensor=False)
-        self.decoder = nn.TransformerDecoder(dec, layers, norm=nn.LayerNorm(width))
+        # copies of one layer, as nn.TransformerDecoder makes them
+        self.decoder = nn.ModuleList(copy.deepcopy(dec) for _ in range(layers))
+        self.decoder_norm = nn.LayerNorm(width)
         self.scale = math.sqrt(width)
 
-    def embed(self, ids):
-        return self.emb(ids) * self.scale + self.pos(torch.arange(ids.shape[1], device=ids.device))
+    def embed(self, ids, start=0):
+        return self.emb(ids) * self.scale + self.pos(torch.arange(start, start + ids.shape[1], device=ids.device))
 
     def encode(self, src, pad):
         return self.encoder(self.embed(src), src_key_padding_mask=src == pad)
 
-    def hidden(self, memory, src_pad, prefix):
-        n = prefix.shape[1]
-        causal = torch.triu(torch.full((n, n), float("-inf"), device=prefix.device), 1)
-        return self.decoder(self.embed(prefix), memory, tgt_mask=causal, memory_key_padding_mask=src_pad)
+    def new_cache(self, memory):
+        return Cache([layer.multihead_attn.keys_values(memory) for layer in self.decoder])
 
-    def decode(self, memory, src_pad, prefix):
+    def hidden(self, memory, src_pad, prefix, cache=None):
+        """Decoder states [B, n, width] of the prefix positions. With a cache (new_cache), prefix is the
+        one position after those the cache holds, and the cache takes its keys and values."""
+        mask = ~src_pad[:, None, None, :]
+        x = self.embed(prefix, 0 if cache is None else cache.length)
+        for i, layer in enumerate(self.decoder):
+            if cache is None:
+                x, _ = layer(x, layer.multihead_attn.keys_values(memory), mask)
+            else:
+                x, cache.past[i] = layer(x, cache.memory_kv[i], mask, cache.past[i])
+        return self.decoder_norm(x)
+
+    def decode(self, memory, src_pad, prefix, cache=None):
         """Logits of the next token after each prefix position: [B, n, V]."""
-        return self.hidden(memory, src_pad, prefix) @ self.emb.weight.t()
+        return self.hidden(memory, src_pad, prefix, cache) @ self.emb.weight.t()
 
 
 def batches(pairs, tok, bsz, max_len, g):
@@ -85,19 +173,26 @@ def loss_of(model, src, trg, pad, smoothing=0.0):
 
 
 @torch.no_grad()
-def beam_search(model, src, tok, beam=1, max_len=160, alpha=0.6):
+def beam_search(model, src, tok, beam=1, max_len=160, alpha=0.6, cache=True):
     """Beam search (beam=1: greedy) over a batch of sources; hypotheses end at [SEP] and are ranked
-    by log-probability / length^alpha. Returns one id list per source."""
+    by log-probability / length^alpha. Returns one id list per source. cache: each step decodes one
+    position against the model's key-value cache (False, or a model without new_cache: the whole
+    prefix); the outputs are the same."""
     B, pad = src.shape[0], tok.pad_id
     memory = model.encode(src, pad).repeat_interleave(beam, 0)
     src_pad = (src == pad).repeat_interleave(beam, 0)
+    kv = model.new_cache(memory) if cache and hasattr(model, "new_cache") else None
     seqs = torch.full((B * beam, 1), tok.cls_id, dtype=torch.long)
     scores = torch.zeros(B, beam)
     scores[:, 1:] = float("-inf")  # all beams start equal: keep one
     done = torch.zeros(B * beam, dtype=torch.bool)
     limit = min(max_len, 2 * src.shape[1] + 10)
     for _ in range(limit):
-        logp = model.decode(memory, src_pad, seqs)[:, -1].float().log_softmax(-1)
+        if kv is None:
+            logits = model.decode(memory, src_pad, seqs)[:, -1]
+        else:
+            logits = model.decode(memory, src_pad, seqs[:, -1:], kv)[:, -1]
+        logp = logits.float().log_softmax(-1)
         logp[done] = float("-inf")
         logp[done, pad] = 0.0  # a finished hypothesis only grows padding, at no cost
         V = logp.shape[-1]
@@ -106,6 +201,8 @@ def beam_search(model, src, tok, beam=1, max_len=160, alpha=0.6):
         rows = (torch.arange(B)[:, None] * beam + idx // V).view(-1)
         nxt = (idx % V).view(-1, 1)
         seqs = torch.cat([seqs[rows], nxt], 1)
+        if kv is not None and beam > 1:
+            kv.reorder(rows)
         done = done[rows] | (nxt.squeeze(1) == tok.sep_id)
         if done.all():
             break
@@ -118,12 +215,12 @@ def beam_search(model, src, tok, beam=1, max_len=160, alpha=0.6):
     return out
 
 
-def generate(model, pairs, tok, beam, max_len, bsz=50):
+def generate(model, pairs, tok, beam, max_len, bsz=50, cache=True):
     model.eval()
     outs = []
     for i in range(0, len(pairs), bsz):
         src, _ = pad_batch(pairs[i:i + bsz], tok, max_len)
-        outs += tok.decode_batch(beam_search(model, src, tok, beam, max_len))
+        outs += tok.decode_batch(beam_search(model, src, tok, beam, max_len, cache=cache))
     return outs
 
 
@@ -138,7 +235,7 @@ def valid_loss(model, pairs, tok, max_len, bsz=50):
     return total / len(pairs)
 
 
-def main(argv=None):
+def parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", choices=sorted(SPLITS), default="bible")
     p.add_argument("--minutes", type=float, default=15.0, help="training time (wall clock), validation included")
@@ -154,16 +251,13 @@ def main(argv=None):
     p.add_argument("--max_examples", type=int, default=None, help="score only the first N held-out pairs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="JSON record (default bench/quality/baseline_<data>.json)")
-    a = p.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    return p
+
+
+def train(a, tok, pairs, choose, max_len):
+    """A model trained on pairs for a.minutes with the options of parser(), at the step of its lowest
+    validation loss on the choose pairs; and the run's record (steps, best step, loss curve)."""
     torch.manual_seed(a.seed)
-    spec = SPLITS[a.data]
-    train, choose, held = (load_split_pairs(a.data, part) for part in ("train", "choose", "test"))
-    if a.max_examples:
-        held = held[:a.max_examples]
-    tok = build_tokenizer("own", spec.folder, vocab_size=a.vocab_size)
-    max_len = spec.seq_len
     model = Seq2Seq(tok.vocab_size, a.width, a.layers, dropout=a.dropout, max_len=2 * max_len + 16)
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.01)
     warm = 200
@@ -171,7 +265,7 @@ def main(argv=None):
     g = torch.Generator().manual_seed(a.seed)
     t0, step, best, curve = time.time(), 0, (float("inf"), None, 0), []
     while time.time() - t0 < a.minutes * 60:
-        for src, trg in batches(train, tok, a.bsz, max_len, g):
+        for src, trg in batches(pairs, tok, a.bsz, max_len, g):
             loss = loss_of(model, src, trg, tok.pad_id, a.smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -190,11 +284,25 @@ def main(argv=None):
     train_s = time.time() - t0
     if best[1] is not None:
         model.load_state_dict(best[1])
+    return model, {"steps": step, "best_step": best[2], "best_valid_loss": best[0], "train_s": round(train_s, 1),
+                   "params": sum(x.numel() for x in model.parameters()), "curve": curve}
+
+
+def main(argv=None):
+    a = parser().parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    spec = SPLITS[a.data]
+    pairs, choose, held = (load_split_pairs(a.data, part) for part in ("train", "choose", "test"))
+    if a.max_examples:
+        held = held[:a.max_examples]
+    tok = build_tokenizer("own", spec.folder, vocab_size=a.vocab_size)
+    max_len = spec.seq_len
+    model, run = train(a, tok, pairs, choose, max_len)
     out = a.out or os.path.join(ROOT, "bench", "quality", f"baseline_{a.data}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    rec = {"data": a.data, "minutes": a.minutes, "threads": torch.get_num_threads(), "steps": step,
-           "best_step": best[2], "best_valid_loss": best[0], "train_s": round(train_s, 1),
-           "params": sum(x.numel() for x in model.parameters()), "args": vars(a), "curve": curve, "decoders": {}}
+    rec = {"data": a.data, "minutes": a.minutes, "threads": torch.get_num_threads(), **run, "args": vars(a),
+           "decoders": {}}
     for name, beam in (("greedy", 1), ("beam4", 4)):
         t1 = time.time()
         hyps = generate(model, held, tok, beam, max_len)

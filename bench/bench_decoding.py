@@ -25,7 +25,7 @@ from diffuseq.data.dataset import read_pairs
 from diffuseq.decoding import load_model
 from diffuseq.metrics import evaluate
 from diffuseq.choice import describe
-from diffuseq.tuning import GRIDS, copy_line, scaled, table, tune
+from diffuseq.tuning import GRID_NAMES, copy_line, scaled, table, tune
 
 EXTRA = {  # name -> settings, for --only and the generation-from-noise rows (our decoders)
     "anc10": dict(sampler="ancestral", steps=10, init="noise"),
@@ -60,7 +60,7 @@ def main(argv=None):
     p.add_argument("--data_dir", default=None, help="default: the model's")
     p.add_argument("--split", default="test")
     p.add_argument("--max_examples", type=int, default=500)
-    p.add_argument("--grid", choices=sorted(GRIDS), default="full")
+    p.add_argument("--grid", choices=GRID_NAMES, default="full")
     p.add_argument("--only", nargs="+", default=None, help=f"named settings only: {', '.join(EXTRA)}")
     p.add_argument("--mbr", nargs="*", type=int, default=[], help="candidate counts for MBR with the best setting")
     p.add_argument("--bsz", type=int, default=100)
@@ -85,7 +85,7 @@ def main(argv=None):
     src, ref = [p[0] for p in pairs], [p[1] for p in pairs]
     T = model.args.diffusion_steps
     grid = [EXTRA[n] for n in a.only] if a.only else scaled(
-        GRIDS[a.grid] + [EXTRA[n] for n in ("anc10", "anc200", "dpm10_uniform", "dpm10_uniform_paper")], T)
+        model.family.grids[a.grid] + [EXTRA[n] for n in ("anc10", "anc200", "dpm10_uniform", "dpm10_uniform_paper")], T)
     head = header_lines("bench_decoding", model.device,
                         f"{model.path}, {len(pairs)} inputs of {a.split}.jsonl")
     print(head, flush=True)

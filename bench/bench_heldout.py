@@ -26,7 +26,7 @@ from diffuseq.choice import describe
 from diffuseq.decoding import load_model
 from diffuseq.logs import read_curves
 from diffuseq.metrics import evaluate
-from diffuseq.tuning import GRIDS, choose, scaled, tune
+from diffuseq.tuning import GRID_NAMES, choose, scaled, tune
 
 
 def decode_row(model, settings, pairs, seeds, bsz):
@@ -50,7 +50,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_dir", required=True)
     p.add_argument("--data", choices=sorted(SPLITS), required=True)
-    p.add_argument("--grid", choices=sorted(GRIDS), default="quick")
+    p.add_argument("--grid", choices=GRID_NAMES, default="quick")
     p.add_argument("--decoders", nargs="+", default=None,
                    help="decode these named settings of bench_decoding.py's EXTRA instead of choosing on the "
                         "choose pairs (one row each, e.g. original_v2_10 for the original's own solver)")
@@ -70,7 +70,7 @@ def main(argv=None):
     if a.decoders:
         rows, todo = [], [(n, EXTRA[n]) for n in a.decoders]
     else:
-        grid = scaled(GRIDS[a.grid], model.args.diffusion_steps)
+        grid = scaled(model.family.grids[a.grid], model.args.diffusion_steps)
         rows = tune(model, [s for s, _ in chooser], [r for _, r in chooser], grid, a.bsz)
         best = choose(rows)["best"]
         noise = max((r for r in rows if r["settings"]["init"] == "noise"), key=lambda r: r["sentence_bleu"])

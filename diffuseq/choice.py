@@ -4,20 +4,26 @@ import json
 import os
 
 from .checkpoint import CheckpointError
-from .samplers import SAMPLERS as _REGISTRY
+from .family import FAMILIES, SAMPLERS as _REGISTRY
 
 FILE = "decoding.json"
 # the keys a saved choice may hold, with their types
 SETTINGS = {"sampler": str, "steps": int, "init": str, "t_start": int, "absorb_rate": float,
             "skip": str, "order": int, "sde": bool, "lengths": str, "after_absorb": str, "remask": str,
-            "edits": int, "length_beam": int}
+            "edits": int, "length_beam": int, "temperature": float, "schedule": str, "remask_mode": str}
 SAMPLERS = tuple(_REGISTRY)
+
+
+def _prior(sampler):
+    """How a start from the prior is named: "noise" (Gaussian), "all masked" (masked)."""
+    spec = _REGISTRY.get(sampler)
+    return FAMILIES[spec.family if spec is not None else "gaussian"].prior
 
 
 def describe(s):
     """A short name of a setting: "dpm 10, source t=400", "dpm 10, noise, absorb 0.0"."""
     parts = [f"{s['sampler']} {s['steps']}",
-             f"source t={s['t_start']}" if s.get("init") == "source" else "noise"]
+             f"source t={s['t_start']}" if s.get("init") == "source" else _prior(s["sampler"])]
     parts += [f"absorb {s['absorb_rate']}"] if s.get("absorb_rate") is not None else []
     parts += [s["skip"]] if s.get("skip") else []
     parts += ["sde"] if s.get("sde") else []
@@ -27,6 +33,9 @@ def describe(s):
     parts += [f"remask {s['remask']}"] if s.get("remask") else []
     parts += [f"{s['edits']} edits"] if s.get("edits", 1) > 1 else []
     parts += [f"{s['length_beam']} lengths"] if s.get("length_beam", 1) > 1 else []
+    parts += [f"{s['schedule']} schedule"] if s.get("schedule") else []
+    parts += [s["remask_mode"]] if s.get("remask_mode") else []
+    parts += [f"temperature {s['temperature']}"] if s.get("temperature") is not None else []
     return ", ".join(parts)
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from . import recipes
+from .family import get_family
 from .model import PRESETS, DenoiserConfig
 from .schedule import SCHEDULES
 
@@ -82,6 +83,9 @@ class TrainConfig:
     ffn: Optional[int] = arg(None, 'model', "override the preset's feed-forward size")
     hidden_dim: int = arg(128, 'model', 'word-embedding size D (the space that is noised)')
     dropout: float = arg(0.1, 'model', 'dropout rate of the transformer layers')
+    embed_std: float = arg(1.0, 'model',
+        'std of the word embeddings at initialisation (1: the scale of the Gaussian noise, which the Gaussian '
+        'family wants; the masked recipes use about D^-1/2)')
     init_from: Optional[str] = arg(None, 'model',
         'initialise the encoder from local BERT weights (a folder with model.safetensors or '
         'pytorch_model.bin); the shape must match, e.g. --preset base for bert-base')
@@ -101,6 +105,23 @@ class TrainConfig:
         "original's model, which learns the length from trailing [PAD]s up to seq_len)")
     grad_checkpoint: bool = arg(False, 'model',
         'recompute layer activations in the backward pass: less memory, ~30%% more compute')
+    family: str = arg('gaussian', 'diffusion',
+        "the model family: gaussian, DiffuSeq's diffusion over word embeddings (and DiffuSeq-v2's); masked, "
+        "absorbing-state diffusion over tokens, each target token masked with probability t and the model "
+        "trained with the cross-entropy of the masked ones (docs/training.md)", choices=['gaussian', 'masked'])
+    mask_weighting: str = arg('mdlm', 'diffusion',
+        "masked family: the weight of the cross-entropy at masking rate t: mdlm, 1/t (the ELBO); rdm, 1 - t "
+        "(RDM's linear reweighting); none, the plain mean over the masked tokens", choices=['mdlm', 'rdm', 'none'])
+    time_cond: bool = arg(True, 'diffusion',
+        'masked family: the model is told the masking rate (false: it sees t = 0 always, and a decoder may skip '
+        'a model call where nothing changed)')
+    label_smoothing: float = arg(0.0, 'diffusion', 'masked family: label smoothing of the cross-entropy')
+    visible_weight: float = arg(0.0, 'diffusion',
+        'masked family: weight of a cross-entropy on the target tokens left visible, which trains the path '
+        'from a token to its output (the masked positions reach it only through attention) (0: off)')
+    coupled: bool = arg(False, 'diffusion',
+        "masked family: RDM's coupled draws, each example trained at two masking rates with nested masks "
+        '(twice the forward passes per step)')
     diffusion_steps: int = arg(2000, 'diffusion', 'T, the number of training timesteps')
     noise_schedule: str = arg('sqrt', 'diffusion',
         "how abar_t falls with t: sqrt (Diffusion-LM's, fast early noise, suits embeddings), cosine or linear",
@@ -345,6 +366,13 @@ def parse_train_args(argv=None):
     if not 0 <= args["source_t_max"] < args["diffusion_steps"]:
         parser.error(f"--source_t_max {args['source_t_max']} must lie in [0, --diffusion_steps "
                      f"{args['diffusion_steps']})")
+    clash = get_family(args["family"]).foreign_options(args)
+    if clash:
+        parser.error(f"--family {args['family']} does not use {', '.join('--' + k for k in clash)} (options of "
+                     f"another family, here from recipe {name} or the command line): start from a recipe of the "
+                     "family (python -m diffuseq.recipes lists them) or set them off")
+    if not 0.0 <= args["label_smoothing"] < 1.0:
+        parser.error(f"--label_smoothing {args['label_smoothing']} is a share: give a value in [0, 1)")
     if args["checkpoint_path"] is None:
         name = f"diffuseq_{args['dataset']}_{args['preset']}" + (f"_{args['notes']}" if args["notes"] else "")
         args["checkpoint_path"] = f"diffusion_models/{name.replace(' ', '_')}"
@@ -363,7 +391,7 @@ def model_config(args, vocab_size):
                           learned_mean_embed=args.learned_mean_embed, grad_checkpoint=args.grad_checkpoint,
                           segment_positions=args.segment_positions, self_cond=args.self_cond,
                           lm_bias=args.lm_bias, length_head=args.length_head, m_init=args.m_init,
-                          proj_when_needed=args.proj_when_needed, **shape)
+                          proj_when_needed=args.proj_when_needed, embed_std=args.embed_std, **shape)
 
 
 def save_args(args, path):

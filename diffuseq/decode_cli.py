@@ -12,7 +12,7 @@ from .config import HelpFormatter, _bool
 from .data.dataset import DataError, read_inputs
 from .decoding import decode_file, load_model, write_mbr
 from .pipeline import INITS, LENGTHS
-from .samplers import SAMPLERS, get_sampler
+from .family import SAMPLERS, get_sampler
 from .tokenizer import TokenizerError
 from .choice import describe
 
@@ -28,9 +28,11 @@ def decode_parser(solver):
           "object per input, in input order (no reference where the input has none). --input - reads "
           "sources from standard input and prints one output line per input.",
         formatter_class=HelpFormatter)
-    p.add_argument("--sampler", choices=list(SAMPLERS), default="dpm" if solver else "ancestral",
+    p.add_argument("--sampler", choices=list(SAMPLERS), default=None,
                    help="; ".join(f"{s.name}: {s.about}" for s in SAMPLERS.values())
-                   + ". original-v1 and original-v2 are the original code's decoders, exactly (docs/reproduce.md)")
+                   + ". original-v1 and original-v2 are the original code's decoders, exactly (docs/reproduce.md). "
+                   + "Default: " + ("dpm" if solver else "ancestral") + " for Gaussian models; for masked models "
+                   "the checkpoint's saved choice, else topk")
     p.add_argument("--model_dir", required=True,
                    help="a checkpoint folder (ckpt_NNNNNNN) or a run folder (its best checkpoint by validation loss, else its latest)")
     p.add_argument("--split", default="test", help="which <split>.jsonl of the data folder to decode")
@@ -108,6 +110,16 @@ def decode_parser(solver):
     p.add_argument("--length_margin", type=int, default=None,
                    help="positions past the predicted length where the model may still end its output "
                         "(default: the margin the model was trained with, or 4)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="masked models: the temperature of the tokens written (0: the most likely; default: the "
+                        "saved choice, else 0 for topk and 1 for mdlm)")
+    p.add_argument("--schedule", choices=["linear", "cosine"], default=None,
+                   help="masked models: how the masked share falls over the steps (default: the saved choice, "
+                        "else linear)")
+    p.add_argument("--remask_mode", choices=["deterministic", "stochastic"], default=None,
+                   help="masked models, topk: which written tokens are masked again, those of lowest "
+                        "log-probability, or with Gumbel noise on it (default: the saved choice, else "
+                        "deterministic)")
     if solver:
         p.add_argument("--order", type=int, choices=[1, 2, 3], default=None, help="DPM-Solver++ order (default 2)")
         p.add_argument("--skip_type", choices=["logSNR", "time_uniform"], default=None,
@@ -137,7 +149,7 @@ def decode_parser(solver):
 def decode_dtype(precision, sampler, model):
     """The autocast dtype of the denoiser for --precision (None: fp32); see its help."""
     if precision == "auto":
-        v2_code = sampler.startswith("original-") and model.args.learned_mean_embed
+        v2_code = (sampler or "").startswith("original-") and model.args.learned_mean_embed
         return torch.float16 if v2_code and model.device.type == "cuda" else None
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
@@ -145,7 +157,7 @@ def decode_dtype(precision, sampler, model):
 def default_cleanup(sampler):
     """The original's decoders are scored as the original scores them, so their text is cleaned
     as it cleans it."""
-    return "original" if sampler.startswith("original-") else "cut"
+    return "original" if sampler and sampler.startswith("original-") else "cut"
 
 
 def main(argv=None, solver=False):
@@ -167,16 +179,17 @@ def main(argv=None, solver=False):
         kw = dict(clamping=None if args.clamping == "auto" else args.clamping == "true",
                   clamp_step=args.clamp_step, clamp_first=args.clamp_first, length_margin=args.length_margin)
         given = dict(steps=args.step, init=args.init, t_start=args.t_start, absorb_rate=args.absorb_rate,
-                     lengths=args.lengths, edits=args.edits, length_beam=args.length_beam)
+                     lengths=args.lengths, edits=args.edits, length_beam=args.length_beam,
+                     temperature=args.temperature, schedule=args.schedule, remask_mode=args.remask_mode)
         if solver:
             given.update(order=args.order, skip=args.skip_type, sde=args.sde, after_absorb=args.after_absorb,
                          remask=args.remask)
             kw.update(final_call=args.final_call)
         else:
             kw.update(variance=args.variance)
-        sampler = args.sampler
+        sampler = args.sampler or model.family.command_sampler(solver)
         settings = model.settings(sampler, args.use_saved, **given)
-        settings.setdefault("steps", get_sampler(sampler).steps(model.args.diffusion_steps))
+        settings.setdefault("steps", get_sampler(settings["sampler"]).steps(model.args.diffusion_steps))
         if proc.is_main:
             saved = " (saved choice: decoding.json)" if args.use_saved and model.saved else ""
             say(f"decoding with {describe(settings)}{saved}")

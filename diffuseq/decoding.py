@@ -12,7 +12,7 @@ import time
 from . import dist
 from .data.dataset import read_inputs
 from .pipeline import DiffuSeq, batch_seed, default_source_t
-from .samplers import get_sampler
+from .family import get_sampler
 
 
 def load_model(path, device="auto", use_ema=True, dtype=None, compile=False):
@@ -30,7 +30,7 @@ def output_path(out_dir, model, split, seed, steps, init="noise", t_start=None, 
     return os.path.join(out_dir, model.name, f"{split}.seed{seed}.step{steps}{tag}.jsonl")
 
 
-def decode_split(model, data_dir, split, out_dir, sampler="dpm", steps=None, seeds=(0,), **kw):
+def decode_split(model, data_dir, split, out_dir, sampler=None, steps=None, seeds=(0,), **kw):
     """decode_file of <data_dir>/<split>.jsonl."""
     return decode_file(model, os.path.join(data_dir, f"{split}.jsonl"), out_dir, sampler, steps, seeds, **kw)
 
@@ -54,7 +54,7 @@ def decode_inputs(model, inputs, seed, batches, sampler, steps, bar=None, cleanu
     return rows
 
 
-def decode_file(model, path, out_dir, sampler="dpm", steps=None, seeds=(0,), bsz=64, proc=None,
+def decode_file(model, path, out_dir, sampler=None, steps=None, seeds=(0,), bsz=64, proc=None,
                 progress=True, max_examples=None, **kw):
     """Decode every input of `path` (see data.dataset.read_inputs) with each seed; rank r takes
     batches r, r+W, ...; rank 0 merges the shards in input order. Inputs are batched in order of
@@ -65,6 +65,7 @@ def decode_file(model, path, out_dir, sampler="dpm", steps=None, seeds=(0,), bsz
     inputs = read_inputs(path)
     if max_examples:
         inputs = inputs[:max_examples]
+    sampler = sampler or model.family.default_sampler()
     steps = steps or get_sampler(sampler).steps(model.args.diffusion_steps)
     refs = [r for _, r in inputs]
     batches = model.length_batches([s for s, _ in inputs], refs if None not in refs else None, bsz,

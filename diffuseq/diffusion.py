@@ -101,6 +101,14 @@ def target_lengths(ids, mask, pad_id):
     return ((ids != pad_id) & mask.bool()).sum(1) - 1
 
 
+def length_term(model, input_ids, y, counted, pad_id, weight=0.1):
+    """weight x the cross-entropy [B] of the length head's prediction from the source (y [B, L], 1
+    on the target part) against the number of target tokens where counted [B, L] is 1."""
+    want = target_lengths(input_ids, counted, pad_id).clamp(0, model.cfg.seq_len - 1)
+    logits = model.length_logits(input_ids, y).float()
+    return weight * F.cross_entropy(logits, want, reduction="none")
+
+
 def training_losses(model, sched, input_ids, input_mask, t, noise, *, denoise_rate=0.0,
                     reg_rate=0.0, u=None, self_cond_u=None, monitor=True, pad_id=0, length_weight=0.1,
                     keep=None, positions="target", m_reg="squared", source_ids=None, from_source=None,
@@ -181,9 +189,7 @@ def training_losses(model, sched, input_ids, input_mask, t, noise, *, denoise_ra
         terms["reg"] = (reg_rate * penalty).expand_as(loss)
         loss = loss + terms["reg"]
     if getattr(cfg, "length_head", False):
-        want = target_lengths(input_ids, input_mask, pad_id).clamp(0, cfg.seq_len - 1)
-        logits = model.length_logits(input_ids, y).float()
-        terms["length"] = length_weight * F.cross_entropy(logits, want, reduction="none")
+        terms["length"] = length_term(model, input_ids, y, input_mask, pad_id, length_weight)
         loss = loss + terms["length"]
     if anchor > 0:
         nll = rounding_terms(model, pred, input_ids, input_mask, accuracy=monitor)

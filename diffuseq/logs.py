@@ -13,13 +13,6 @@ from . import dist
 
 log = logging.getLogger("diffuseq")
 
-COLUMNS = ("columns: mse = |f(z_t, t) - z_0|^2 on the target; tT = |mean of q(z_T | z_0) - m|^2 (tiny when "
-           "the schedule reaches pure noise); decoder_nll = -log p(w | z_0), the rounding term; reg = the "
-           "penalty on the absorbing state m; length = 0.1 x cross-entropy of the length head; anchor = "
-           "--anchor_weight x nll (when set); loss = their sum, the objective; grad_norm = before clipping; "
-           "nll, acc = of the tokens rounded from the predicted z_0 (last 10 steps before the line); "
-           "acc_q1..q4 = that accuracy in each quarter of the trained noise levels, q1 the least noisy")
-
 
 def setup_logging(run_dir, is_main):
     """Log lines to standard output, and on the main process to run_dir/log.txt."""

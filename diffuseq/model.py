@@ -53,6 +53,7 @@ class DenoiserConfig:
     length_head: bool = False
     proj_when_needed: bool = False  # the original's rule: no up/down projection when hidden_dim == width
     m_init: str = "zeros"  # the absorbing state m at the start: zeros, or "normal" N(0, 1/D) (the original's)
+    embed_std: float = 1.0  # std of the word embeddings at the start
 
     def to_dict(self):
         return asdict(self)
@@ -200,7 +201,7 @@ class Denoiser(nn.Module):
         self.cfg = cfg
         D, W = cfg.hidden_dim, cfg.width
         self.word_embedding = nn.Embedding(cfg.vocab_size, D)
-        nn.init.normal_(self.word_embedding.weight, std=1.0)  # roughly unit scale, like the noise
+        nn.init.normal_(self.word_embedding.weight, std=cfg.embed_std)  # 1: roughly unit scale, like the noise
         self.time_embed = nn.Sequential(nn.Linear(D, 4 * D), nn.SiLU(), nn.Linear(4 * D, W))
         # the original builds the projections only where the sizes differ (proj_when_needed)
         skip = cfg.proj_when_needed and D == W

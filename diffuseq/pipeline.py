@@ -18,12 +18,11 @@ import torch
 from . import checkpoint as ckpt
 from .adapters import Clamp, Denoise
 from .config import load_args, model_config
-from .diffusion import q_sample
 from .dist import pick_device
+from .family import SAMPLERS, check_sampler, family_of, get_sampler
 from .layout import Layout
 from .lengths import LENGTHS, LengthRule
 from .model import Denoiser
-from .samplers import SAMPLERS, get_sampler
 from .schedule import DiscreteSchedule
 from .tokenizer import Tokenizer
 from .choice import load_choice, merge
@@ -42,7 +41,9 @@ def default_source_t(T):
 @dataclass
 class Decoding:
     """How to decode, shared by every sampler; `options` holds what only the sampler reads
-    (samplers.AncestralOptions or DPMOptions).
+    (samplers.AncestralOptions, DPMOptions, ...; masked_samplers.TopkOptions, MDLMOptions). The
+    masked family reads the sampler, steps, lengths, length_margin and length_beam; the rest is
+    the Gaussian family's.
 
     init: "noise" starts from pure noise around m (the original's way); "source" from the source
     laid over the target region (see DiffuSeq.source_start), noised to t_start: the model edits
@@ -145,6 +146,7 @@ class DiffuSeq:
         self.layout = Layout(tokenizer, self.seq_len, args.layout)  # strings <-> ids
         self.sched = DiscreteSchedule.from_name(args.noise_schedule, args.diffusion_steps)
         self.saved = saved  # decoding settings chosen on validation (decoding.json), or None
+        self.family = family_of(args)  # how it trained and how it decodes (family.py)
         self.dtype = dtype  # autocast dtype of the denoiser (None: fp32)
         self.net = self.model
         if compile:  # fixed shapes: on GPU, CUDA graphs replay the whole denoiser call
@@ -203,10 +205,12 @@ class DiffuSeq:
                        dtype=self.dtype, copy=self.net is not self.model)
 
     @torch.no_grad()
-    def sample_ids(self, ids, mask, sampler="dpm", steps=None, seed=0, progress=None, **kw):
+    def sample_ids(self, ids, mask, sampler=None, steps=None, seed=0, progress=None, **kw):
         """Generate the target region of one batch: ids, mask [B, L] -> token ids [B, L].
-        The keywords are those of Decoding and of the sampler's options."""
-        return self.sample(ids, mask, Decoding.from_kwargs(sampler, steps=steps, **kw), seed, progress)
+        The keywords are those of Decoding and of the sampler's options (sampler None: the
+        family's default, dpm for Gaussian models)."""
+        dec = Decoding.from_kwargs(sampler or self.family.default_sampler(), steps=steps, **kw)
+        return self.sample(ids, mask, dec, seed, progress)
 
     @torch.no_grad()
     def sample(self, ids, mask, dec, seed=0, progress=None):
@@ -225,67 +229,42 @@ class DiffuSeq:
         return best
 
     def _sample(self, ids, mask, dec, seed, progress, offset=0, scored=False):
-        """One decoding of a batch, each target region `offset` tokens longer (shorter) than the
-        rule gives: token ids [B, L] and, when scored, the mean log-probability of each row's
-        tokens [B] (else None)."""
+        """One decoding of a batch by the model's family, each target region `offset` tokens longer
+        (shorter) than the rule gives: token ids [B, L] and, when scored, the mean log-probability
+        of each row's tokens [B] (else None)."""
+        check_sampler(self.family, dec.sampler)
         full_ids, keep = ids, None
         if self.regions.cuts(dec.lengths):
             ids, mask, keep = self.regions.cut(ids, mask, self.regions.margin(dec.length_margin), dec.lengths,
                                                offset)
-        T = self.args.diffusion_steps
-        t_start, absorb_rate = dec.start_time(T), dec.absorption(self.args)
         g = torch.Generator(device=self.device).manual_seed(seed)
-        x_start = self.model.get_embeds(ids)
-        m = self.model.mean_embed
-        region = mask if keep is None else mask * keep
-        spec = get_sampler(dec.sampler)
-        clamping = dec.clamping if dec.clamping is not None else bool(spec.clamps and spec.clamps(m))
-        clamp = Clamp(self.model.word_embedding.weight, region) if clamping else None
-        start = None if dec.init == "noise" else self.layout.source_start(ids, mask, keep)
-        rows = region.bool()
-        for _ in range(1 if dec.init == "noise" else dec.edits):
-            noise = torch.randn(x_start.shape, generator=g, device=self.device)
-            if start is None:
-                z = noise if m is None else noise + m
-            else:  # a source start, or the last pass's output laid where it was (edits > 1)
-                t = torch.full((ids.shape[0],), t_start, device=self.device, dtype=torch.long)
-                z = q_sample(self.sched, self.model.get_embeds(start), t, noise, mask, m)
-            _, z0 = spec.run(self.denoiser(mask, keep, dec.init), self.sched, z, x_start, mask, m=m,
-                             steps=dec.steps or spec.steps(T), t_start=t_start, options=dec.options,
-                             clamp=clamp, clamp_step=dec.clamp_step, clamp_first=dec.clamp_first,
-                             absorb_rate=absorb_rate, generator=g, progress=progress)
-            # rounding to tokens where it is read: the target region, not the source or the padding
-            logits = self.model.get_logits(z0[rows])
-            out = ids.clone()
-            out[rows] = logits.argmax(-1)
-            start = out
-        score = self._score(logits, out, rows) if scored else None
+        out, logp = self.family.decode(self, ids, mask, keep, dec, g, progress)
+        rows = (mask if keep is None else mask * keep).bool()
+        score = self._score(logp, out, rows) if scored else None
         if keep is None:
             return out, score
         pad = self.tokenizer.pad_id
         out = out.masked_fill(~keep, pad)
         return torch.cat([out, torch.full_like(full_ids[:, out.shape[1]:], pad)], 1), score
 
-    def _score(self, logits, out, rows):
-        """The mean log-probability [B] of each row's output tokens (logits [N, V] of its region
+    def _score(self, logp, out, rows):
+        """The mean log-probability [B] of each row's output tokens (logp [B, L], of its region
         rows [B, L]), counted up to its first [SEP], that [SEP] included: the [PAD]s of the margin
         after it are not the output's and do not score it."""
         sep = (out == self.tokenizer.sep_id) & rows
         spoken = rows & ((sep.long().cumsum(1) - sep.long()) == 0)
-        best = logits.float().log_softmax(-1).amax(-1) * spoken[rows]
-        score = torch.zeros(rows.shape[0], device=self.device).index_add_(0, rows.nonzero()[:, 0], best)
-        return score / spoken.sum(1).clamp(min=1)
+        return (logp * spoken).sum(1) / spoken.sum(1).clamp(min=1)
 
     def settings(self, sampler=None, use_saved=True, **given):
         """The keyword arguments to decode with: `given` (those not None) over the settings saved
         with the checkpoint (decoding.json: those of `sampler`, or the best of all when sampler is
-        None) over the defaults, whose sampler is "dpm"; a source start gets its default t_start
+        None) over the defaults, whose sampler is the family's (dpm, topk); a source start gets its default t_start
         here."""
         saved = None
         if use_saved and self.saved:
             saved = self.saved.get(sampler or "best")
         out = merge(saved, given, sampler)
-        out.setdefault("sampler", "dpm")
+        out.setdefault("sampler", self.family.default_sampler())
         if out.get("init") == "source" and out.get("t_start") is None:
             out["t_start"] = default_source_t(self.args.diffusion_steps)  # named where it is shown
         return out

@@ -88,6 +88,15 @@ LADDER = {
                                  dict(FLOOR, self_cond=True, lm_bias=True, length_head=True)),
 }
 
+# The masked family (docs/quality.md): absorbing-state diffusion over tokens, the source visible, a
+# length head and a margin of 8 [PAD]s, the word embedding as wide as the transformer (the output
+# head is tied to it, so D = 16 would be a bottleneck of 16 numbers per token), no time input.
+MASKED = dict(family="masked", preset="tiny", width=128, layers=4, heads=4, ffn=512, hidden_dim=128,
+              vocab_size=4000, segment_positions=True, length_head=True, schedule_sampler="uniform",
+              mask_weighting="rdm", time_cond=False, label_smoothing=0.1, visible_weight=1.0, learned_mean_embed=False,
+              denoise=False, t_min=0, anchor_weight=0.0, bsz=32, lr=1e-3, lr_schedule="constant",
+              warmup_steps=200, ema_rate=0.999, dropout=0.1)
+
 RECIPES = {r.name: r for r in [
     Recipe("original-v1", "the original DiffuSeq's QQP run (ICLR 2023): BERT-base shape, 50k steps of "
            "global batch 8,192 (4 processes of 2,048 in passes of 64); GPUs and a BERT vocab.txt (--vocab_path) "
@@ -111,6 +120,15 @@ RECIPES = {r.name: r for r in [
     Recipe("iwslt14-small", "the small recipe on ../shared/data/iwslt14_small (German -> English, 6,783 "
            "pairs)", dict(SMALL, dataset="iwslt14_small", data_dir="../shared/data/iwslt14_small", seq_len=128,
                           learning_steps=9000, save_interval=1000, eval_interval=1000)),
+    Recipe("bible-masked", "the masked family on the Bible (generation from every target token masked)",
+           dict(MASKED, dataset="bible_kjv_web", data_dir="datasets/bible_kjv_web", seq_len=160,
+                learning_steps=100000, save_interval=1000, eval_interval=1000)),
+    Recipe("qqp-masked", "the masked family on ../shared/data/qqp_small, each pair also trained reversed",
+           dict(MASKED, dataset="qqp_small", data_dir="../shared/data/qqp_small", seq_len=64, weight_decay=0.1,
+                both_directions=True, learning_steps=100000, save_interval=500, eval_interval=500)),
+    Recipe("iwslt14-masked", "the masked family on ../shared/data/iwslt14_small (German -> English)",
+           dict(MASKED, dataset="iwslt14_small", data_dir="../shared/data/iwslt14_small", seq_len=128,
+                learning_steps=100000, save_interval=1000, eval_interval=1000)),
     *[Recipe(f"ladder-{k}", about, dict(LADDER_BASE, **a)) for k, (about, a) in LADDER.items()],
 ]}
 

@@ -43,6 +43,9 @@ def resume_args(args):
         path = ckpt.resolve(args.resume_checkpoint)
         saved = load_args(os.path.join(path, "args.json"))
         given = {k: getattr(args, k) for k in args.explicit}
+        if given.get("family", saved.family) != saved.family:
+            raise ckpt.CheckpointError(f"{path} is a {saved.family}-family checkpoint and cannot resume as "
+                                       f"--family {given['family']}: the two share weight names, not meaning")
         changed = sorted(k for k, v in given.items() if k not in RESUMABLE and getattr(saved, k) != v)
         if changed:
             log.warning("resuming with changed arguments: %s", ", ".join(changed))

@@ -140,13 +140,18 @@ class Rule:
 
 
 # ------------------------------------------------------------------------------- corrections
+def lowest(score, region, k):
+    """[B, L] bool: the k [B] positions of region [B, L] with the lowest score [B, L] in each row
+    (all of them where k exceeds the region)."""
+    rank = score.masked_fill(~region.bool(), float("inf")).argsort(1).argsort(1)  # 0 = lowest
+    return (rank < k[:, None]) & region.bool()
+
+
 def least_confident(conf, mask, share):
     """[B, L] float: 0 on the round(share * n) target positions (mask [B, L]) of lowest confidence
     conf [B, L] of each example (n: its target positions), 1 elsewhere."""
-    n = mask.sum(1)
-    k = torch.round(share * n.to(conf.dtype)).long()
-    rank = conf.masked_fill(~mask.bool(), float("inf")).argsort(1).argsort(1)  # 0 = least sure
-    return (~(rank < k[:, None])).to(conf.dtype)
+    k = torch.round(share * mask.sum(1).to(conf.dtype)).long()
+    return (~lowest(conf, mask, k)).to(conf.dtype)
 
 
 def check_remask(remask):
@@ -400,6 +405,7 @@ class Sampler:
     run: object
     about: str = ""
     clamps: object = None  # m -> whether rounding is on when nobody says (None: never)
+    family: str = "gaussian"  # the model family it decodes (family.py)
 
     def steps(self, T):
         """The steps when nobody says, for a model of T training timesteps."""

@@ -23,7 +23,7 @@ from . import dist
 from . import run as run_folder
 from .config import model_config
 from .data.dataset import BatchLoader, DataError, default_pad_to, load_split, make_eval_batches
-from .logs import COLUMNS, RunLog, Window
+from .logs import RunLog, Window
 from .model import Denoiser, load_bert_encoder
 from .layout import Layout
 from .objective import Objective
@@ -201,7 +201,7 @@ class Trainer:
                  self.model.num_params(True) / 1e6, proc.device, proc.world_size,
                  {None: "tf32" if a.precision == "tf32" else "fp32", torch.bfloat16: "bf16",
                   torch.float16: "fp16"}[self.amp_dtype])
-        log.info(COLUMNS)
+        log.info(self.objective.family.columns)
         self.model.train()
         bar = None
         if a.progress and proc.is_main:

@@ -20,42 +20,9 @@ from .checkpoint import CheckpointError, write_atomic
 
 from .choice import FILE, SAMPLERS, describe
 
-
-def _noise(sampler, steps, **kw):
-    return dict(sampler=sampler, steps=steps, init="noise", **kw)
-
-
-def _source(t_start, steps, sampler="dpm", lengths=None, edits=1):
-    s = dict(sampler=sampler, steps=steps, init="source", t_start=t_start)
-    s = s if edits == 1 else dict(s, edits=edits)
-    return s if lengths is None else dict(s, lengths=lengths)
-
-
-# Grids of settings, cheapest first. "quick" is what the default job tries (about a minute on 200
-# Bible verses, one core); "full" adds the ancestral chain, the SDE solver and more start points.
-# A source start tries two length rules: the predicted length, and the source's.
-GRIDS = {
-    "quick": [
-        _noise("dpm", 10),                      # DPM-Solver++ with absorption (the trained rate)
-        _noise("dpm", 10, absorb_rate=0.0),     # DPM-Solver++ without absorption (deterministic)
-        _noise("dpm", 10, remask="confidence"),  # re-masking the least sure tokens instead of random ones
-        *[_source(t, 1, lengths=n) for t in (1, 50, 200, 400) for n in (None, "source")],
-        _source(400, 3), _source(800, 3), _source(1200, 10),
-        _source(50, 1, edits=2), _source(200, 1, edits=2),  # iterated edits: a second pass from the first's output
-    ],
-    "full": [
-        _noise("dpm", 5), _noise("dpm", 10), _noise("dpm", 20),
-        _noise("dpm", 10, absorb_rate=0.0), _noise("dpm", 10, absorb_rate=0.25),
-        _noise("dpm", 10, remask="confidence"), _noise("dpm", 20, remask="confidence"),
-        _noise("dpm", 10, sde=True, absorb_rate=0.0), _noise("dpm", 10, sde=True),
-        _noise("dpm", 10, skip="time_uniform"), _noise("dpm", 10, lengths="source"),
-        _noise("ancestral", 20), _noise("ancestral", 50),
-        *[_source(t, 1, lengths=n) for t in (1, 50, 200, 400, 800) for n in (None, "source")],
-        _source(50, 3), _source(200, 3), _source(400, 3), _source(800, 3), _source(1200, 3),
-        _source(200, 3, lengths="source"), _source(200, 10), _source(800, 10), _source(1200, 10),
-        _source(1600, 10), _source(400, 20, sampler="ancestral"),
-    ],
-}
+# each family has its grids of settings (gaussian.GRIDS, masked_samplers.GRIDS), cheapest first: "quick" is
+# what the default job tries, "full" searches more
+GRID_NAMES = ("quick", "full")
 METRICS = ("sentence_bleu", "bleu", "rouge_l")
 GRID_T = 2000  # the grids' start times are for T = 2000 training timesteps
 
@@ -148,8 +115,9 @@ def tune_parser():
     p.add_argument("--split", default="valid", help="which <split>.jsonl of the data folder to score on")
     p.add_argument("--data_dir", default=None, help="data folder (default: the one the model was trained on)")
     p.add_argument("--max_examples", type=int, default=200, help="inputs decoded per setting")
-    p.add_argument("--grid", choices=sorted(GRIDS), default="quick",
-                   help="quick: 13 settings, the default job's; full: 32, with the ancestral chain and the SDE solver")
+    p.add_argument("--grid", choices=GRID_NAMES, default="quick",
+                   help="quick: the default job's (Gaussian models: 13 settings); full: more (Gaussian: 32, with the "
+                        "ancestral chain and the SDE solver); each model family has its own")
     p.add_argument("--metric", choices=METRICS, default="sentence_bleu", help="what the choice maximises")
     p.add_argument("--bsz", type=int, default=100, help="sentences per batch")
     p.add_argument("--seed", type=int, default=0, help="seed of the decodings")
@@ -174,7 +142,7 @@ def main(argv=None):
         src, ref = [p[0] for p in pairs], [p[1] for p in pairs]
         print(f"choosing the decoding of {model.path} on {len(pairs)} inputs of {a.split}.jsonl "
               f"({a.grid} grid, {a.metric}):")
-        rows = tune(model, src, ref, scaled(GRIDS[a.grid], model.args.diffusion_steps), a.bsz, a.seed, a.metric)
+        rows = tune(model, src, ref, scaled(model.family.grids[a.grid], model.args.diffusion_steps), a.bsz, a.seed, a.metric)
         copy = copy_line(src, ref)
     except (CheckpointError, DataError, TokenizerError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
