@@ -84,8 +84,10 @@ def main(argv=None):
     pairs = list(read_pairs(os.path.join(data_dir, f"{a.split}.jsonl")))[:a.max_examples]
     src, ref = [p[0] for p in pairs], [p[1] for p in pairs]
     T = model.args.diffusion_steps
-    grid = [EXTRA[n] for n in a.only] if a.only else scaled(
-        model.family.grids[a.grid] + [EXTRA[n] for n in ("anc10", "anc200", "dpm10_uniform", "dpm10_uniform_paper")], T)
+    # the Gaussian family's extra rows: the ancestral chain and the paper's uniform DPM-Solver grid
+    extra = [EXTRA[n] for n in ("anc10", "anc200", "dpm10_uniform", "dpm10_uniform_paper")
+             if EXTRA[n]["sampler"] in model.family.samplers]
+    grid = [EXTRA[n] for n in a.only] if a.only else scaled(model.family.grids[a.grid] + extra, T)
     head = header_lines("bench_decoding", model.device,
                         f"{model.path}, {len(pairs)} inputs of {a.split}.jsonl")
     print(head, flush=True)

@@ -74,7 +74,8 @@ def main(argv=None):
         rows = tune(model, [s for s, _ in chooser], [r for _, r in chooser], grid, a.bsz)
         best = choose(rows)["best"]
         noise = max((r for r in rows if r["settings"]["init"] == "noise"), key=lambda r: r["sentence_bleu"])
-        todo = [("best", best), ("noise", noise["settings"])]
+        # a masked model always starts from the prior: its best is its best from noise
+        todo = [("best", best)] + ([("noise", noise["settings"])] if noise["settings"] != best else [])
     out = {}
     for name, settings in todo:
         out[name] = decode_row(model, settings, held, a.seeds, a.bsz)
@@ -92,7 +93,8 @@ def main(argv=None):
         recipe=run_args.get("recipe"), run_args={k: run_args.get(k) for k in (
                    "source_rate", "source_t_max", "self_cond", "t_min", "max_minutes", "learning_steps", "width",
                    "layers", "bsz", "lr", "anchor_weight", "eval_batches", "lr_schedule", "ema_rate", "dropout",
-                   "hidden_dim", "both_directions", "seed")},
+                   "hidden_dim", "both_directions", "seed", "family", "mask_weighting", "time_cond", "coupled",
+                   "label_smoothing", "visible_weight", "embed_std")},
         train_minutes=round(curves[-1]["elapsed"] / 60, 1) if curves else None,
         train_steps=curves[-1]["step"] if curves else None, checkpoint=os.path.basename(model.path),
         choose=len(chooser), held_out=len(held), grid=rows, rows=out, copy=copy))

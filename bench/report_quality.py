@@ -79,11 +79,13 @@ def rows_for(data, runs=None):
                 rows.append([_label(rec), "" if minutes is None else f"{minutes:g}", r["decoder"] + seeds,
                              *_cells(r, r["seconds_per_seed"])])
             continue
-        best, noise = rec["rows"]["best"], rec["rows"]["noise"]
+        best = rec["rows"]["best"]
+        noise = rec["rows"].get("noise", best)  # a masked run's best always starts from the prior
         for r, tag in ((best, " (best on valid)"), (noise, " (best from noise)")):
             if r is noise and noise["settings"] == best["settings"]:
                 continue  # the best setting is a noise start: one row says both
-            tag = " (best on valid, from noise)" if noise["settings"] == best["settings"] else tag
+            prior = "from scratch" if (rec.get("run_args") or {}).get("family") == "masked" else "from noise"
+            tag = f" (best on valid, {prior})" if noise["settings"] == best["settings"] else tag
             rows.append([_label(rec), "" if minutes is None else f"{minutes:g}", r["decoder"] + tag,
                          *_cells(r, r["seconds_per_seed"])])
     return rows

@@ -10,7 +10,8 @@ FILE = "decoding.json"
 # the keys a saved choice may hold, with their types
 SETTINGS = {"sampler": str, "steps": int, "init": str, "t_start": int, "absorb_rate": float,
             "skip": str, "order": int, "sde": bool, "lengths": str, "after_absorb": str, "remask": str,
-            "edits": int, "length_beam": int, "temperature": float, "schedule": str, "remask_mode": str}
+            "edits": int, "length_beam": int, "temperature": float, "schedule": str, "remask_mode": str,
+            "dedup": bool}
 SAMPLERS = tuple(_REGISTRY)
 
 
@@ -36,6 +37,7 @@ def describe(s):
     parts += [f"{s['schedule']} schedule"] if s.get("schedule") else []
     parts += [s["remask_mode"]] if s.get("remask_mode") else []
     parts += [f"temperature {s['temperature']}"] if s.get("temperature") is not None else []
+    parts += ["dedup"] if s.get("dedup") else []
     return ", ".join(parts)
 
 

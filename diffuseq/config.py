@@ -85,7 +85,7 @@ class TrainConfig:
     dropout: float = arg(0.1, 'model', 'dropout rate of the transformer layers')
     embed_std: float = arg(1.0, 'model',
         'std of the word embeddings at initialisation (1: the scale of the Gaussian noise, which the Gaussian '
-        'family wants; the masked recipes use about D^-1/2)')
+        'family wants)')
     init_from: Optional[str] = arg(None, 'model',
         'initialise the encoder from local BERT weights (a folder with model.safetensors or '
         'pytorch_model.bin); the shape must match, e.g. --preset base for bert-base')

@@ -120,6 +120,9 @@ def decode_parser(solver):
                    help="masked models, topk: which written tokens are masked again, those of lowest "
                         "log-probability, or with Gumbel noise on it (default: the saved choice, else "
                         "deterministic)")
+    p.add_argument("--dedup", type=_bool, nargs="?", const=True, default=None,
+                   help="masked models: drop each token equal to the one before it (tokens written in parallel "
+                        "repeat their neighbours; default: the saved choice, else false)")
     if solver:
         p.add_argument("--order", type=int, choices=[1, 2, 3], default=None, help="DPM-Solver++ order (default 2)")
         p.add_argument("--skip_type", choices=["logSNR", "time_uniform"], default=None,
@@ -180,7 +183,8 @@ def main(argv=None, solver=False):
                   clamp_step=args.clamp_step, clamp_first=args.clamp_first, length_margin=args.length_margin)
         given = dict(steps=args.step, init=args.init, t_start=args.t_start, absorb_rate=args.absorb_rate,
                      lengths=args.lengths, edits=args.edits, length_beam=args.length_beam,
-                     temperature=args.temperature, schedule=args.schedule, remask_mode=args.remask_mode)
+                     temperature=args.temperature, schedule=args.schedule, remask_mode=args.remask_mode,
+                     dedup=args.dedup)
         if solver:
             given.update(order=args.order, skip=args.skip_type, sde=args.sde, after_absorb=args.after_absorb,
                          remask=args.remask)

@@ -20,13 +20,16 @@ def load_model(path, device="auto", use_ema=True, dtype=None, compile=False):
     return DiffuSeq.from_pretrained(path, device, use_ema, dtype, compile)
 
 
-def output_path(out_dir, model, split, seed, steps, init="noise", t_start=None, edits=1, length_beam=1):
-    """<out_dir>/<run>_<checkpoint>/<split>.seed<S>.step<K>[.source<t>[.edits<E>]][.lengths<N>].jsonl
-    (split: the input file's name without its extension)"""
+def output_path(out_dir, model, split, seed, steps, init="noise", t_start=None, edits=1, length_beam=1,
+                settings=None):
+    """<out_dir>/<run>_<checkpoint>/<split>.seed<S>.step<K>[.source<t>[.edits<E>]][.lengths<N>][family].jsonl
+    (split: the input file's name without its extension; [family]: what the model's family adds
+    for `settings`, e.g. a masked model's sampler, .topk)"""
     if t_start is None:
         t_start = default_source_t(model.args.diffusion_steps)
     tag = f".source{t_start}" + (f".edits{edits}" if edits > 1 else "") if init == "source" else ""
     tag += f".lengths{length_beam}" if length_beam > 1 else ""
+    tag += model.family.output_tag(settings or {})
     return os.path.join(out_dir, model.name, f"{split}.seed{seed}.step{steps}{tag}.jsonl")
 
 
@@ -75,7 +78,7 @@ def decode_file(model, path, out_dir, sampler=None, steps=None, seeds=(0,), bsz=
     paths, t0, n_done = [], time.time(), 0
     for seed in seeds:
         final = output_path(out_dir, model, name, seed, steps, kw.get("init", "noise"), kw.get("t_start"),
-                            kw.get("edits") or 1, kw.get("length_beam") or 1)
+                            kw.get("edits") or 1, kw.get("length_beam") or 1, dict(kw, sampler=sampler))
         os.makedirs(os.path.dirname(final), exist_ok=True)
         bar = None
         if progress and proc.is_main:

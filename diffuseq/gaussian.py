@@ -101,6 +101,12 @@ class GaussianFamily:
         generate()), ancestral sampling (run_decode.py)."""
         return "dpm" if solver else "ancestral"
 
+    @staticmethod
+    def output_tag(settings):
+        """What an output file's name adds for these settings (decoding.output_path): nothing, as
+        before families (the start, edits and length beam are named there)."""
+        return ""
+
     @classmethod
     def command_sampler(cls, solver):
         """The sampler a decode command uses when not told: its own (with the settings saved for
@@ -144,12 +150,13 @@ class GaussianFamily:
                                                                   from_source=d.source[1])))
 
     # ------------------------------------------------------------------ decoding
-    def decode(self, pipe, ids, mask, keep, dec, g, progress=None):
+    def decode(self, pipe, ids, mask, keep, dec, g, progress=None, scored=False):
         """One decoding of a batch cut to its regions (ids, mask [B, L], keep [B, L] or None):
         a start from noise around m, or from the source laid over the target and noised to
         t_start (repeated dec.edits times from the last output), the sampler's walk, and rounding
         of the last prediction of z_0 to tokens on the target region. Returns the token ids
-        [B, L] and the log-probability of each region token [B, L] (0 elsewhere)."""
+        [B, L] and, when scored, the log-probability of each region token [B, L] (0 elsewhere;
+        else None)."""
         model, T = pipe.model, pipe.args.diffusion_steps
         t_start, absorb_rate = dec.start_time(T), dec.absorption(pipe.args)
         x_start = model.get_embeds(ids)
@@ -173,10 +180,12 @@ class GaussianFamily:
                              clamp=clamp, clamp_step=dec.clamp_step, clamp_first=dec.clamp_first,
                              absorb_rate=absorb_rate, generator=g, progress=progress)
             # rounding to tokens where it is read: the target region, not the source or the padding
-            logp = model.get_logits(z0[rows]).float().log_softmax(-1)
+            logits = model.get_logits(z0[rows])
             out = ids.clone()
-            best, out[rows] = logp.max(-1)
+            out[rows] = logits.argmax(-1)
             start = out
-        scores = torch.zeros(rows.shape, device=pipe.device)
-        scores[rows] = best
+        scores = None
+        if scored:
+            scores = torch.zeros(rows.shape, device=pipe.device)
+            scores[rows] = logits.float().log_softmax(-1).amax(-1)
         return out, scores

@@ -12,7 +12,8 @@ divided by its region's size n, it is weighted by w(t):
     mdlm  w(t) = 1 / t: -alpha_t' / (1 - alpha_t). Its mean over t ~ U(0, 1) is the continuous-
           time ELBO of the masked diffusion (MDLM), a bound on -log p(y | x) / n;
     rdm   w(t) = 1 - t: RDM's linear reweighting, which trusts the less masked inputs more;
-    none  the plain mean over the masked tokens (the masked-LM loss of CMLM).
+    none  the plain mean over an example's masked tokens (the masked-LM loss of CMLM; an example
+          with none masked counts 0).
 
 Options: label smoothing; a cross-entropy on the target tokens left visible (--visible_weight),
 which trains the path from a token to its output that the masked positions reach only through
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 
 from . import dist
 from .diffusion import length_term
-from .masked_samplers import SAMPLERS, GRIDS
+from .masked_samplers import GRIDS, SAMPLERS, dedup
 from .noise import step_generator
 
 EPS = 1e-3  # the smallest time drawn: t ~ U(EPS, 1), so the weight 1 / t stays bounded
@@ -113,6 +114,19 @@ class MaskedFamily:
         return "topk"
 
     @staticmethod
+    def output_tag(settings):
+        """What an output file's name adds for these settings (decoding.output_path): the
+        sampler and the options that change its output, so two decoders never share a file."""
+        tag = f".{settings.get('sampler') or 'topk'}"
+        for k in ("schedule", "remask_mode"):
+            if settings.get(k):
+                tag += f".{settings[k]}"
+        tag += ".dedup" if settings.get("dedup") else ""
+        if settings.get("temperature") is not None:
+            tag += f".temp{settings['temperature']:g}"
+        return tag
+
+    @staticmethod
     def command_sampler(solver):
         """The sampler a decode command uses when not told: None, the best saved in decoding.json
         (else default_sampler), whichever command runs."""
@@ -172,7 +186,9 @@ class MaskedFamily:
         else:
             weighted = mask_weight(rate, a.mask_weighting) * summed / n_region
         B = ids.shape[0]
-        terms = {"ce": weighted.view(-1, B).mean(0)}
+        # + 0 x the prediction: a batch where nothing happens to be masked still reaches every
+        # weight (DDP waits for a gradient of each), with zeros
+        terms = {"ce": weighted.view(-1, B).mean(0) + 0.0 * pred.sum()}
         loss = terms["ce"]
         if a.visible_weight > 0:
             # the visible target tokens given back: the path from a token to its output, which the
@@ -195,10 +211,11 @@ class MaskedFamily:
         return terms
 
     # ------------------------------------------------------------------ decoding
-    def decode(self, pipe, ids, mask, keep, dec, g, progress=None):
+    def decode(self, pipe, ids, mask, keep, dec, g, progress=None, scored=False):
         """One decoding of a batch cut to its regions: every target position masked, then the
         sampler's steps (masked_samplers.py). Returns the token ids [B, L] and the log-probability
-        of each region token [B, L] (0 elsewhere)."""
+        of each region token [B, L] when it was written (0 elsewhere; the samplers keep it anyway,
+        so `scored` changes nothing)."""
         if dec.init != "noise":
             raise ValueError("the masked family writes its target from every position masked (--init noise); "
                              "it has no source start")
@@ -206,8 +223,11 @@ class MaskedFamily:
         rows = (mask if keep is None else mask * keep).bool()
         predict = TokenPredictor(pipe, mask, keep, rows)
         x = ids.masked_fill(rows, pipe.tokenizer.mask_id)
-        return spec.run(predict, x, rows, steps=dec.steps or spec.steps(0), options=dec.options,
-                        mask_id=pipe.tokenizer.mask_id, generator=g, progress=progress)
+        out, score = spec.run(predict, x, rows, steps=dec.steps or spec.steps(0), options=dec.options,
+                              mask_id=pipe.tokenizer.mask_id, generator=g, progress=progress)
+        if dec.options.dedup:
+            out, score = dedup(out, score, rows, pipe.tokenizer.pad_id)
+        return out, score
 
 
 class TokenPredictor:

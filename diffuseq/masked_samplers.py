@@ -12,9 +12,9 @@ log-probability [B, L] of each token it wrote (0 outside the region).
         Where a step unmasks nothing, the input is the same as at the last call: a model that does
         not see t (--time_cond false) is not called again (the cached update).
   topk  RDM's reparameterised decoding (mask-predict's re-masking): every step predicts the masked
-        positions, then keeps only the round((1 - t_next) n) positions of highest score (the
-        log-probability of their token when it was written) and masks the rest again, written
-        tokens included. deterministic re-masking ranks the scores; stochastic adds Gumbel noise
+        positions, then masks again the round(t_next n) positions of lowest score (the
+        log-probability of their token when it was written), written tokens included, and keeps
+        the rest. deterministic re-masking ranks the scores; stochastic adds Gumbel noise
         scaled by t_next, so early choices are looser. One step writes the argmax everywhere.
 
 The rates fall linearly (t_k = 1 - k / K) or on a cosine (t_k = cos(pi k / 2K)), which unmasks
@@ -55,6 +55,7 @@ def pick_tokens(logp, temperature, generator=None):
 class MDLMOptions:
     temperature: float = 1.0  # of the tokens drawn as positions unmask (0: the most likely)
     schedule: str = "linear"  # how the masked share falls over the steps: linear or cosine
+    dedup: bool = False  # drop a token equal to the one before it (see dedup)
 
 
 @dataclass
@@ -62,6 +63,26 @@ class TopkOptions:
     temperature: float = 0.0  # of the tokens written at masked positions (0: the most likely)
     schedule: str = "linear"  # how the masked share falls over the steps: linear or cosine
     remask_mode: str = "deterministic"  # which positions are masked again: the lowest scores, or stochastic
+    dedup: bool = False  # drop a token equal to the one before it (see dedup)
+
+
+def dedup(x, score, rows, pad_id):
+    """Tokens written in parallel often repeat their neighbour ("asked asked"); non-autoregressive
+    translation removes such repeats after decoding. Each region token (rows [B, L]) equal to the
+    region token before it is dropped, the rest move up and the freed positions at the region's
+    end become [PAD] (score 0). Returns (x, score)."""
+    x, score = x.clone(), score.clone()
+    for b in range(x.shape[0]):
+        at = rows[b].nonzero()[:, 0]
+        if len(at) < 2:
+            continue
+        tok, sc = x[b, at], score[b, at]
+        keep = torch.ones_like(tok, dtype=torch.bool)
+        keep[1:] = tok[1:] != tok[:-1]
+        n = int(keep.sum())
+        x[b, at] = torch.cat([tok[keep], tok.new_full((len(at) - n,), pad_id)])
+        score[b, at] = torch.cat([sc[keep], sc.new_zeros(len(at) - n)])
+    return x, score
 
 
 @torch.no_grad()
@@ -143,6 +164,7 @@ GRIDS = {
         _all_masked("topk", 5), _all_masked("topk", 10), _all_masked("topk", 20),
         _all_masked("topk", 10, schedule="cosine"), _all_masked("topk", 10, remask_mode="stochastic"),
         _all_masked("topk", 10, length_beam=3),  # length candidates, scored by mean token log-probability
+        _all_masked("topk", 10, dedup=True), _all_masked("topk", 20, length_beam=3, dedup=True),
         _all_masked("mdlm", 10), _all_masked("mdlm", 20, temperature=0.5),
     ],
     "full": [
@@ -150,7 +172,8 @@ GRIDS = {
         *[_all_masked("topk", k, schedule="cosine") for k in (5, 10, 20)],
         _all_masked("topk", 10, remask_mode="stochastic"), _all_masked("topk", 20, remask_mode="stochastic"),
         _all_masked("topk", 10, length_beam=3), _all_masked("topk", 10, length_beam=5),
-        _all_masked("topk", 10, lengths="source"),
+        _all_masked("topk", 10, lengths="source"), _all_masked("topk", 10, dedup=True),
+        _all_masked("topk", 20, dedup=True), _all_masked("topk", 20, length_beam=3, dedup=True),
         *[_all_masked("mdlm", k) for k in (5, 10, 20)],
         _all_masked("mdlm", 20, temperature=0.5), _all_masked("mdlm", 20, temperature=0.5, schedule="cosine"),
     ],

@@ -238,7 +238,7 @@ class DiffuSeq:
             ids, mask, keep = self.regions.cut(ids, mask, self.regions.margin(dec.length_margin), dec.lengths,
                                                offset)
         g = torch.Generator(device=self.device).manual_seed(seed)
-        out, logp = self.family.decode(self, ids, mask, keep, dec, g, progress)
+        out, logp = self.family.decode(self, ids, mask, keep, dec, g, progress, scored)
         rows = (mask if keep is None else mask * keep).bool()
         score = self._score(logp, out, rows) if scored else None
         if keep is None:

@@ -35,9 +35,11 @@ DATA=datasets/bible_kjv_web
 result=$(sed -n 's/^wrote //p' "$OUT/decode.log")
 scores="${result%.jsonl}.scores.json"
 "${PYTHON:-python}" scripts/eval_seq2seq.py "$result" --baseline --json "$scores"
-"${PYTHON:-python}" - "$scores" "$result" "$OUT/decode.log" <<'PY'
-import json, sys
+"${PYTHON:-python}" - "$scores" "$result" "$OUT/decode.log" "$OUT" <<'PY'
+import glob, json, os, sys
 s = json.load(open(sys.argv[1]))
+saved = sorted(glob.glob(os.path.join(sys.argv[4], "ckpt_*", "args.json")))
+family = json.load(open(saved[-1])).get("family", "gaussian") if saved else "gaussian"
 how = next((line.split("decoding with ", 1)[1].split(" (")[0] for line in open(sys.argv[3])
             if line.startswith("decoding with ")), "the saved choice")
 model, base = s["model"], s["copy source"]
@@ -46,7 +48,7 @@ rows = [json.loads(line) for _, line in zip(range(5), open(sys.argv[2]))]
 print("\nfirst test verses:")
 for r in rows:
     print(f"  source:    {r['source']}\n  reference: {r['reference']}\n  model:     {r['recover']}\n")
-print(f"model ({how}): mean sentence BLEU {model['sentence_bleu']:.1f}, ROUGE-L {model['rouge_l']:.1f}; "
+print(f"model ({family} family; {how}): mean sentence BLEU {model['sentence_bleu']:.1f}, ROUGE-L {model['rouge_l']:.1f}; "
       f"copying the source: {base['sentence_bleu']:.1f}, {base['rouge_l']:.1f} "
       f"({'above' if gap > 0 else 'below'} it by {abs(gap):.1f} BLEU).")
 if gap <= 0:

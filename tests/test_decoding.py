@@ -428,7 +428,9 @@ def test_length_beam_keeps_the_surest_length_of_each_input(small_run):
     out = torch.tensor([[0, 7, sep, 0, 0, 0], [0, 0, 8, 9, 10, 0]])
     logits = torch.randn(int(rows.sum()), V)
     lp = logits.log_softmax(-1).amax(-1)
-    assert torch.allclose(m._score(logits, out, rows), torch.stack([lp[:2].mean(), lp[5:].mean()]))
+    per_position = torch.zeros(rows.shape)
+    per_position[rows] = lp  # the log-probability of each region token, as a family's decode gives it
+    assert torch.allclose(m._score(per_position, out, rows), torch.stack([lp[:2].mean(), lp[5:].mean()]))
 
 
 def test_mbr_writes_the_candidate_closest_to_the_others(tmp_path):

@@ -293,3 +293,13 @@ def test_no_module_outside_the_families_asks_which_family_runs():
         if f.name not in own:
             hits = [line for line in f.read_text().splitlines() if asks.search(line)]
             assert not hits, (f.name, hits)
+
+
+def test_dedup_drops_a_token_equal_to_the_one_before_it():
+    from diffuseq.masked_samplers import dedup
+    rows = torch.tensor([[False, True, True, True, True, True], [False, True, True, True, False, False]])
+    x = torch.tensor([[7, 9, 9, 8, 8, 3], [7, 5, 6, 6, 0, 0]])
+    score = torch.arange(12.0).view(2, 6)
+    out, sc = dedup(x, score, rows, PAD)
+    assert out.tolist() == [[7, 9, 8, 3, PAD, PAD], [7, 5, 6, PAD, 0, 0]]
+    assert sc.tolist() == [[0.0, 1.0, 3.0, 5.0, 0.0, 0.0], [6.0, 7.0, 8.0, 0.0, 10.0, 11.0]]
