@@ -12,6 +12,7 @@ minimum-Bayes-risk pick among the seeds' outputs (the DiffuSeq paper's MBR). The
 held-out outputs of each row.
 """
 import argparse
+import json
 import os
 import sys
 import time
@@ -54,24 +55,38 @@ def main(argv=None):
     p.add_argument("--decoders", nargs="+", default=None,
                    help="decode these named settings of bench_decoding.py's EXTRA instead of choosing on the "
                         "choose pairs (one row each, e.g. original_v2_10 for the original's own solver)")
+    p.add_argument("--settings", default=None,
+                   help="decode these settings (JSON) as the best row instead of choosing on the choose pairs")
     p.add_argument("--seeds", type=int, default=5, help="decodings of each row, for the diversity columns")
     p.add_argument("--max_examples", type=int, default=None, help="only the first N held-out pairs")
     p.add_argument("--bsz", type=int, default=100)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--name", required=True)
+    p.add_argument("--weights", choices=["ema", "model", "choose"], default="ema",
+                   help="decode with the EMA weights, the raw ones, or whichever scores higher on the choose pairs")
     p.add_argument("--out", default=None, help="default bench/quality/heldout_<name>.json")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    model = load_model(a.model_dir, "cpu")
+    model = load_model(a.model_dir, "cpu", use_ema=a.weights != "model")
     chooser, held = load_split_pairs(a.data, "choose"), load_split_pairs(a.data, "test")[:a.max_examples]
     head = header_lines("bench_heldout", model.device, f"{model.path}, choose on {len(chooser)}, score {len(held)}")
     print(head, flush=True)
-    if a.decoders:
+    weights_grid = None
+    if a.settings:
+        rows, todo = [], [("best", json.loads(a.settings))]
+    elif a.decoders:
         rows, todo = [], [(n, EXTRA[n]) for n in a.decoders]
     else:
         grid = scaled(model.family.grids[a.grid], model.args.diffusion_steps)
         rows = tune(model, [s for s, _ in chooser], [r for _, r in chooser], grid, a.bsz)
+        if a.weights == "choose":  # the raw weights too, and the better on the choose pairs decodes
+            raw = load_model(a.model_dir, "cpu", use_ema=False)
+            raw_rows = tune(raw, [s for s, _ in chooser], [r for _, r in chooser], grid, a.bsz)
+            weights_grid = {model.weights: rows, raw.weights: raw_rows}
+            if max(r["sentence_bleu"] for r in raw_rows) > max(r["sentence_bleu"] for r in rows):
+                model, rows = raw, raw_rows
+            print(f"weights: {model.weights} (best on the choose pairs)", flush=True)
         best = choose(rows)["best"]
         noise = max((r for r in rows if r["settings"]["init"] == "noise"), key=lambda r: r["sentence_bleu"])
         # a masked model always starts from the prior: its best is its best from noise
@@ -97,6 +112,7 @@ def main(argv=None):
                    "label_smoothing", "visible_weight", "embed_std")},
         train_minutes=round(curves[-1]["elapsed"] / 60, 1) if curves else None,
         train_steps=curves[-1]["step"] if curves else None, checkpoint=os.path.basename(model.path),
+        weights=model.weights, **({"grid_by_weights": weights_grid} if a.weights == "choose" and not a.decoders else {}),
         choose=len(chooser), held_out=len(held), grid=rows, rows=out, copy=copy))
     print("wrote", path)
     return 0

@@ -45,14 +45,19 @@ def main(argv=None):
     p.add_argument("--bsz", type=int, default=100)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--name", required=True)
+    p.add_argument("--weights", choices=["ema", "model"], default=None,
+                   help="default: those --from_record decoded with, else ema")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
+    weights = a.weights or "ema"
     if a.settings:
         settings = json.loads(a.settings)
     elif a.from_record:
         with open(a.from_record) as f:
-            settings = json.load(f)["rows"]["best"]["settings"]
+            rec = json.load(f)
+        settings = rec["rows"]["best"]["settings"]
+        weights = a.weights or rec.get("weights", "ema")
     else:
         p.error("give --settings or --from_record")
     held = load_split_pairs(a.data, "test")[:a.max_examples]
@@ -60,7 +65,7 @@ def main(argv=None):
     print(head, flush=True)
     points = []
     for path in ckpt.list_checkpoints(a.run):
-        model = load_model(path, "cpu")
+        model = load_model(path, "cpu", use_ema=weights == "ema")
         step = int(os.path.basename(path).split("_")[1])
         t0 = time.time()
         out = model.generate([s for s, _ in held], seed=0, bsz=a.bsz, use_saved=False, **settings)
@@ -74,7 +79,7 @@ def main(argv=None):
     path = os.path.join(ROOT, "bench", "quality", f"minutes_{a.name}.json")
     write_json(path, "bench_minutes", torch.device("cpu"), dict(
         header=head, command=" ".join(["python"] + sys.argv), run=a.run, data=a.data, recipe=args.get("recipe"),
-        family=args.get("family", "gaussian"), settings=settings, decoder=describe(settings), held_out=len(held),
+        family=args.get("family", "gaussian"), weights=weights, settings=settings, decoder=describe(settings), held_out=len(held),
         points=points))
     print("wrote", path)
     return 0

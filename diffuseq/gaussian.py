@@ -84,6 +84,9 @@ class GaussianFamily:
     samplers = SAMPLERS
     grids = GRIDS
     columns = COLUMNS
+    # the accuracy panel of loss.png: its title and the names of its four quarters (plots.py)
+    accuracy = ("accuracy of the tokens rounded from the predicted z_0",
+                ("least noisy quarter", "2nd quarter", "3rd quarter", "noisiest quarter"))
     prior = "noise"  # how a decoding setting names a start from the prior (choice.describe)
 
     # the masked family's options, and the value that leaves each off

@@ -96,6 +96,9 @@ class MaskedFamily:
     samplers = SAMPLERS
     grids = GRIDS
     columns = COLUMNS
+    # the accuracy panel of loss.png: its title and the names of its four quarters (plots.py)
+    accuracy = ("accuracy of the masked target tokens (the margin's [PAD]s included)",
+                ("least masked quarter", "2nd quarter", "3rd quarter", "most masked quarter"))
     prior = "all masked"  # how a decoding setting names a start from the prior (choice.describe)
 
     # the Gaussian family's options, and the value that leaves each off

@@ -21,6 +21,16 @@ def curves_by_step(run_dir):
     return sorted(train.items()), sorted(valid.items())
 
 
+def _family(run_dir):
+    """The family of the run (its args.json; Gaussian when there is none), which names the curves."""
+    from .config import load_args
+    from .family import family_of, get_family
+    try:
+        return family_of(load_args(os.path.join(run_dir, "args.json")))
+    except (OSError, ValueError):
+        return get_family("gaussian")
+
+
 def plot_curves(run_dir, out=None):
     """Draw loss.png (training and validation loss; rounding accuracy per quarter of the noise
     levels). Returns its path, or None when there is nothing to draw or matplotlib is missing."""
@@ -44,9 +54,8 @@ def plot_curves(run_dir, out=None):
     ax1.set_xlabel("step")
     ax1.set_title("loss")
     ax1.legend()
-    names = {"acc_q1": "least noisy quarter", "acc_q2": "2nd quarter", "acc_q3": "3rd quarter",
-             "acc_q4": "noisiest quarter"}
-    for k, label in names.items():
+    title, quarters = _family(run_dir).accuracy
+    for k, label in zip(("acc_q1", "acc_q2", "acc_q3", "acc_q4"), quarters):
         pts = [(s, r[k]) for s, r in train if k in r and r[k] == r[k]]
         if pts:
             ax2.plot(*zip(*pts), label=label)
@@ -55,7 +64,7 @@ def plot_curves(run_dir, out=None):
         ax2.plot(*zip(*pts), "k--", label="all levels")
     ax2.set_ylim(0, 1)
     ax2.set_xlabel("step")
-    ax2.set_title("accuracy of the tokens rounded from the predicted z_0")
+    ax2.set_title(title)
     ax2.legend(fontsize=8)
     fig.suptitle(os.path.basename(os.path.normpath(run_dir)))
     fig.tight_layout()
