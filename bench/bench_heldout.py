@@ -102,7 +102,10 @@ def main(argv=None):
     print(f"copy: sentence BLEU {copy['sentence_bleu']:.2f}, ROUGE-L {copy['rouge_l']:.2f}")
     path = a.out or os.path.join(ROOT, "bench", "quality", f"heldout_{a.name}.json")
     run_args = model.args.to_dict()
-    curves = [c for c in read_curves(os.path.dirname(os.path.normpath(model.path))) if "elapsed" in c]
+    # the training time of this checkpoint (not of the run's end: a run's earlier checkpoint is scored too)
+    step = int(os.path.basename(os.path.normpath(model.path)).split("_")[-1]) if "ckpt_" in model.path else None
+    curves = [c for c in read_curves(os.path.dirname(os.path.normpath(model.path)))
+              if "elapsed" in c and (step is None or c["step"] <= step)]
     write_json(path, "bench_heldout", model.device, dict(
         header=head, command=" ".join(["python"] + sys.argv), model=model.path, data=a.data,
         recipe=run_args.get("recipe"), run_args={k: run_args.get(k) for k in (

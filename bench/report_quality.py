@@ -82,7 +82,7 @@ def rows_for(data, runs=None):
         best = rec["rows"]["best"]
         noise = rec["rows"].get("noise", best)  # a masked run's best always starts from the prior
         for r, tag in ((best, " (best on valid)"), (noise, " (best from noise)")):
-            if r is noise and noise["settings"] == best["settings"]:
+            if tag.endswith("(best from noise)") and noise["settings"] == best["settings"]:
                 continue  # the best setting is a noise start: one row says both
             prior = "from scratch" if (rec.get("run_args") or {}).get("family") == "masked" else "from noise"
             tag = f" (best on valid, {prior})" if noise["settings"] == best["settings"] else tag
