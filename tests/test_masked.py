@@ -48,6 +48,11 @@ def test_with_every_target_position_masked_the_loss_is_plain_cross_entropy():
     want = torch.stack([F.cross_entropy(logits[b][mask[b].bool()], ids[b][mask[b].bool()]) for b in range(2)])
     assert torch.allclose(terms["loss"], want, atol=1e-5)
     assert torch.allclose(terms["ce"], want, atol=1e-5)
+    # coupled draws at rates 1 and 1: both copies fully masked, each example's terms the same mean
+    coupled = MaskedFamily().losses(objective(coupled=True), net, ids, mask, draws(torch.ones(2), torch.rand(2, 8)),
+                                    monitor=True)
+    assert coupled["loss"].shape == (2,) and torch.allclose(coupled["loss"], want, atol=1e-5)
+    assert torch.allclose(coupled["nll"], want, atol=1e-5)
 
 
 class ExactConditionals:
