@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from . import recipes
-from .family import get_family
+from .family import foreign_options
 from .model import PRESETS, DenoiserConfig
 from .schedule import SCHEDULES
 
@@ -366,7 +366,7 @@ def parse_train_args(argv=None):
     if not 0 <= args["source_t_max"] < args["diffusion_steps"]:
         parser.error(f"--source_t_max {args['source_t_max']} must lie in [0, --diffusion_steps "
                      f"{args['diffusion_steps']})")
-    clash = get_family(args["family"]).foreign_options(args)
+    clash = foreign_options(args["family"], args)
     if clash:
         parser.error(f"--family {args['family']} does not use {', '.join('--' + k for k in clash)} (options of "
                      f"another family, here from recipe {name} or the command line): start from a recipe of the "

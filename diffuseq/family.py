@@ -13,6 +13,7 @@ A family is one object with
     samplers, default_sampler, grids, columns                     its decoders, the settings
                                                                   tune_decode.py searches, and
                                                                   what its log columns mean
+    own_options                                                   the options only it reads
 
 A run's family is its `--family` argument, saved in args.json; a checkpoint of one family
 decoded with another family's sampler, or resumed as another family, stops with one line.
@@ -34,6 +35,12 @@ def get_family(name):
 def family_of(args):
     """The family of a run's arguments (runs older than families are Gaussian)."""
     return get_family(getattr(args, "family", "gaussian"))
+
+
+def foreign_options(name, args):
+    """The options in args (train.py's arguments, a dict) that only another family than `name`
+    reads and that are not off (time_cond and mask_weighting have no "off": they are ignored)."""
+    return [k for f in FAMILIES.values() if f.name != name for k, off in f.own_options.items() if args[k] != off]
 
 
 def get_sampler(name):

@@ -11,9 +11,8 @@ from typing import Optional
 
 import torch
 
-from . import dist
 from .diffusion import q_sample, training_losses
-from .noise import draw_noise, draw_source
+from .noise import draw_noise, draw_rows, draw_source
 from .samplers import SAMPLERS
 
 
@@ -89,14 +88,9 @@ class GaussianFamily:
                 ("least noisy quarter", "2nd quarter", "3rd quarter", "noisiest quarter"))
     prior = "noise"  # how a decoding setting names a start from the prior (choice.describe)
 
-    # the masked family's options, and the value that leaves each off
-    MASKED_OFF = dict(visible_weight=0.0, coupled=False, label_smoothing=0.0)
-
-    @classmethod
-    def foreign_options(cls, args):
-        """The options in args (a dict of train.py's arguments) that only the masked family reads
-        and that are not off (time_cond and mask_weighting have no "off": they are ignored)."""
-        return [k for k, off in cls.MASKED_OFF.items() if args[k] != off]
+    # the options only this family reads, and the value that leaves each off (family.foreign_options)
+    own_options = dict(learned_mean_embed=False, denoise=False, self_cond=False, source_rate=0.0, t_min=0,
+                       anchor_weight=0.0, loss_positions="target", schedule_sampler="uniform")
 
     @staticmethod
     def default_sampler(solver=True):
@@ -124,11 +118,7 @@ class GaussianFamily:
         `seed`. An editor run also draws which examples start from their laid source, and their
         times."""
         a = objective.args
-        batch = ids.shape[0] if sampler is None else a.bsz
-        if sampler is not None and getattr(a, "replicated_draws", False):
-            # every process draws alike, for the largest share of the batch, and takes its first rows
-            batch = -(-a.bsz // dist.world_size())
-            index = torch.arange(ids.shape[0], device=ids.device)
+        batch, index = draw_rows(a, sampler, ids, index)
         t, w, noise, u, sc = draw_noise(a, sampler, step, batch, ids.shape[1], objective.device, seed=seed)
         d = Draws(t, w, noise, u, sc)
         use = None

@@ -27,10 +27,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from . import dist
 from .diffusion import length_term
 from .masked_samplers import GRIDS, SAMPLERS, dedup
-from .noise import step_generator
+from .noise import draw_rows, step_generator
 
 EPS = 1e-3  # the smallest time drawn: t ~ U(EPS, 1), so the weight 1 / t stays bounded
 WEIGHTINGS = ("mdlm", "rdm", "none")
@@ -101,15 +100,8 @@ class MaskedFamily:
                 ("least masked quarter", "2nd quarter", "3rd quarter", "most masked quarter"))
     prior = "all masked"  # how a decoding setting names a start from the prior (choice.describe)
 
-    # the Gaussian family's options, and the value that leaves each off
-    GAUSSIAN_OFF = dict(learned_mean_embed=False, denoise=False, self_cond=False, source_rate=0.0, t_min=0,
-                        anchor_weight=0.0, loss_positions="target", schedule_sampler="uniform")
-
-    @classmethod
-    def foreign_options(cls, args):
-        """The options in args (a dict of train.py's arguments) that only the Gaussian family reads
-        and that are not off."""
-        return [k for k, off in cls.GAUSSIAN_OFF.items() if args[k] != off]
+    # the options only this family reads, and the value that leaves each off (family.foreign_options)
+    own_options = dict(visible_weight=0.0, coupled=False, label_smoothing=0.0)
 
     @staticmethod
     def default_sampler(solver=True):
@@ -142,10 +134,7 @@ class MaskedFamily:
         examples from stream `seed`. The timestep sampler must be uniform (the rates are drawn
         here, uniform in (EPS, 1])."""
         a = objective.args
-        batch = ids.shape[0] if sampler is None else a.bsz
-        if sampler is not None and getattr(a, "replicated_draws", False):
-            batch = -(-a.bsz // dist.world_size())
-            index = torch.arange(ids.shape[0], device=ids.device)
+        batch, index = draw_rows(a, sampler, ids, index)
         g = step_generator(a.seed if seed is None else seed, step, "cpu")
         rate = EPS + (1 - EPS) * torch.rand(batch, generator=g)
         u = torch.rand(batch, a.seq_len, generator=g)[:, :ids.shape[1]]
@@ -237,18 +226,15 @@ class TokenPredictor:
     """The denoiser as the masked samplers see it, for one batch: tokens x [B, L] at masking rate t
     -> log-probabilities [N, V] of the N region positions `rows` [B, L] (row order). [MASK] and
     [CLS] are never predicted. `time_independent`: the model does not see t (trained with
-    --time_cond false), so equal inputs give equal outputs and a sampler may reuse them.
-    `calls` counts the network's passes."""
+    --time_cond false), so equal inputs give equal outputs and a sampler may reuse them."""
 
     def __init__(self, pipe, mask, keep, rows):
         self.pipe, self.mask, self.keep, self.rows = pipe, mask, keep, rows
         self.time_independent = not pipe.args.time_cond
         self.banned = [pipe.tokenizer.mask_id, pipe.tokenizer.cls_id]
-        self.calls = 0
 
     def __call__(self, x, t):
         p, model = self.pipe, self.pipe.model
-        self.calls += 1
         t_in = torch.full((x.shape[0],), 0.0 if self.time_independent else t * p.args.diffusion_steps,
                           device=x.device)
         dev = x.device.type

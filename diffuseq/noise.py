@@ -5,12 +5,26 @@ They are drawn for the whole global batch and sliced per process, so N processes
 and at full seq_len and cut, so a shorter padded batch sees the same noise at each position."""
 import torch
 
+from . import dist
+
 
 def step_generator(seed, step, device):
     """The generator every process uses for the global batch's draws at `step`."""
     g = torch.Generator(device=device)
     g.manual_seed((seed * 1_000_003 + step) % (2 ** 63))
     return g
+
+
+def draw_rows(args, sampler, ids, index=None):
+    """(rows drawn, this process's rows) of a batch ids [B, L]: validation (sampler None) draws its
+    B rows; training draws the global batch of --bsz, of which index [B] are this process's; with
+    --replicated_draws every process draws alike, for the largest share of the batch, and takes its
+    first rows."""
+    if sampler is None:
+        return ids.shape[0], index
+    if getattr(args, "replicated_draws", False):
+        return -(-args.bsz // dist.world_size()), torch.arange(ids.shape[0], device=ids.device)
+    return args.bsz, index
 
 
 def draw_noise(args, sampler, step, batch, L, device, seed=None):
