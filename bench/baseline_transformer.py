@@ -250,13 +250,18 @@ def parser():
     p.add_argument("--eval_every", type=int, default=250, help="steps between validation losses")
     p.add_argument("--max_examples", type=int, default=None, help="score only the first N held-out pairs")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--snapshots", type=float, nargs="*", default=[],
+                   help="minutes at which to keep the model a run of that length would keep, and score it too "
+                        "(the rate is constant after warm-up, so a long run passes through the shorter runs)")
     p.add_argument("--out", default=None, help="JSON record (default bench/quality/baseline_<data>.json)")
     return p
 
 
 def train(a, tok, pairs, choose, max_len):
     """A model trained on pairs for a.minutes with the options of parser(), at the step of its lowest
-    validation loss on the choose pairs; and the run's record (steps, best step, loss curve)."""
+    validation loss on the choose pairs; and the run's record (steps, best step, loss curve). At each of
+    a.snapshots (minutes) the record's "snapshots" gains the model a run of that many minutes would
+    have kept (its state dict under "state")."""
     torch.manual_seed(a.seed)
     model = Seq2Seq(tok.vocab_size, a.width, a.layers, dropout=a.dropout, max_len=2 * max_len + 16)
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.01)
@@ -264,6 +269,7 @@ def train(a, tok, pairs, choose, max_len):
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
     g = torch.Generator().manual_seed(a.seed)
     t0, step, best, curve = time.time(), 0, (float("inf"), None, 0), []
+    marks, snapshots = sorted(m for m in a.snapshots if m < a.minutes), []
     while time.time() - t0 < a.minutes * 60:
         for src, trg in batches(pairs, tok, a.bsz, max_len, g):
             loss = loss_of(model, src, trg, tok.pad_id, a.smoothing)
@@ -279,13 +285,33 @@ def train(a, tok, pairs, choose, max_len):
                 print(f"step {step}  {time.time() - t0:.0f}s  train {loss.item():.3f}  valid {v:.3f}", flush=True)
                 if v < best[0]:
                     best = (v, {k: x.clone() for k, x in model.state_dict().items()}, step)
+            while marks and time.time() - t0 >= marks[0] * 60:
+                state = best[1] or {k: x.clone() for k, x in model.state_dict().items()}
+                snapshots.append({"minutes": marks.pop(0), "steps": step, "best_step": best[2],
+                                  "best_valid_loss": best[0], "state": state})
             if time.time() - t0 >= a.minutes * 60:
                 break
     train_s = time.time() - t0
     if best[1] is not None:
         model.load_state_dict(best[1])
     return model, {"steps": step, "best_step": best[2], "best_valid_loss": best[0], "train_s": round(train_s, 1),
-                   "params": sum(x.numel() for x in model.parameters()), "curve": curve}
+                   "params": sum(x.numel() for x in model.parameters()), "curve": curve, "snapshots": snapshots}
+
+
+def decode_all(model, held, tok, max_len, out):
+    """Greedy and beam-4 scores of model on the held-out pairs, each decoding's outputs written
+    next to the record out as <out>.<decoder>.jsonl."""
+    decoders = {}
+    for name, beam in (("greedy", 1), ("beam4", 4)):
+        t1 = time.time()
+        hyps = generate(model, held, tok, beam, max_len)
+        path = out.replace(".json", f".{name}.jsonl")
+        with open(path, "w") as f:
+            for (s, r), h in zip(held, hyps):
+                f.write(json.dumps({"source": s, "reference": r, "recover": h}) + "\n")
+        decoders[name] = {**score(hyps, held), "decode_s": round(time.time() - t1, 1), "outputs": os.path.relpath(path, ROOT)}
+        print(name, decoders[name], flush=True)
+    return decoders
 
 
 def main(argv=None):
@@ -301,17 +327,15 @@ def main(argv=None):
     model, run = train(a, tok, pairs, choose, max_len)
     out = a.out or os.path.join(ROOT, "bench", "quality", f"baseline_{a.data}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
+    snapshots = run.pop("snapshots")
     rec = {"data": a.data, "minutes": a.minutes, "threads": torch.get_num_threads(), **run, "args": vars(a),
-           "decoders": {}}
-    for name, beam in (("greedy", 1), ("beam4", 4)):
-        t1 = time.time()
-        hyps = generate(model, held, tok, beam, max_len)
-        path = out.replace(".json", f".{name}.jsonl")
-        with open(path, "w") as f:
-            for (s, r), h in zip(held, hyps):
-                f.write(json.dumps({"source": s, "reference": r, "recover": h}) + "\n")
-        rec["decoders"][name] = {**score(hyps, held), "decode_s": round(time.time() - t1, 1), "outputs": os.path.relpath(path, ROOT)}
-        print(name, rec["decoders"][name], flush=True)
+           "decoders": decode_all(model, held, tok, max_len, out), "snapshots": []}
+    final = {k: x.clone() for k, x in model.state_dict().items()}
+    for snap in snapshots:  # the shorter runs this one passed through
+        model.load_state_dict(snap.pop("state"))
+        tag = out.replace(".json", f".{snap['minutes']:g}min.json")
+        rec["snapshots"].append({**snap, "decoders": decode_all(model, held, tok, max_len, tag)})
+    model.load_state_dict(final)
     rec["copy"] = score([s for s, _ in held], held)
     with open(out, "w") as f:
         json.dump(rec, f, indent=2)

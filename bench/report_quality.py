@@ -6,6 +6,7 @@ the sentence BLEU of the minimum-Bayes-risk pick among the seeds' outputs (recor
 
     python bench/report_quality.py                 # every data set with records
     python bench/report_quality.py --data bible --runs bible_default bible_src50
+    python bench/report_quality.py --data bible --baselines bible bible_60   # baseline_bible_60.json too
 """
 import argparse
 import glob
@@ -49,11 +50,29 @@ def _label(rec):
     return f"`{recipe}`" + (f" `{' '.join(flags)}`" if flags else "")
 
 
-def rows_for(data, runs=None):
-    """Markdown rows of one data set: [label, minutes, decoding, scores...]."""
+def _transformer_rows(base):
+    """The rows of one baseline record: greedy and beam 4 at each of its snapshots, then at its end."""
+    a = base["args"]
+    label = f"Transformer {a['layers']}+{a['layers']} layers, width {a['width']}"
+    tuned = [f"{k} {a[k]:g}" for k, default in (("lr", 1e-3), ("dropout", 0.1)) if a.get(k, default) != default]
+    label += f" ({', '.join(tuned)})" if tuned else ""
     rows = []
-    base_path = os.path.join(QUALITY, f"baseline_{data}.json")
-    base = json.load(open(base_path)) if os.path.isfile(base_path) else None
+    for minutes, decoders in [(s["minutes"], s["decoders"]) for s in base.get("snapshots", [])] + \
+            [(base["minutes"], base["decoders"])]:
+        for name, shown in (("greedy", "greedy"), ("beam4", "beam 4")):
+            d = decoders[name]
+            rows.append([label, f"{minutes:g}", shown, *_cells(d, d["decode_s"])])
+    return rows
+
+
+def rows_for(data, runs=None, baselines=None):
+    """Markdown rows of one data set: [label, minutes, decoding, scores...]. baselines: the names of
+    baseline records (bench/quality/baseline_<name>.json; default [data])."""
+    rows = []
+    paths = [os.path.join(QUALITY, f"baseline_{name}.json") for name in (baselines or [data])]
+    bases = [json.load(open(path)) for path in paths if os.path.isfile(path)]
+    bases = [b for b in bases if b["data"] == data]
+    base = bases[0] if bases else None
     heldout = []
     for path in sorted(glob.glob(os.path.join(QUALITY, "heldout_*.json"))):
         rec = json.load(open(path))
@@ -66,11 +85,8 @@ def rows_for(data, runs=None):
     if copy is None:
         return []
     rows.append(["copy the source", "", "", *_cells(copy)])
-    if base:
-        for name, label in (("greedy", "greedy"), ("beam4", "beam 4")):
-            d = base["decoders"][name]
-            rows.append([f"Transformer {base['args']['layers']}+{base['args']['layers']} layers, width "
-                         f"{base['args']['width']}", f"{base['minutes']:g}", label, *_cells(d, d["decode_s"])])
+    for b in bases:
+        rows += _transformer_rows(b)
     for name, rec in heldout:
         minutes = rec.get("train_minutes")
         if "best" not in rec["rows"]:  # named decoders, none chosen
@@ -91,8 +107,8 @@ def rows_for(data, runs=None):
     return rows
 
 
-def markdown(data, runs=None):
-    rows = rows_for(data, runs)
+def markdown(data, runs=None, baselines=None):
+    rows = rows_for(data, runs, baselines)
     if not rows:
         return ""
     head = ["model", "train min", "decoding", "sent. BLEU", "BLEU", "ROUGE-L", "self-BLEU", "Div-4", "MBR sent. BLEU",
@@ -107,9 +123,12 @@ def main(argv=None):
     p.add_argument("--data", nargs="*", default=["bible", "qqp", "iwslt"])
     p.add_argument("--runs", nargs="*", default=None,
                    help="heldout record names, in the order of the rows (default: all of the data set)")
+    p.add_argument("--baselines", nargs="*", default=None,
+                   help="Transformer records bench/quality/baseline_<name>.json, in the order of the rows "
+                        "(default: baseline_<data>.json)")
     a = p.parse_args(argv)
     for d in a.data:
-        table = markdown(d, a.runs)
+        table = markdown(d, a.runs, a.baselines)
         if table:
             print(f"### {d}\n\n{table}")
     return 0

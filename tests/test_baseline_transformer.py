@@ -85,3 +85,45 @@ def test_cache_decodes_one_position_per_step(model_and_src):
     assert steps >= 10 and len(cached) == steps
     assert cached == [(1, i) for i in range(steps)]
     assert full == [(i + 1, 0) for i in range(steps)]
+
+
+class WordTok(Tok):
+    """Ids for the words of a tiny copy task: 4 + the word's number."""
+    vocab_size = 20
+
+    def encode_batch(self, texts):
+        return [[4 + int(w) for w in t.split()] for t in texts]
+
+
+def test_a_snapshot_is_the_model_a_shorter_run_keeps(monkeypatch):
+    """train(--minutes 1 --snapshots 0.5) passes through train(--minutes 0.5): on a clock that ticks one
+    second per training step, the snapshot's weights, step and best step are the shorter run's."""
+    import baseline_transformer as bt
+
+    clock = {"t": 0.0}
+    monkeypatch.setattr(bt.time, "time", lambda: clock["t"])
+    loss_of = bt.loss_of
+
+    def ticking(*args, **kw):
+        if torch.is_grad_enabled():  # a training step, not a validation batch
+            clock["t"] += 1.0
+        return loss_of(*args, **kw)
+    monkeypatch.setattr(bt, "loss_of", ticking)
+
+    g = torch.Generator().manual_seed(0)
+    rows = [" ".join(str(int(x)) for x in torch.randint(0, 12, (5,), generator=g)) for _ in range(40)]
+    pairs = [(r, r) for r in rows]
+
+    def run(*extra):
+        clock["t"] = 0.0
+        a = bt.parser().parse_args(["--width", "16", "--layers", "1", "--bsz", "8", "--eval_every", "7", *extra])
+        return bt.train(a, WordTok(), pairs, pairs[:8], 12)
+
+    short, short_run = run("--minutes", "0.5")
+    _, long_run = run("--minutes", "1", "--snapshots", "0.5", "2")
+    assert [s["minutes"] for s in long_run["snapshots"]] == [0.5]  # 2 lies past the run's end
+    snap = long_run["snapshots"][0]
+    assert (snap["steps"], snap["best_step"]) == (short_run["steps"], short_run["best_step"]) == (30, 28)
+    assert long_run["steps"] == 60 and long_run["best_step"] > 30
+    for k, x in short.state_dict().items():
+        assert torch.equal(snap["state"][k], x), k

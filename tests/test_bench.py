@@ -118,12 +118,13 @@ def test_decoding_frontier_runs_named_settings(tmp_path):
 
 def test_transformer_baseline_trains_decodes_and_scores(tmp_path):
     """A few seconds of the autoregressive baseline on the Bible: greedy and beam-4 outputs of the
-    first held-out verses, scored beside copying, with the record report_quality reads."""
+    first held-out verses, scored beside copying, with the record report_quality reads; the snapshot
+    halfway is scored as well."""
     pytest.importorskip("pythonbible")
     out = tmp_path / "baseline_bible.json"
     p = subprocess.run([sys.executable, str(ROOT / "bench" / "baseline_transformer.py"), "--data", "bible",
                         "--minutes", "0.1", "--eval_every", "2", "--bsz", "8", "--max_examples", "4", "--threads", "1",
-                        "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+                        "--snapshots", "0.05", "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert p.returncode == 0, p.stderr[-3000:]
     rec = json.loads(out.read_text())
     assert rec["steps"] >= 2 and rec["best_step"] >= 2 and rec["curve"]
@@ -133,6 +134,38 @@ def test_transformer_baseline_trains_decodes_and_scores(tmp_path):
         rows = [json.loads(x) for x in (tmp_path / f"baseline_bible.{name}.jsonl").read_text().splitlines()]
         assert len(rows) == 4 and all(set(r) == {"source", "reference", "recover"} for r in rows)
     assert rec["copy"]["sentence_bleu"] > 30  # KJV and WEB share most words
+    [snap] = rec["snapshots"]
+    assert snap["minutes"] == 0.05 and 0 < snap["steps"] < rec["steps"] and "state" not in snap
+    assert set(snap["decoders"]) == {"greedy", "beam4"}
+    assert (tmp_path / "baseline_bible.0.05min.greedy.jsonl").is_file()
+
+
+def _tuning_part(path, lr, dropout, bleu, minutes=15):
+    row = {"lr": lr, "dropout": dropout, "steps": 100, "best_step": 100, "best_valid_loss": 2.0, "train_s": 60.0,
+           "decode_s": 1.0, "choose": {"sentence_bleu": bleu, "bleu": bleu, "rouge_l": 50.0}}
+    path.write_text(json.dumps({"data": "bible", "minutes": minutes, "threads": 1, "choose_pairs": 200,
+                                "args": {"threads": 1, "bsz": 32}, "rows": [row]}))
+    return str(path)
+
+
+def test_tuning_parts_merge_into_one_grid(tmp_path):
+    """Parts of the Transformer's lr x dropout grid, run one per core, combine into one record whose
+    winner is the best row of all parts, with the command that trains it; a part of another grid is
+    refused in one line."""
+    parts = [_tuning_part(tmp_path / "a.json", 1e-3, 0.1, 60.0), _tuning_part(tmp_path / "b.json", 2e-3, 0.1, 62.5),
+             _tuning_part(tmp_path / "c.json", 2e-3, 0.3, 61.0)]
+    out = tmp_path / "merged.json"
+    p = subprocess.run([sys.executable, str(ROOT / "bench" / "tune_transformer.py"), "--merge", *parts,
+                        "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 0, p.stderr
+    rec = json.loads(out.read_text())
+    assert len(rec["rows"]) == 3 and rec["grid"] == {"lr": [1e-3, 2e-3], "dropout": [0.1, 0.3]}
+    assert rec["best"] == {"lr": 2e-3, "dropout": 0.1}
+    assert "--bsz 32" in rec["command"] and rec["command"].endswith("--lr 0.002 --dropout 0.1")
+    other = _tuning_part(tmp_path / "d.json", 4e-3, 0.1, 70.0, minutes=10)
+    p = subprocess.run([sys.executable, str(ROOT / "bench" / "tune_transformer.py"), "--merge", parts[0], other,
+                        "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode != 0 and "d.json: not a part of" in p.stderr and "minutes" in p.stderr
 
 
 def test_beam_search_finds_the_path_greedy_misses():
