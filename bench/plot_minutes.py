@@ -3,7 +3,8 @@ per data set, from the records in bench/quality/:
 
 - each minutes_<data>_*.json (bench_minutes.py): a run's checkpoints at one decoding, a line;
 - the Gaussian family's generation from noise (bench_heldout.py records named in GAUSSIAN), points;
-- the Transformer (baseline_<data>.json), greedy and beam 4, points at its minutes;
+- the Transformer (baseline_<data>.json, baseline_<data>_*.json), greedy and beam 4, at its
+  minutes and its snapshots' (a line where it has several);
 - copying the source, a horizontal line.
 
     python bench/plot_minutes.py [--out docs/quality_minutes.png]
@@ -19,7 +20,7 @@ from common import ROOT
 QUALITY = os.path.join(ROOT, "bench", "quality")
 DATA = {"bible": "Bible (KJV -> WEB)", "qqp": "qqp_small", "iwslt": "iwslt14_small (de -> en)"}
 # the Gaussian recipe's runs of docs/quality.md's headline rows
-GAUSSIAN = {"bible": ["heldout_bible_l4lr2anc"], "qqp": ["heldout_qqp_both10"], "iwslt": ["heldout_iwslt_l4lr2doanc"]}
+GAUSSIAN = {"bible": ["heldout_bible_l4lr2anc", "heldout_bible_gauss60"], "qqp": ["heldout_qqp_both10"], "iwslt": ["heldout_iwslt_l4lr2doanc"]}
 
 
 def load(name):
@@ -38,20 +39,32 @@ def main(argv=None):
     for ax, (data, title) in zip(axes, DATA.items()):
         base = load(f"baseline_{data}")
         ax.axhline(base["copy"]["sentence_bleu"], color="grey", ls="--", label="copy the source")
-        for dec, marker in (("greedy", "s"), ("beam4", "D")):
-            ax.plot([base["minutes"]], [base["decoders"][dec]["sentence_bleu"]], marker, color="black",
-                    label=f"Transformer, {dec}")
+        names = [f"baseline_{data}"] + sorted(os.path.basename(q)[:-5] for q in
+                                              glob.glob(os.path.join(QUALITY, f"baseline_{data}_*.json")))
+        for name, color in zip(names, ("black", "tab:red", "tab:purple")):
+            r = load(name)
+            ra = r["args"]
+            tuned = "" if (ra["lr"], ra["dropout"]) == (1e-3, 0.1) else f" (lr {ra['lr']:g}, dropout {ra['dropout']:g})"
+            points = [(q["minutes"], q["decoders"]) for q in r.get("snapshots", [])] + [(r["minutes"], r["decoders"])]
+            for dec, marker in (("greedy", "s"), ("beam4", "D")):
+                ax.plot([m for m, _ in points], [d[dec]["sentence_bleu"] for _, d in points], marker,
+                        ls="-" if len(points) > 1 else "", color=color, ms=4, label=f"Transformer{tuned}, {dec}")
+        shown = set()
         for name in GAUSSIAN[data]:
             if os.path.isfile(os.path.join(QUALITY, name + ".json")):
                 r = load(name)
+                label = f"Gaussian ({r['recipe']}), {r['rows']['noise']['decoder']}, all held-out pairs"
                 ax.plot([r["train_minutes"]], [r["rows"]["noise"]["sentence_bleu"]], "o", color="tab:blue",
-                        label=f"Gaussian ({r['recipe']}), {r['rows']['noise']['decoder']}")
+                        label=None if label in shown else label)
+                shown.add(label)
         for path in sorted(glob.glob(os.path.join(QUALITY, f"minutes_{data}_*.json"))):
             with open(path) as f:
                 r = json.load(f)
             pts = [q for q in r["points"] if q["minutes"] is not None]
+            family = r.get("family", "gaussian")
             ax.plot([q["minutes"] for q in pts], [q["sentence_bleu"] for q in pts], "-o", ms=3,
-                    label=f"{r.get('family', 'gaussian')} ({r['recipe']}), {r['decoder']}")
+                    color={"gaussian": "tab:blue", "masked": "tab:orange"}.get(family),
+                    label=f"{family} ({r['recipe']}), {r['decoder']}")
         ax.set_title(title)
         ax.set_xlabel("training minutes, one core")
         ax.set_ylabel("held-out sentence BLEU")
