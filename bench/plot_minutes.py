@@ -46,6 +46,7 @@ def main(argv=None):
             ra = r["args"]
             tuned = "" if (ra["lr"], ra["dropout"]) == (1e-3, 0.1) else f" (lr {ra['lr']:g}, dropout {ra['dropout']:g})"
             points = [(q["minutes"], q["decoders"]) for q in r.get("snapshots", [])] + [(r["minutes"], r["decoders"])]
+            tuned += f" (one {r['minutes']:g}-minute run)" if len(points) > 1 else ""
             for dec, marker in (("greedy", "s"), ("beam4", "D")):
                 ax.plot([m for m, _ in points], [d[dec]["sentence_bleu"] for _, d in points], marker,
                         ls="-" if len(points) > 1 else "", color=color, ms=4, label=f"Transformer{tuned}, {dec}")

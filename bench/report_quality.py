@@ -55,6 +55,8 @@ def _transformer_rows(base):
     a = base["args"]
     label = f"Transformer {a['layers']}+{a['layers']} layers, width {a['width']}"
     tuned = [f"{k} {a[k]:g}" for k, default in (("lr", 1e-3), ("dropout", 0.1)) if a.get(k, default) != default]
+    if base.get("snapshots"):  # its shorter points come from the same run
+        tuned.append(f"one {base['minutes']:g}-minute run")
     label += f" ({', '.join(tuned)})" if tuned else ""
     rows = []
     for minutes, decoders in [(s["minutes"], s["decoders"]) for s in base.get("snapshots", [])] + \
