@@ -16,6 +16,7 @@ import os
 import sys
 
 from common import ROOT
+from report_quality import transformer_label
 
 QUALITY = os.path.join(ROOT, "bench", "quality")
 DATA = {"bible": "Bible (KJV -> WEB)", "qqp": "qqp_small", "iwslt": "iwslt14_small (de -> en)"}
@@ -43,13 +44,10 @@ def main(argv=None):
                                               glob.glob(os.path.join(QUALITY, f"baseline_{data}_*.json")))
         for name, color in zip(names, ("black", "tab:red", "tab:purple")):
             r = load(name)
-            ra = r["args"]
-            tuned = "" if (ra["lr"], ra["dropout"]) == (1e-3, 0.1) else f" (lr {ra['lr']:g}, dropout {ra['dropout']:g})"
             points = [(q["minutes"], q["decoders"]) for q in r.get("snapshots", [])] + [(r["minutes"], r["decoders"])]
-            tuned += f" (one {r['minutes']:g}-minute run)" if len(points) > 1 else ""
             for dec, marker in (("greedy", "s"), ("beam4", "D")):
                 ax.plot([m for m, _ in points], [d[dec]["sentence_bleu"] for _, d in points], marker,
-                        ls="-" if len(points) > 1 else "", color=color, ms=4, label=f"Transformer{tuned}, {dec}")
+                        ls="-" if len(points) > 1 else "", color=color, ms=4, label=f"{transformer_label(r, shape=False)}, {dec}")
         shown = set()
         for name in GAUSSIAN[data]:
             if os.path.isfile(os.path.join(QUALITY, name + ".json")):

@@ -14,6 +14,7 @@ import json
 import os
 import sys
 
+from baseline_transformer import parser as baseline_parser
 from common import ROOT
 
 from diffuseq.config import parse_train_args
@@ -50,14 +51,20 @@ def _label(rec):
     return f"`{recipe}`" + (f" `{' '.join(flags)}`" if flags else "")
 
 
+def transformer_label(base, shape=True):
+    """A baseline record as a reader knows it: its shape, the lr and dropout where they differ from
+    baseline_transformer.py's defaults, and whether its shorter points come from the same run."""
+    a, defaults = base["args"], vars(baseline_parser().parse_args([]))
+    label = f"Transformer {a['layers']}+{a['layers']} layers, width {a['width']}" if shape else "Transformer"
+    tuned = [f"{k} {a[k]:g}" for k in ("lr", "dropout") if a.get(k, defaults[k]) != defaults[k]]
+    if base.get("snapshots"):
+        tuned.append(f"one {base['minutes']:g}-minute run")
+    return label + (f" ({', '.join(tuned)})" if tuned else "")
+
+
 def _transformer_rows(base):
     """The rows of one baseline record: greedy and beam 4 at each of its snapshots, then at its end."""
-    a = base["args"]
-    label = f"Transformer {a['layers']}+{a['layers']} layers, width {a['width']}"
-    tuned = [f"{k} {a[k]:g}" for k, default in (("lr", 1e-3), ("dropout", 0.1)) if a.get(k, default) != default]
-    if base.get("snapshots"):  # its shorter points come from the same run
-        tuned.append(f"one {base['minutes']:g}-minute run")
-    label += f" ({', '.join(tuned)})" if tuned else ""
+    label = transformer_label(base)
     rows = []
     for minutes, decoders in [(s["minutes"], s["decoders"]) for s in base.get("snapshots", [])] + \
             [(base["minutes"], base["decoders"])]:
