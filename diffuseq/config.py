@@ -367,6 +367,9 @@ def parse_train_args(argv=None):
         parser.error(f"--source_t_max {args['source_t_max']} must lie in [0, --diffusion_steps "
                      f"{args['diffusion_steps']})")
     clash = foreign_options(args["family"], args)
+    if args["resume_checkpoint"] and "recipe" not in args["explicit"]:
+        # a resumed run takes its saved options, not the default recipe's: only those given now can clash
+        clash = [k for k in clash if k in args["explicit"]]
     if clash:
         parser.error(f"--family {args['family']} does not use {', '.join('--' + k for k in clash)} (options of "
                      f"another family, here from recipe {name} or the command line): start from a recipe of the "

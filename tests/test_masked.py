@@ -175,8 +175,8 @@ def test_topk_remasking_keeps_exactly_the_k_most_confident_tokens():
     model = FixedModel(logp)
     topk_sample(model, x, rows, 4, mask_id=MASK)
     second = model.seen[1]
-    best = torch.zeros(x.shape)
-    best[rows] = logp.max(-1).values
+    best, first = torch.zeros(x.shape), torch.full(x.shape, -1)
+    best[rows], first[rows] = logp.max(-1).values, logp.argmax(-1)
     for b in range(x.shape[0]):
         n = int(rows[b].sum())
         k = round(0.75 * n)
@@ -184,23 +184,33 @@ def test_topk_remasking_keeps_exactly_the_k_most_confident_tokens():
         assert int(masked.sum()) == k
         conf = best[b][rows[b]]
         assert float(conf[masked[rows[b]]].max()) <= float(conf[~masked[rows[b]]].min())
+        kept = rows[b] & ~masked
+        assert torch.equal(second[b][kept], first[b][kept])  # the others hold the token written
     score = torch.tensor([[0.1, 0.9, 0.5, 0.3, 0.7]])
     assert lowest(score, torch.ones(1, 5, dtype=torch.bool), torch.tensor([2])).tolist() == \
         [[True, False, False, True, False]]
 
 
+class InputModel(FixedModel):
+    """Log-probabilities that depend on the input: the fixed ones rolled by the number of written
+    positions, so a prediction reused after the input changed gives other tokens."""
+
+    def __call__(self, x, t):
+        self.calls += 1
+        self.seen.append(x.clone())
+        return self.logp.roll(int((x != MASK).sum()), dims=-1)
+
+
 def test_the_cached_update_makes_no_model_call_when_nothing_changes():
-    """MDLM's sampler with 40 steps on a region of 2 tokens: at most 3 steps unmask anything, so a
-    model that does not see t is called only after those (and at the start), and the output is
-    that of the uncached sampler with the same draws. A model that sees t is called every step."""
-    x, rows, logp = batch(B=1, L=6)
-    rows[0, :4] = False
-    logp = logp[:2]
-    x = x.masked_fill(rows, MASK)
-    cached, every = FixedModel(logp, True), FixedModel(logp, False)
+    """MDLM's sampler with 40 steps on a region of 5 tokens: a model that does not see t is called
+    at the start and after each step that unmasked something, exactly, and the output is that of
+    the sampler calling every step with the same draws; a model that sees t is called every step."""
+    x, rows, logp = batch(B=1, L=10)  # positions 4 to 8 masked
+    cached, every = InputModel(logp, True), InputModel(logp, False)
     a = mdlm_sample(cached, x, rows, 40, mask_id=MASK, generator=torch.Generator().manual_seed(3))
     b = mdlm_sample(every, x, rows, 40, mask_id=MASK, generator=torch.Generator().manual_seed(3))
-    assert every.calls == 40 and cached.calls <= 3
+    changes = sum(not torch.equal(p, q) for p, q in zip(every.seen, every.seen[1:]))
+    assert every.calls == 40 and 1 < cached.calls == 1 + changes < 40
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert not (a[0][rows] == MASK).any()
 
@@ -308,3 +318,20 @@ def test_dedup_drops_a_token_equal_to_the_one_before_it():
     out, sc = dedup(x, score, rows, PAD)
     assert out.tolist() == [[7, 9, 8, 3, PAD, PAD], [7, 5, 6, PAD, 0, 0]]
     assert sc.tolist() == [[0.0, 1.0, 3.0, 5.0, 0.0, 0.0], [6.0, 7.0, 8.0, 0.0, 10.0, 11.0]]
+
+
+def test_a_gaussian_checkpoint_decoded_or_resumed_as_masked_gets_a_one_line_error(tmp_path):
+    """The other direction: a Gaussian checkpoint decoded with a masked sampler, or resumed as a
+    masked run, stops with one line as well."""
+    from diffuseq.trainer import Trainer
+    from toy import toy_data
+    run = tmp_path / "run"
+    Trainer(tiny_args(toy_data(tmp_path / "data"), run, "--learning_steps", "2", "--eval_interval", "0")).train()
+    dec = subprocess.run([sys.executable, "run_decode_solver.py", "--model_dir", str(run), "--sampler", "topk",
+                          "--max_examples", "2", "--out_dir", str(tmp_path / "out"), "--progress", "false"],
+                         capture_output=True, text=True)
+    assert dec.returncode == 2 and "Traceback" not in dec.stderr
+    assert dec.stderr.strip().count("\n") == 0 and "gaussian family" in dec.stderr and "topk" in dec.stderr
+    with pytest.raises(Exception, match="gaussian-family checkpoint") as e:
+        Trainer(parse_train_args(["--resume_checkpoint", str(run), "--family", "masked", "--learning_steps", "4"]))
+    assert "\n" not in str(e.value)
