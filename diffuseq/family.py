@@ -14,6 +14,8 @@ A family is one object with
                                                                   tune_decode.py searches, and
                                                                   what its log columns mean
     own_options                                                   the options only it reads
+    selection                                                     the validation column that
+                                                                  picks a run's best checkpoint
 
 A run's family is its `--family` argument, saved in args.json; a checkpoint of one family
 decoded with another family's sampler, or resumed as another family, stops with one line.

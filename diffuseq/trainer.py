@@ -124,7 +124,7 @@ class Trainer:
             self._setup(args)
 
     def _setup(self, args):
-        self.last_valid = (None, None)  # (step, validation loss) of the last validation
+        self.last_valid = (None, None)  # (step, the family's selection column) of the last validation
         self.proc = proc = dist.setup(args.device)
         resume_dir = None
         if args.resume_checkpoint:
@@ -236,7 +236,7 @@ class Trainer:
                     if a.eval_interval and (self.step % a.eval_interval == 0 or out_of_time) and proc.is_main:
                         val = self.validate()
                         if val:
-                            self.last_valid = (self.step, val["loss"])
+                            self.last_valid = (self.step, val[self.objective.family.selection])
                             self.runlog.valid(self.step, val)
                     if (stopping or out_of_time or self.step % a.save_interval == 0
                             or self.step == a.learning_steps):

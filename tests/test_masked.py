@@ -335,3 +335,22 @@ def test_a_gaussian_checkpoint_decoded_or_resumed_as_masked_gets_a_one_line_erro
     with pytest.raises(Exception, match="gaussian-family checkpoint") as e:
         Trainer(parse_train_args(["--resume_checkpoint", str(run), "--family", "masked", "--learning_steps", "4"]))
     assert "\n" not in str(e.value)
+
+
+def test_the_best_checkpoint_follows_the_familys_selection_column(tmp_path):
+    """best.json names the checkpoint with the lowest summed validation loss in a Gaussian run,
+    and with the lowest cross-entropy of the masked tokens in a masked run (the summed loss also
+    holds the length head's term, which overfits small data while the masked tokens improve)."""
+    import json
+    from diffuseq.trainer import Trainer
+    from toy import toy_data
+    script = [dict(loss=1.0, nll=5.0), dict(loss=2.0, nll=3.0), dict(loss=3.0, nll=4.0), dict(loss=4.0, nll=3.5)]
+    gauss = Trainer(tiny_args(toy_data(tmp_path / "data"), tmp_path / "gauss", "--learning_steps", "4",
+                              "--eval_interval", "1", "--save_interval", "1"))
+    masked, _ = masked_run(tmp_path, 4, "--eval_interval", "1", "--save_interval", "1")
+    for tr, run, step, value in ((gauss, "gauss", 1, 1.0), (masked, "run", 2, 3.0)):
+        answers = iter(script)
+        tr.validate = lambda: dict(next(answers))
+        tr.train()
+        assert json.loads((tmp_path / run / "best.json").read_text()) == \
+            {"checkpoint": f"ckpt_{step:07d}", "valid_loss": value}
