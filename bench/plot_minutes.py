@@ -58,15 +58,15 @@ def main(argv=None):
                 ax.plot([r["train_minutes"]], [row["sentence_bleu"]], "o", color="tab:blue",
                         label=None if label in shown else label)
                 shown.add(label)
-        drawn = []
+        drawn = set()
         for path in sorted(glob.glob(os.path.join(QUALITY, f"minutes_{data}_*.json"))):
             with open(path) as f:
                 r = json.load(f)
             pts = [q for q in r["points"] if q["minutes"] is not None]
             family = r.get("family", "gaussian")
-            again = sum(k == family for k in drawn)  # a second run of a family: dashed
-            drawn.append(family)
-            ax.plot([q["minutes"] for q in pts], [q["sentence_bleu"] for q in pts], "-o" if not again else "--o",
+            again = family in drawn  # a second run of a family: dashed
+            drawn.add(family)
+            ax.plot([q["minutes"] for q in pts], [q["sentence_bleu"] for q in pts], "--o" if again else "-o",
                     ms=3, color={"gaussian": "tab:blue", "masked": "tab:orange"}.get(family),
                     label=f"{family} ({r['recipe']}, {pts[-1]['minutes']:.0f}-minute run), {r['decoder']}")
         ax.set_title(title)

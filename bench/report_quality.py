@@ -18,6 +18,7 @@ from baseline_transformer import parser as baseline_parser
 from common import ROOT
 
 from diffuseq.config import parse_train_args
+from diffuseq.family import family_of
 from diffuseq.recipes import RECIPES
 
 QUALITY = os.path.join(ROOT, "bench", "quality")
@@ -106,10 +107,10 @@ def rows_for(data, runs=None, baselines=None):
             continue
         best = rec["rows"]["best"]
         noise = rec["rows"].get("noise", best)  # a masked run's best always starts from the prior
+        prior = family_of(argparse.Namespace(**(rec.get("run_args") or {}))).generation
         for r, tag in ((best, " (best on valid)"), (noise, " (best from noise)")):
             if tag.endswith("(best from noise)") and noise["settings"] == best["settings"]:
                 continue  # the best setting is a noise start: one row says both
-            prior = "from scratch" if (rec.get("run_args") or {}).get("family") == "masked" else "from noise"
             tag = f" (best on valid, {prior})" if noise["settings"] == best["settings"] else tag
             rows.append([_label(rec), "" if minutes is None else f"{minutes:g}", r["decoder"] + tag,
                          *_cells(r, r["seconds_per_seed"])])

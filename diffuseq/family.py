@@ -14,6 +14,8 @@ A family is one object with
                                                                   tune_decode.py searches, and
                                                                   what its log columns mean
     own_options                                                   the options only it reads
+    prior, generation                                             how a decoding setting and a
+                                                                  report name a start from the prior
     selection                                                     the validation column that
                                                                   picks a run's best checkpoint
 

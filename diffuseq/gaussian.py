@@ -87,6 +87,7 @@ class GaussianFamily:
     accuracy = ("accuracy of the tokens rounded from the predicted z_0",
                 ("least noisy quarter", "2nd quarter", "3rd quarter", "noisiest quarter"))
     prior = "noise"  # how a decoding setting names a start from the prior (choice.describe)
+    generation = "from noise"  # how a report names generation from the prior
     selection = "loss"  # the validation column whose lowest value makes a checkpoint the run's best (best.json)
 
     # the options only this family reads, and the value that leaves each off (family.foreign_options)

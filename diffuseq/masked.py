@@ -99,6 +99,7 @@ class MaskedFamily:
     accuracy = ("accuracy of the masked target tokens (the margin's [PAD]s included)",
                 ("least masked quarter", "2nd quarter", "3rd quarter", "most masked quarter"))
     prior = "all masked"  # how a decoding setting names a start from the prior (choice.describe)
+    generation = "from scratch"  # how a report names generation from the prior
     # the best checkpoint (best.json) has the lowest plain cross-entropy of the masked tokens, not
     # the lowest summed loss: the length head's and the visible tokens' terms overfit small data
     # while the masked tokens still improve (iwslt14_small: the summed loss is lowest at step

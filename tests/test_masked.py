@@ -304,7 +304,8 @@ def test_no_module_outside_the_families_asks_which_family_runs():
     from pathlib import Path
     own = {"family.py", "gaussian.py", "masked.py", "masked_samplers.py"}
     asks = re.compile(r"""family(\.name)?\s*(==|!=)|["'](gaussian|masked)["']\s*(==|!=|in)|(==|!=)\s*["'](gaussian|masked)["']""")
-    for f in (Path(__file__).parent.parent / "diffuseq").rglob("*.py"):
+    root = Path(__file__).parent.parent
+    for f in [*(root / "diffuseq").rglob("*.py"), *(root / "bench").glob("*.py"), *root.glob("*.py")]:
         if f.name not in own:
             hits = [line for line in f.read_text().splitlines() if asks.search(line)]
             assert not hits, (f.name, hits)
