@@ -47,6 +47,15 @@ def decode_row(model, settings, pairs, seeds, bsz):
     return row
 
 
+def best_and_noise(rows):
+    """The rows to decode on the held-out pairs: the best setting on the choose pairs, and the best
+    of those that start from noise where it is another. Both follow the tuner's rule (ties go to
+    the faster setting), so a masked grid, which starts from the prior throughout, gives one row."""
+    best = choose(rows)["best"]
+    noise = choose([r for r in rows if r["settings"]["init"] == "noise"])["best"]
+    return [("best", best)] + ([("noise", noise)] if noise != best else [])
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_dir", required=True)
@@ -87,10 +96,7 @@ def main(argv=None):
             if max(r["sentence_bleu"] for r in raw_rows) > max(r["sentence_bleu"] for r in rows):
                 model, rows = raw, raw_rows
             print(f"weights: {model.weights} (best on the choose pairs)", flush=True)
-        best = choose(rows)["best"]
-        noise = max((r for r in rows if r["settings"]["init"] == "noise"), key=lambda r: r["sentence_bleu"])
-        # a masked model always starts from the prior: its best is its best from noise
-        todo = [("best", best)] + ([("noise", noise["settings"])] if noise["settings"] != best else [])
+        todo = best_and_noise(rows)
     out = {}
     for name, settings in todo:
         out[name] = decode_row(model, settings, held, a.seeds, a.bsz)

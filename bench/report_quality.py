@@ -33,7 +33,8 @@ def _cells(s, seconds=None):
 
 # the options a row's label names where its run differs from its recipe as it stands today
 SHOWN = ("layers", "width", "hidden_dim", "lr", "lr_schedule", "ema_rate", "bsz", "dropout", "anchor_weight",
-         "self_cond", "source_rate", "source_t_max", "both_directions", "eval_batches", "seed")
+         "self_cond", "source_rate", "source_t_max", "both_directions", "eval_batches", "seed",
+         "mask_weighting", "time_cond", "coupled", "label_smoothing", "visible_weight")
 
 
 def _flag(k, v):

@@ -225,3 +225,31 @@ def test_heldout_row_scores_the_mbr_pick_among_seeds():
     row = decode_row(Outputs(), dict(init="noise", sampler="dpm", steps=10), pairs, seeds=3, bsz=2)
     assert row["sentence_bleu"] == 0 and row["seeds"] == 3
     assert row["mbr"]["sentence_bleu"] == 100 and row["mbr"]["rouge_l"] == 100
+
+
+def test_heldout_noise_row_follows_the_tuners_tie_rule():
+    """Two settings tie on the choose pairs: the held-out 'best' and 'noise' rows both take the
+    faster one, so a grid that starts from noise throughout (the masked family's) decodes one row;
+    a source start that wins adds the best noise start as a second row."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from bench_heldout import best_and_noise
+
+    def row(bleu, seconds, **settings):
+        return dict(settings=dict(sampler="topk", init="noise", **settings), sentence_bleu=bleu, seconds=seconds)
+
+    slow, fast = row(6.0, 23.4, steps=20), row(6.0, 11.9, steps=10, remask_mode="stochastic")
+    assert best_and_noise([slow, fast, row(5.0, 5.0, steps=5)]) == [("best", fast["settings"])]
+    source = dict(settings=dict(sampler="dpm", init="source", t=50, steps=1), sentence_bleu=9.0, seconds=1.0)
+    assert best_and_noise([slow, source, fast]) == [("best", source["settings"]), ("noise", fast["settings"])]
+
+
+def test_quality_report_names_a_masked_runs_options():
+    """A held-out record of a masked run trained with --coupled is labelled with that option, so
+    its row cannot pass for the recipe's own."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from report_quality import _label
+    from diffuseq.config import parse_train_args
+
+    args = parse_train_args(["--recipe", "bible-masked"]).to_dict()
+    assert _label({"recipe": "bible-masked", "run_args": args}) == "`bible-masked`"
+    assert _label({"recipe": "bible-masked", "run_args": dict(args, coupled=True)}) == "`bible-masked` `--coupled true`"
