@@ -16,7 +16,7 @@ import os
 import sys
 
 from common import ROOT
-from report_quality import transformer_label
+from report_quality import noise_row, transformer_label
 
 QUALITY = os.path.join(ROOT, "bench", "quality")
 DATA = {"bible": "Bible (KJV -> WEB)", "qqp": "qqp_small", "iwslt": "iwslt14_small (de -> en)"}
@@ -53,7 +53,7 @@ def main(argv=None):
         for name in GAUSSIAN[data]:
             if os.path.isfile(os.path.join(QUALITY, name + ".json")):
                 r = load(name)
-                row = r["rows"].get("noise", r["rows"]["best"])  # no "noise" row: the best is from noise
+                row = noise_row(r)
                 label = f"Gaussian ({r['recipe']}), {row['decoder']}, all held-out pairs"
                 ax.plot([r["train_minutes"]], [row["sentence_bleu"]], "o", color="tab:blue",
                         label=None if label in shown else label)

@@ -76,6 +76,12 @@ def _transformer_rows(base):
     return rows
 
 
+def noise_row(rec):
+    """A held-out record's generation from the prior: its "noise" row, or its best where the best
+    setting starts from the prior itself (bench_heldout.py then decodes one row; a masked grid always)."""
+    return rec["rows"].get("noise", rec["rows"]["best"])
+
+
 def rows_for(data, runs=None, baselines=None):
     """Markdown rows of one data set: [label, minutes, decoding, scores...]. baselines: the names of
     baseline records (bench/quality/baseline_<name>.json; default [data])."""
@@ -107,7 +113,7 @@ def rows_for(data, runs=None, baselines=None):
                              *_cells(r, r["seconds_per_seed"])])
             continue
         best = rec["rows"]["best"]
-        noise = rec["rows"].get("noise", best)  # a masked run's best always starts from the prior
+        noise = noise_row(rec)
         prior = family_of(argparse.Namespace(**(rec.get("run_args") or {}))).generation
         for r, tag in ((best, " (best on valid)"), (noise, " (best from noise)")):
             if tag.endswith("(best from noise)") and noise["settings"] == best["settings"]:
